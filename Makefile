@@ -1,0 +1,54 @@
+# Lookalike: `make demo` sets up and serves real photos; `make test` sets up and runs every check.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+DEMO_KEY ?= demo-key
+# The CC0 photos beside the repository; the committed test fixtures when they are absent.
+DEMO_DATA ?= $(firstword $(wildcard ../shared/data/clothing/train) tests/fixtures/images)
+export LOOKALIKE_HOME ?= $(CURDIR)/.lookalike
+export LOOKALIKE_MODEL_DIR ?= $(CURDIR)/.lookalike/models
+
+.PHONY: setup demo test lint bench serve clean
+
+$(BIN)/.installed: pyproject.toml plugins/local/pyproject.toml plugins/aws/pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]" -e plugins/local -e plugins/aws
+	touch $@
+
+$(LOOKALIKE_MODEL_DIR)/efficientnet-lite0.onnx: $(BIN)/.installed
+	$(BIN)/lookalike models build --model-dir $(LOOKALIKE_MODEL_DIR)
+
+setup: $(BIN)/.installed $(LOOKALIKE_MODEL_DIR)/efficientnet-lite0.onnx
+
+demo: setup
+	$(BIN)/lookalike init --tenant demo --api-key $(DEMO_KEY)
+	$(BIN)/lookalike ingest $(DEMO_DATA) --collection clothing --tenant demo
+	@echo "Try:  curl -s -H 'Authorization: Bearer $(DEMO_KEY)' -F image=@$$(ls $(DEMO_DATA)/*/* $(DEMO_DATA)/* 2>/dev/null | grep -iE '\.(jpe?g|png)$$' | head -1) http://127.0.0.1:$(PORT)/v1/collections/clothing/search"
+	$(BIN)/lookalike serve --port $(PORT)
+
+serve: setup
+	$(BIN)/lookalike serve --port $(PORT)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/cfn-lint template.yaml
+
+test: setup lint
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/search_latency.py
+
+clean:
+	rm -rf $(VENV) .lookalike .aws-sam .pytest_cache
+
+# ---- `sam build` (BuildMethod: makefile): layers built from this checkout, no container needed.
+build-CoreLayer:
+	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/python" . ./plugins/local ./plugins/aws
+
+build-ModelsLayer:
+	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local
+	PYTHONPATH="$(ARTIFACTS_DIR)/.build" $(PY) -m lookalike.cli models build --model-dir "$(ARTIFACTS_DIR)/models"
+	rm -rf "$(ARTIFACTS_DIR)/.build"

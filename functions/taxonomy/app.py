@@ -1,0 +1,6 @@
+"""taxonomy: collections, facets and item reads."""
+
+from lookalike.api import v1
+from lookalike.api.app import build_handler
+
+app, lambda_handler = build_handler(v1.catalog)

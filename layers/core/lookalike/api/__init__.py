@@ -1,0 +1,1 @@
+"""HTTP edge: the Powertools resolver factory, request helpers, and one router per surface."""

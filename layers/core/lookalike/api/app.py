@@ -1,0 +1,73 @@
+"""Builds the Powertools resolver every Lambda function uses, with one error mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from lookalike.errors import LookalikeError
+
+logger = Logger(service="lookalike")
+tracer = Tracer(service="lookalike")
+metrics = Metrics(namespace="Lookalike", service="lookalike")
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body={"error": message})
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "Bad request"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+    msg = str(first.get("msg", "invalid value"))
+    return f"{where}: {msg}" if where else msg
+
+
+def build_app(*routers: Router) -> APIGatewayRestResolver:
+    app = APIGatewayRestResolver(enable_validation=True)
+    for router in routers:
+        app.include_router(router)
+
+    @app.exception_handler(LookalikeError)
+    def _lookalike_error(exc: LookalikeError) -> Response:
+        if exc.status >= 500:
+            logger.error("request failed", extra={"error_type": type(exc).__name__, "error": exc.message})
+        return error_response(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(exc: RequestValidationError) -> Response:
+        return error_response(400, validation_message(exc))
+
+    @app.not_found
+    def _not_found(exc: NotFoundError) -> Response:
+        return error_response(404, "Not found")
+
+    @app.exception_handler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        # Log the type and traceback, never the request: it may carry keys and images.
+        logger.exception("unhandled error", extra={"error_type": type(exc).__name__})
+        return error_response(500, "Internal server error")
+
+    return app
+
+
+def build_handler(*routers: Router) -> tuple[APIGatewayRestResolver, Any]:
+    """The resolver for ``routers`` and the Lambda handler that runs it with Powertools."""
+    app = build_app(*routers)
+
+    # Never log the event: it carries API keys and images (POWERTOOLS_LOGGER_LOG_EVENT stays off).
+    @logger.inject_lambda_context(clear_state=True, log_event=False)
+    @tracer.capture_lambda_handler(capture_response=False)
+    @metrics.log_metrics
+    def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        return app.resolve(event, context)
+
+    return app, lambda_handler

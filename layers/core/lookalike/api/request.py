@@ -1,0 +1,143 @@
+"""Request helpers shared by every router: the service, credentials, bodies, multipart forms."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+from lookalike.errors import BadRequest, PayloadTooLarge
+from lookalike.service import Lookalike, TenantService
+from multipart import MultipartError, MultipartParser, parse_options_header
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a 5 MB image, base64-encoded, plus fields
+MAX_JSON_DEPTH = 32
+
+_service: Lookalike | None = None
+
+
+def service() -> Lookalike:
+    """The process-wide service, built on first use (once per Lambda cold start)."""
+    global _service
+    if _service is None:
+        _service = Lookalike()
+    return _service
+
+
+def set_service(instance: Lookalike | None) -> None:
+    """Replace the process-wide service (tests, the local server)."""
+    global _service
+    _service = instance
+
+
+def header(event: APIGatewayProxyEvent, name: str) -> str | None:
+    return event.headers.get(name) if event.headers else None
+
+
+def bearer_token(event: APIGatewayProxyEvent) -> str | None:
+    auth = header(event, "authorization") or ""
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return header(event, "x-api-key")
+
+
+def tenant_from_bearer(event: APIGatewayProxyEvent) -> TenantService:
+    return service().authenticate(bearer_token(event))
+
+
+def body_bytes(event: APIGatewayProxyEvent) -> bytes:
+    raw = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequest("malformed request body") from exc
+    else:
+        data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
+    if len(data) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"Request body exceeds {MAX_BODY_BYTES} bytes")
+    return data
+
+
+def content_type(event: APIGatewayProxyEvent) -> str:
+    return (header(event, "content-type") or "").split(";")[0].strip().lower()
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def json_object(event: APIGatewayProxyEvent) -> dict[str, Any]:
+    data = body_bytes(event)
+    if not data.strip():
+        raise BadRequest("request body must be a JSON object")
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest("request body is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object")
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise BadRequest("request body is nested too deeply")
+    return value
+
+
+def validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        msg = first.get("msg", "invalid value")
+        raise BadRequest(f"{where}: {msg}" if where else str(msg)) from None
+
+
+@dataclass
+class FilePart:
+    name: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class Form:
+    fields: dict[str, str] = field(default_factory=dict)
+    files: dict[str, FilePart] = field(default_factory=dict)
+
+
+def multipart_form(event: APIGatewayProxyEvent, max_part_bytes: int = MAX_BODY_BYTES) -> Form:
+    ctype, options = parse_options_header(header(event, "content-type") or "")
+    if ctype.lower() != "multipart/form-data" or not options.get("boundary"):
+        raise BadRequest("request must be multipart/form-data")
+    data = body_bytes(event)
+    form = Form()
+    try:
+        parser = MultipartParser(io.BytesIO(data), options["boundary"], content_length=len(data),
+                                 part_limit=32, partsize_limit=max_part_bytes + 1,
+                                 memory_limit=MAX_BODY_BYTES + 1, spool_limit=MAX_BODY_BYTES + 1)
+        for part in parser:
+            if part.filename is not None:
+                form.files.setdefault(part.name, FilePart(part.name, part.filename, part.content_type or "",
+                                                          part.raw))
+            else:
+                form.fields.setdefault(part.name, part.value)
+    except MultipartError as exc:
+        if "limit" in str(exc).lower():
+            raise PayloadTooLarge("multipart part exceeds the size limit") from exc
+        raise BadRequest("malformed multipart/form-data body") from exc
+    return form

@@ -1,0 +1,248 @@
+"""The native /v1 API: collections, items, anchors, search by image or text, embed, facets.
+
+Authentication: ``Authorization: Bearer <key>`` (or ``x-api-key``). Scores are cosine
+similarity, higher is closer. Routers are grouped by the Lambda function that serves them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.metrics import MetricUnit
+from lookalike import filters
+from lookalike.api.app import metrics
+from lookalike.api.request import content_type, json_object, multipart_form, tenant_from_bearer, validate
+from lookalike.contracts import SearchPage
+from lookalike.errors import BadRequest, NotFound
+from lookalike.schemas import (
+    AnchorOut,
+    CollectionList,
+    CollectionOut,
+    CreateCollection,
+    Deleted,
+    EmbedRequest,
+    EmbedResponse,
+    FacetsResponse,
+    FacetValue,
+    GenerateRequest,
+    GenerateResponse,
+    HitOut,
+    ItemOut,
+    PutItem,
+    SearchOptions,
+    SearchRequest,
+    SearchResponse,
+    TextSearchRequest,
+    image_path,
+)
+from lookalike.service import ImageRef
+
+catalog = Router()  # taxonomy function: collections, facets, item reads
+items = Router()  # upload function: item writes and query-image anchors
+search = Router()  # reverse_search function: search by image
+text = Router()  # generate function: text search and single best match
+embedding = Router()  # embed function
+
+FORM_JSON_FIELDS = ("filter", "metadata")
+FORM_INT_FIELDS = ("limit", "offset")
+FORM_FLOAT_FIELDS = ("min_score",)
+
+
+def _image_request(event: Any) -> tuple[dict[str, Any], ImageRef | None]:
+    """The request as a dict plus the uploaded file, for routes taking JSON or multipart."""
+    if content_type(event) == "multipart/form-data":
+        form = multipart_form(event)
+        upload = form.files.get("image") or form.files.get("file")
+        data: dict[str, Any] = {}
+        for name, value in form.fields.items():
+            try:
+                if name in FORM_JSON_FIELDS:
+                    data[name] = json.loads(value)
+                elif name in FORM_INT_FIELDS:
+                    data[name] = int(value)
+                elif name in FORM_FLOAT_FIELDS:
+                    data[name] = float(value)
+                else:
+                    data[name] = value
+            except ValueError:
+                raise BadRequest(f"{name}: invalid value") from None
+        if upload is None:
+            raise BadRequest("multipart request needs an 'image' file part")
+        return data, ImageRef(data=upload.data, content_type=upload.content_type)
+    return json_object(event), None
+
+
+def _ref(body: Any, upload: ImageRef | None) -> ImageRef:
+    if upload is not None:
+        if any(getattr(body, f, None) is not None for f in ("image_url", "data_url", "image_base64",
+                                                            "anchor_id", "item_id")):
+            raise BadRequest("give exactly one image: an uploaded file or one image field")
+        return upload
+    return ImageRef(url=body.image_url, data_url=body.data_url, base64=body.image_base64,
+                    anchor_id=getattr(body, "anchor_id", None), item_id=getattr(body, "item_id", None))
+
+
+def _page(collection: str, page: SearchPage, limit: int, offset: int, started: float) -> SearchResponse:
+    took = (time.perf_counter() - started) * 1000
+    metrics.add_metric(name="SearchLatency", unit=MetricUnit.Milliseconds, value=took)
+    end = offset + len(page.hits)
+    return SearchResponse(
+        hits=[HitOut(id=h.id, score=round(h.score, 6), metadata=dict(h.metadata),
+                     image_url=image_path(collection, h.id)) for h in page.hits],
+        total=page.total, limit=limit, offset=offset,
+        next_offset=end if end < page.total and page.hits else None, took_ms=round(took, 2),
+    )
+
+
+# ---------------------------------------------------------------- catalog (taxonomy)
+
+
+@catalog.get("/v1/collections")
+def list_collections() -> CollectionList:
+    tenant = tenant_from_bearer(catalog.current_event)
+    return CollectionList(collections=[CollectionOut.of(c) for c in tenant.list_collections()])
+
+
+@catalog.post("/v1/collections")
+def create_collection() -> Response:
+    tenant = tenant_from_bearer(catalog.current_event)
+    body = validate(CreateCollection, json_object(catalog.current_event))
+    info = tenant.create_collection(body.name, body.settings)
+    return Response(status_code=201, content_type=content_types.APPLICATION_JSON,
+                    body=CollectionOut.of(info).model_dump(mode="json"))
+
+
+@catalog.get("/v1/collections/<collection>")
+def get_collection(collection: str) -> CollectionOut:
+    tenant = tenant_from_bearer(catalog.current_event)
+    return CollectionOut.of(tenant.collection(collection))
+
+
+@catalog.delete("/v1/collections/<collection>")
+def delete_collection(collection: str) -> Deleted:
+    tenant = tenant_from_bearer(catalog.current_event)
+    tenant.delete_collection(collection)
+    return Deleted(id=collection, deleted=True)
+
+
+@catalog.get("/v1/collections/<collection>/facets")
+def facets(
+    collection: str,
+    fields: Annotated[str | None, Query(max_length=1024)] = None,
+    size: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> FacetsResponse:
+    tenant = tenant_from_bearer(catalog.current_event)
+    names = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
+    if names:
+        for name in names:
+            filters._check_field(name)
+    result = tenant.facets(collection, names, size=size)
+    return FacetsResponse(facets={k: [FacetValue(value=v, count=n) for v, n in vals] for k, vals in result.items()})
+
+
+@catalog.get("/v1/collections/<collection>/items/<item_id>")
+def get_item(collection: str, item_id: str) -> ItemOut:
+    tenant = tenant_from_bearer(catalog.current_event)
+    return ItemOut.of(tenant.get_item(collection, item_id), collection)
+
+
+@catalog.get("/v1/collections/<collection>/items/<item_id>/image")
+def get_item_image(collection: str, item_id: str) -> Response:
+    tenant = tenant_from_bearer(catalog.current_event)
+    data, ctype = tenant.item_image(collection, item_id)
+    return Response(status_code=200, content_type=ctype, body=data,
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
+# ---------------------------------------------------------------- items (upload)
+
+
+@items.put("/v1/collections/<collection>/items/<item_id>")
+def put_item(collection: str, item_id: str) -> ItemOut:
+    tenant = tenant_from_bearer(items.current_event)
+    data, upload = _image_request(items.current_event)
+    if upload is not None:
+        metadata = data.pop("metadata", {})
+        if data:
+            raise BadRequest(f"unknown form field {sorted(data)[0]!r}")
+        item = tenant.put_item(collection, item_id, upload, metadata)
+    else:
+        body = validate(PutItem, data)
+        item = tenant.put_item(collection, item_id, _ref(body, None), body.metadata)
+    return ItemOut.of(item, collection)
+
+
+@items.delete("/v1/collections/<collection>/items/<item_id>")
+def delete_item(collection: str, item_id: str) -> Deleted:
+    tenant = tenant_from_bearer(items.current_event)
+    if not tenant.delete_item(collection, item_id):
+        raise NotFound("Item not found")
+    return Deleted(id=item_id, deleted=True)
+
+
+@items.post("/v1/anchors")
+def stage_anchor() -> Response:
+    tenant = tenant_from_bearer(items.current_event)
+    data, upload = _image_request(items.current_event)
+    ref = upload if upload is not None else _ref(validate(EmbedRequest, data), None)
+    anchor = tenant.stage_anchor(ref)
+    body = AnchorOut(anchor_id=anchor.id, model_id=anchor.model_id, expires_at=anchor.expires_at)
+    return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=body.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------- search (reverse_search)
+
+
+@search.post("/v1/collections/<collection>/search")
+def search_by_image(collection: str) -> SearchResponse:
+    started = time.perf_counter()
+    tenant = tenant_from_bearer(search.current_event)
+    data, upload = _image_request(search.current_event)
+    body: SearchOptions = validate(SearchOptions if upload is not None else SearchRequest, data)
+    page = tenant.search(collection, _ref(body, upload), limit=body.limit, offset=body.offset,
+                         filter=filters.from_json(body.filter), min_score=body.min_score)
+    return _page(collection, page, body.limit, body.offset, started)
+
+
+# ---------------------------------------------------------------- text (generate)
+
+
+@text.post("/v1/collections/<collection>/search/text")
+def search_by_text(collection: str) -> SearchResponse:
+    started = time.perf_counter()
+    tenant = tenant_from_bearer(text.current_event)
+    body = validate(TextSearchRequest, json_object(text.current_event))
+    page = tenant.text_search(collection, body.query, fields=body.fields, limit=body.limit, offset=body.offset,
+                              filter=filters.from_json(body.filter))
+    return _page(collection, page, body.limit, body.offset, started)
+
+
+@text.post("/v1/collections/<collection>/generate")
+def generate(collection: str) -> GenerateResponse:
+    tenant = tenant_from_bearer(text.current_event)
+    body = validate(GenerateRequest, json_object(text.current_event))
+    page = tenant.text_search(collection, body.prompt, fields=body.fields, limit=1,
+                              filter=filters.from_json(body.filter))
+    if not page.hits:
+        raise NotFound("No match found")
+    hit = page.hits[0]
+    return GenerateResponse(item=HitOut(id=hit.id, score=round(hit.score, 6), metadata=dict(hit.metadata),
+                                        image_url=image_path(collection, hit.id)))
+
+
+# ---------------------------------------------------------------- embed
+
+
+@embedding.post("/v1/embed")
+def embed() -> EmbedResponse:
+    tenant = tenant_from_bearer(embedding.current_event)
+    data, upload = _image_request(embedding.current_event)
+    ref = upload if upload is not None else _ref(validate(EmbedRequest, data), None)
+    vector = tenant.embed(ref)
+    return EmbedResponse(model_id=tenant.embedder.model_id, dimension=int(vector.shape[0]),
+                         embedding=[float(x) for x in vector])

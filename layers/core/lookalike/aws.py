@@ -1,0 +1,19 @@
+"""AWS clients, created once per process with timeouts and bounded retries."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"})
+
+
+@cache
+def s3_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
+    """One S3 client per endpoint; ``LOOKALIKE_S3_ENDPOINT_URL`` points it at an S3-compatible store."""
+    return boto3.client("s3", endpoint_url=endpoint_url or os.environ.get("LOOKALIKE_S3_ENDPOINT_URL"),
+                        region_name=region, config=CLIENT_CONFIG)

@@ -1,0 +1,220 @@
+"""The ``lookalike`` command: set up, ingest, search, embed, list, serve."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from lookalike.config import ApiKey, DeploymentConfig, Settings, TenantConfig, hash_key, parse_config, write_config
+from lookalike.errors import LookalikeError
+from lookalike.service import ImageRef, Lookalike, TenantService
+
+
+def _service() -> Lookalike:
+    return Lookalike(Settings())
+
+
+def _tenant(app: Lookalike, tenant_id: str | None) -> TenantService:
+    tenants = list(app.config().tenants)
+    if tenant_id is None:
+        if len(tenants) != 1:
+            raise click.UsageError(f"choose a tenant with --tenant (configured: {', '.join(tenants) or 'none'})")
+        tenant_id = tenants[0]
+    if tenant_id not in tenants:
+        raise click.UsageError(f"unknown tenant {tenant_id!r}")
+    return app.tenant(tenant_id)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LookalikeError as exc:
+            raise click.ClickException(exc.message) from exc
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Lookalike: image search you host yourself."""
+
+
+@main.command()
+@click.option("--tenant", default="demo", show_default=True)
+@click.option("--api-key", help="Use this key instead of generating one (development only).")
+@click.option("--force", is_flag=True, help="Overwrite an existing configuration.")
+def init(tenant: str, api_key: str | None, force: bool) -> None:
+    """Write a configuration with one tenant and print its API key."""
+    settings = Settings()
+    path = settings.config_path
+    if path.exists() and not force:
+        config = parse_config(path.read_text(encoding="utf-8"))
+        if tenant in config.tenants and api_key and config.tenant_for_key(api_key) == tenant:
+            click.echo(f"{path} already has tenant {tenant!r} with that key")
+            return
+        if not api_key:
+            raise click.ClickException(f"{path} exists: pass --force to overwrite or `lookalike keys add`")
+    else:
+        config = DeploymentConfig()
+    key = api_key or f"lk_{secrets.token_urlsafe(24)}"
+    existing = config.tenants.get(tenant, TenantConfig())
+    existing.api_keys.append(ApiKey(sha256=hash_key(key), label="init"))
+    config.tenants[tenant] = existing
+    write_config(path, config)
+    click.echo(f"wrote {path}\ntenant: {tenant}\napi key: {key}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (only their SHA-256 is stored)."""
+
+
+@keys.command("add")
+@click.option("--tenant", required=True)
+@click.option("--label", default="")
+def keys_add(tenant: str, label: str) -> None:
+    """Add a key to a tenant; the old keys stay valid until removed (rotation without downtime)."""
+    settings = Settings()
+    config = parse_config(settings.config_path.read_text(encoding="utf-8"))
+    if tenant not in config.tenants:
+        raise click.UsageError(f"unknown tenant {tenant!r}")
+    key = f"lk_{secrets.token_urlsafe(24)}"
+    config.tenants[tenant].api_keys.append(ApiKey(sha256=hash_key(key), label=label))
+    write_config(settings.config_path, config)
+    click.echo(key)
+
+
+@main.command()
+def tenants() -> None:
+    """List tenants and their backends."""
+    config = _service().config()
+    for tenant_id in config.tenants:
+        click.echo(f"{tenant_id}\tembedder={config.embedder_for(tenant_id).name}\t"
+                   f"search={config.search_for(tenant_id).name}\tkeys={len(config.tenants[tenant_id].api_keys)}")
+
+
+@main.command()
+@click.option("--tenant")
+def collections(tenant: str | None) -> None:
+    """List a tenant's collections."""
+    t = _tenant(_service(), tenant)
+    for c in t.list_collections():
+        click.echo(f"{c.name}\titems={c.item_count}\tmodel={c.model_id}\tstatus={c.status}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--collection", required=True)
+@click.option("--tenant")
+@click.option("--threads", default=2, show_default=True, help="Image decoding threads.")
+@click.option("--update", is_flag=True, help="Re-index items that are already indexed.")
+@click.option("--limit", type=int, help="Ingest at most this many images.")
+def ingest(source: Path, collection: str, tenant: str | None, threads: int, update: bool, limit: int | None) -> None:
+    """Index a folder of images or a JSONL manifest (id, image path or URL, metadata)."""
+    from lookalike.ingest import folder_sources, ingest_sources, manifest_sources
+    from tqdm import tqdm
+
+    t = _tenant(_service(), tenant)
+    if not any(c.name == collection for c in t.list_collections()):
+        t.create_collection(collection)
+        click.echo(f"created collection {collection!r}")
+    skipped: list[tuple[str, str]] = []
+    failed: list[tuple[str, str]] = []
+    sources = manifest_sources(source, failed) if source.is_file() else folder_sources(source, skipped)
+    if limit is not None:
+        sources = sources[:limit]
+    with tqdm(total=len(sources), unit="img", desc="ingest", file=sys.stderr) as bar:
+        report = ingest_sources(t, collection, sources, skip_existing=not update, threads=threads, progress=bar)
+    report.skipped = skipped + report.skipped
+    report.failed = failed + report.failed
+    click.echo(f"indexed {len(report.indexed)}, skipped {len(report.skipped)}, failed {len(report.failed)}")
+    reasons: dict[str, int] = {}
+    for _, reason in report.skipped:
+        reasons[f"skipped: {reason}"] = reasons.get(f"skipped: {reason}", 0) + 1
+    for name, reason in report.failed[:20]:
+        click.echo(f"  failed {name}: {reason}")
+    for reason, n in sorted(reasons.items()):
+        click.echo(f"  {reason}: {n}")
+    if report.failed and not report.indexed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--collection", required=True)
+@click.option("--tenant")
+@click.option("--limit", default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def search(image: Path, collection: str, tenant: str | None, limit: int, as_json: bool) -> None:
+    """Search a collection with an image file."""
+    t = _tenant(_service(), tenant)
+    page = t.search(collection, ImageRef(data=image.read_bytes()), limit=limit)
+    if as_json:
+        click.echo(json.dumps({"total": page.total, "hits": [
+            {"id": h.id, "score": round(h.score, 6), "metadata": dict(h.metadata)} for h in page.hits]}, indent=2))
+        return
+    for rank, h in enumerate(page.hits, 1):
+        label = h.metadata.get("category") or h.metadata.get("path") or ""
+        click.echo(f"{rank:>3}  {h.score:.4f}  {h.id}  {label}")
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant")
+def embed(image: Path, tenant: str | None) -> None:
+    """Print an image's embedding as JSON."""
+    t = _tenant(_service(), tenant)
+    vector = t.embed(ImageRef(data=image.read_bytes()))
+    click.echo(json.dumps({"model_id": t.embedder.model_id, "dimension": len(vector),
+                           "embedding": [round(float(x), 7) for x in vector]}))
+
+
+@main.group()
+def models() -> None:
+    """Model files."""
+
+
+@models.command("build")
+@click.option("--model-dir", type=click.Path(path_type=Path))
+def models_build(model_dir: Path | None) -> None:
+    """Convert the packaged EfficientNet-Lite0 weights to ONNX (numpy + onnx, no torch)."""
+    from lookalike_local.efficientnet import ONNX_NAME, build_onnx, default_model_dir
+
+    out = build_onnx((model_dir or default_model_dir()) / ONNX_NAME)
+    click.echo(f"wrote {out}")
+
+
+def default_template() -> Path:
+    here = Path.cwd() / "template.yaml"
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parents[3] / "template.yaml"
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+@click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def serve(host: str, port: int, template: Path | None) -> None:
+    """Serve the API on 127.0.0.1, routed by template.yaml to the Lambda handlers."""
+    from lookalike.server import Gateway, make_server
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise click.UsageError("the local server binds to loopback only; deploy with `sam deploy` to serve others")
+    gateway = Gateway(template or default_template())
+    _service().config()  # fail now, not at the first request, when there is no configuration
+    server = make_server(gateway, host, port)
+    click.echo(f"Lookalike serving {len(gateway.routes)} routes on http://{host}:{server.server_address[1]}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

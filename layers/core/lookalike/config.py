@@ -1,0 +1,229 @@
+"""Deployment and tenant configuration.
+
+One model, three sources: a YAML/JSON file for the embedded default, and on AWS the same
+document in SSM Parameter Store or AppConfig, read through Powertools parameters with a
+cache TTL. Tenant settings fall back to ``defaults`` and then to the built-in defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lookalike.errors import ConfigurationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+class Settings(BaseSettings):
+    """Process settings from the environment (``LOOKALIKE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore")
+
+    home: Path = Path(".lookalike")
+    config: Path | None = None  # defaults to <home>/config.yaml
+    config_ssm: str | None = None  # SSM parameter name holding the config document
+    config_appconfig: str | None = None  # "application/environment/profile"
+    config_ttl: int = 60  # seconds a fetched config is trusted before re-reading
+    allow_loopback_urls: bool = False  # let image URLs point at 127.0.0.1 (development only)
+
+    @property
+    def config_path(self) -> Path:
+        return self.config or self.home / "config.yaml"
+
+
+class BackendChoice(BaseModel):
+    """Which registered backend to use, with its options (validated by the backend)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ApiKey(BaseModel):
+    """A stored API key: only the SHA-256 of the key is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    label: str = ""
+
+
+class CollectionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reverse_search_enabled: bool = True
+    keyword_fields: list[str] = Field(default_factory=list)  # facet fields beyond the defaults
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_image_bytes: int = 5 * 1024 * 1024  # the XGen constraints table: 5 MB
+    max_image_pixels: int = 40_000_000
+    max_limit: int = 100
+    max_offset: int = 10_000
+    anchor_ttl_seconds: int = 24 * 3600
+
+
+class Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    embedder: BackendChoice = BackendChoice(name="efficientnet-lite0")
+    search: BackendChoice = BackendChoice(name="local")
+    blobs: BackendChoice = BackendChoice(name="filesystem")
+    limits: Limits = Limits()
+
+
+class TenantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    embedder: BackendChoice | None = None
+    search: BackendChoice | None = None
+    blobs: BackendChoice | None = None
+    limits: Limits | None = None
+    collections: dict[str, CollectionSettings] = Field(default_factory=dict)
+
+    @field_validator("collections")
+    @classmethod
+    def _names(cls, value: dict[str, CollectionSettings]) -> dict[str, CollectionSettings]:
+        for name in value:
+            if not _NAME_RE.match(name):
+                raise ValueError(f"invalid collection name {name!r}")
+        return value
+
+
+class DeploymentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    defaults: Defaults = Defaults()
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
+        for name in value:
+            if not _NAME_RE.match(name):
+                raise ValueError(f"invalid tenant id {name!r}")
+        return value
+
+    def tenant_for_key(self, key: str | None) -> str | None:
+        """The tenant owning ``key``, comparing every stored hash in constant time."""
+        if not key:
+            return None
+        digest = hash_key(key)
+        found: str | None = None
+        for tenant_id, tenant in self.tenants.items():
+            for stored in tenant.api_keys:
+                if hmac.compare_digest(stored.sha256, digest):
+                    found = tenant_id  # keep looping: timing must not depend on position
+        return found
+
+    # Fallbacks: tenant setting -> deployment defaults (-> built-in defaults above).
+    def embedder_for(self, tenant_id: str) -> BackendChoice:
+        return _merge(self.defaults.embedder, self.tenants[tenant_id].embedder)
+
+    def search_for(self, tenant_id: str) -> BackendChoice:
+        return _merge(self.defaults.search, self.tenants[tenant_id].search)
+
+    def blobs_for(self, tenant_id: str) -> BackendChoice:
+        return _merge(self.defaults.blobs, self.tenants[tenant_id].blobs)
+
+    def limits_for(self, tenant_id: str) -> Limits:
+        return self.tenants[tenant_id].limits or self.defaults.limits
+
+    def collection_settings(self, tenant_id: str, collection: str) -> CollectionSettings:
+        return self.tenants[tenant_id].collections.get(collection) or CollectionSettings()
+
+
+def _merge(default: BackendChoice, override: BackendChoice | None) -> BackendChoice:
+    """A tenant's choice wins; with the same backend name, options are merged over the default's."""
+    if override is None:
+        return default
+    if override.name == default.name:
+        return BackendChoice(name=override.name, options={**default.options, **override.options})
+    return override
+
+
+def hash_key(key: str) -> str:
+    # API keys are long random tokens, so a fast unsalted hash is enough to make a leaked
+    # config useless without making every request pay for a password KDF.
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def parse_config(document: str | bytes | dict[str, Any]) -> DeploymentConfig:
+    try:
+        data = document if isinstance(document, dict) else yaml.safe_load(document) or {}
+        return DeploymentConfig.model_validate(data)
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"invalid Lookalike configuration: {exc}") from exc
+
+
+class ConfigSource:
+    """Reads the deployment config from its source, caching it for ``settings.config_ttl``."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._lock = threading.Lock()
+        self._config: DeploymentConfig | None = None
+        self._stamp: Any = None
+        self._fetched_at = 0.0
+
+    def get(self) -> DeploymentConfig:
+        with self._lock:
+            s = self.settings
+            if s.config_ssm or s.config_appconfig:
+                # Powertools caches for max_age itself; parse only when the document changed.
+                raw = self._fetch_remote()
+                if self._config is None or raw != self._stamp:
+                    self._config, self._stamp = parse_config(raw), raw
+                return self._config
+            path = s.config_path
+            try:
+                stamp = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                raise ConfigurationError(
+                    f"no configuration at {path}: run `lookalike init` or set LOOKALIKE_CONFIG"
+                ) from None
+            if self._config is None or stamp != self._stamp:
+                self._config = parse_config(path.read_text(encoding="utf-8"))
+                self._stamp = stamp
+            return self._config
+
+    def _fetch_remote(self) -> str:
+        from aws_lambda_powertools.utilities import parameters
+
+        s = self.settings
+        try:
+            if s.config_ssm:
+                value = parameters.get_parameter(s.config_ssm, decrypt=True, max_age=s.config_ttl)
+            else:
+                app, env, profile = (s.config_appconfig or "").split("/")
+                value = parameters.get_app_config(
+                    name=profile, environment=env, application=app, max_age=s.config_ttl
+                )
+        except ValueError as exc:
+            raise ConfigurationError("LOOKALIKE_CONFIG_APPCONFIG must be application/environment/profile") from exc
+        except parameters.exceptions.GetParameterError as exc:
+            raise ConfigurationError("could not read the Lookalike configuration") from exc
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def write_config(path: Path, config: DeploymentConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(config.model_dump_json(exclude_defaults=False))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))
+
+

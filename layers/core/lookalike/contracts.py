@@ -1,0 +1,209 @@
+"""The contracts every backend plugin implements.
+
+Three kinds of backend, each an ABC with capability flags (after simonw/llm's
+``EmbeddingModel``): an embedder turns images/text into L2-normalised float32 vectors,
+a search backend stores and searches vectors with metadata, a blob store keeps bytes.
+Each backend validates its own options with a pydantic model (``Options``).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from lookalike.filters import Filter
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What the core hands a backend when it builds one."""
+
+    home: Path  # the deployment's data folder (LOOKALIKE_HOME)
+
+
+# ---------------------------------------------------------------- embedders
+
+
+class Embedder(abc.ABC):
+    """Turns images (and, if ``supports_text``, text) into vectors of one model."""
+
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    supports_images: ClassVar[bool] = True
+    supports_text: ClassVar[bool] = False
+    batch_size: int = 16
+
+    #: Stable id of the model and its preprocessing; collections record it.
+    model_id: str
+    dimension: int
+
+    @abc.abstractmethod
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Return an (n, dimension) float32 array of L2-normalised rows."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} does not embed text")
+
+
+# ---------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    name: str
+    model_id: str
+    dimension: int
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    model_id: str
+    dimension: int
+    item_count: int
+    settings: Mapping[str, Any]
+    status: Literal["READY", "INDEXING"]
+    created_at: float
+
+
+@dataclass
+class Item:
+    """One catalog entry: its vector, metadata and where its image lives."""
+
+    id: str
+    vector: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+    image_key: str | None = None
+    updated_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float  # cosine similarity, higher is closer
+    metadata: Mapping[str, Any]
+    image_key: str | None
+
+
+@dataclass(frozen=True)
+class VectorQuery:
+    vector: np.ndarray
+    limit: int = 10
+    offset: int = 0
+    filter: Filter | None = None
+    min_score: float | None = None
+    exclude_ids: frozenset[str] = frozenset()
+
+
+TextField = Literal["caption", "prompt"]
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    text: str
+    fields: tuple[TextField, ...] = ("caption", "prompt")
+    limit: int = 10
+    offset: int = 0
+    filter: Filter | None = None
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    hits: list[Hit]
+    total: int  # how many items passed the filter (and cutoff), before paging
+
+
+class SearchBackend(abc.ABC):
+    """Stores items per (tenant, collection) and answers vector, text and facet queries.
+
+    Ordering contract: hits are sorted by score descending, ties broken by id ascending,
+    so paging with offset over an unchanged collection is stable.
+    """
+
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    supports_text_search: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def create_collection(self, tenant: str, spec: CollectionSpec) -> CollectionInfo:
+        """Create a collection; raise ``Conflict`` if it exists."""
+
+    @abc.abstractmethod
+    def get_collection(self, tenant: str, name: str) -> CollectionInfo | None: ...
+
+    @abc.abstractmethod
+    def list_collections(self, tenant: str) -> list[CollectionInfo]: ...
+
+    @abc.abstractmethod
+    def delete_collection(self, tenant: str, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def set_status(self, tenant: str, name: str, status: Literal["READY", "INDEXING"]) -> None: ...
+
+    @abc.abstractmethod
+    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
+        """Insert or replace items by id. Vectors must match the collection's dimension."""
+
+    @abc.abstractmethod
+    def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
+        """Delete items by id; return how many existed."""
+
+    @abc.abstractmethod
+    def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None: ...
+
+    @abc.abstractmethod
+    def search(self, tenant: str, collection: str, query: VectorQuery) -> SearchPage: ...
+
+    @abc.abstractmethod
+    def text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage: ...
+
+    @abc.abstractmethod
+    def facets(
+        self, tenant: str, collection: str, fields: Sequence[str], filter: Filter | None = None,
+        size: int = 100,
+    ) -> dict[str, list[tuple[str, int]]]:
+        """Value counts per keyword field, most frequent first (ties by value)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; optional."""
+
+
+# ---------------------------------------------------------------- blobs
+
+
+@dataclass(frozen=True)
+class Blob:
+    data: bytes
+    content_type: str
+    metadata: Mapping[str, str]
+
+
+class BlobStore(abc.ABC):
+    """Bytes by key, with a content type and small string metadata (as S3 objects have)."""
+
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def get(self, key: str) -> Blob:
+        """Return the blob; raise ``NotFound`` when the key does not exist."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete the key; deleting a missing key is not an error."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...

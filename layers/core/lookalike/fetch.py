@@ -1,0 +1,115 @@
+"""Fetch an image by URL without becoming a proxy into the private network.
+
+The host is resolved once, every address is checked, and the connection goes to the
+checked address (no second lookup an attacker could rebind). Redirects are followed by
+hand, a bounded number of times, each hop checked again. Connect and read timeouts, a
+total deadline and a byte cap bound the work.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+from lookalike.errors import BadRequest, PayloadTooLarge
+
+MAX_REDIRECTS = 3
+USER_AGENT = "Lookalike/0.1 (+image fetch)"
+# Cloud metadata endpoints that are not covered by the private/link-local ranges.
+_METADATA_HOSTS = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("169.254.169.254")}
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    max_bytes: int = 5 * 1024 * 1024
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    deadline: float = 15.0
+    allow_loopback: bool = False  # for local development and tests only
+
+
+class FetchError(BadRequest):
+    default_message = "Could not fetch the image URL"
+
+
+def address_allowed(address: str, policy: FetchPolicy) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in _METADATA_HOSTS:
+        return False
+    if ip.is_loopback:
+        return policy.allow_loopback
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_private)
+
+
+def resolve(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FetchError("Could not resolve the image URL host") from exc
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def fetch(url: str, policy: FetchPolicy | None = None) -> tuple[bytes, str]:
+    """Return (body, content type) of ``url``, refusing unsafe destinations."""
+    policy = policy or FetchPolicy()
+    started = time.monotonic()
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchError("Image URL must be http or https")
+        if parts.username or parts.password:
+            raise FetchError("Image URL must not contain credentials")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = resolve(parts.hostname, port)
+        if not addresses or not all(address_allowed(a, policy) for a in addresses):
+            raise FetchError("Image URL points to a forbidden address")
+        remaining = policy.deadline - (time.monotonic() - started)
+        if remaining <= 0:
+            raise FetchError("Image URL fetch timed out")
+        timeout = urllib3.Timeout(connect=min(policy.connect_timeout, remaining),
+                                  read=min(policy.read_timeout, remaining))
+        kwargs = {"timeout": timeout, "retries": False, "maxsize": 1}
+        if parts.scheme == "https":
+            pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+                addresses[0], port, server_hostname=parts.hostname, assert_hostname=parts.hostname, **kwargs)
+        else:
+            pool = urllib3.HTTPConnectionPool(addresses[0], port, **kwargs)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        try:
+            resp = pool.urlopen("GET", path, headers={"Host": host_header, "User-Agent": USER_AGENT,
+                                                      "Accept": "image/*"},
+                                redirect=False, preload_content=False)
+            try:
+                if resp.status in (301, 302, 303, 307, 308):
+                    location = resp.headers.get("Location")
+                    if not location:
+                        raise FetchError("Image URL redirect without a location")
+                    url = urljoin(url, location)
+                    continue
+                if resp.status != 200:
+                    raise FetchError(f"Image URL answered HTTP {resp.status}")
+                declared = resp.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+                    raise PayloadTooLarge(f"Image exceeds the limit of {policy.max_bytes} bytes")
+                body = bytearray()
+                for chunk in resp.stream(64 * 1024):
+                    body += chunk
+                    if len(body) > policy.max_bytes:
+                        raise PayloadTooLarge(f"Image exceeds the limit of {policy.max_bytes} bytes")
+                    if time.monotonic() - started > policy.deadline:
+                        raise FetchError("Image URL fetch timed out")
+                return bytes(body), resp.headers.get("Content-Type", "")
+            finally:
+                resp.release_conn()
+        except urllib3.exceptions.HTTPError as exc:
+            raise FetchError("Could not fetch the image URL") from exc
+        finally:
+            pool.close()
+    raise FetchError("Image URL redirected too many times")

@@ -1,0 +1,43 @@
+"""Lookalike's plugin hooks.
+
+Few hooks, each named ``register_<thing>(register)``: the core passes a callback and keeps
+the registry itself (the shape of simonw/llm's and tox 4's hookspecs). A plugin module
+implements any of them with ``@lookalike.hookimpl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+PROJECT = "lookalike"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_embedders(register: Callable[[str, type], None]) -> None:
+    """Register embedder classes (subclasses of :class:`lookalike.contracts.Embedder`).
+
+    :param register: call ``register(name, cls)`` once per embedder; ``name`` is what
+        tenant configuration uses in ``embedder.name``. Names must be unique.
+    """
+
+
+@hookspec
+def register_search_backends(register: Callable[[str, type], None]) -> None:
+    """Register search backend classes (subclasses of :class:`lookalike.contracts.SearchBackend`).
+
+    :param register: call ``register(name, cls)`` once per backend; ``name`` is what tenant
+        configuration uses in ``search.name``. Names must be unique.
+    """
+
+
+@hookspec
+def register_blob_stores(register: Callable[[str, type], None]) -> None:
+    """Register blob store classes (subclasses of :class:`lookalike.contracts.BlobStore`).
+
+    :param register: call ``register(name, cls)`` once per store; ``name`` is what
+        configuration uses in ``blobs.name``. Names must be unique.
+    """

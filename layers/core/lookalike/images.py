@@ -1,0 +1,143 @@
+"""Image intake: sniff, size-check and decode untrusted bytes exactly once.
+
+Every path that brings an image in (multipart, base64, data URL, URL fetch, anchor, stored
+item) ends here, so the checks cannot be skipped by choosing another door.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+from lookalike.errors import InvalidImage, PayloadTooLarge
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Decoding a truncated file must fail, not return a half-grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# Largest side we ever need: embedders work at a few hundred pixels, so JPEG draft mode
+# can decode big photos at 1/2..1/8 scale, which is most of the decode cost saved.
+DRAFT_TARGET = 512
+
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"GIF87a", 0, "image/gif"),
+    (b"GIF89a", 0, "image/gif"),
+    (b"WEBP", 8, "image/webp"),
+    (b"II*\x00", 0, "image/tiff"),
+    (b"MM\x00*", 0, "image/tiff"),
+    (b"BM", 0, "image/bmp"),
+)
+_PIL_FORMATS = {
+    "image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF", "image/webp": "WEBP",
+    "image/tiff": "TIFF", "image/bmp": "BMP",
+}
+SUPPORTED_TYPES = frozenset(_PIL_FORMATS)
+
+
+def sniff(data: bytes) -> str | None:
+    """The image MIME type from magic bytes, or None."""
+    for magic, offset, mime in _SIGNATURES:
+        if data[offset:offset + len(magic)] == magic:
+            if mime == "image/webp" and data[:4] != b"RIFF":
+                continue
+            return mime
+    return None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, orientation applied
+    mime: str
+    width: int  # original pixel size, before any draft scaling
+    height: int
+    size_bytes: int
+
+
+def decode(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    allowed_types: frozenset[str] = SUPPORTED_TYPES,
+    too_large_message: str | None = None,
+) -> DecodedImage:
+    """Validate and decode untrusted image bytes into an RGB image."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(too_large_message or f"Image exceeds the limit of {max_bytes} bytes")
+    if not data:
+        raise InvalidImage()
+    mime = sniff(data)
+    if mime is None or mime not in allowed_types:
+        raise InvalidImage()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[mime]])
+            width, height = img.size
+            if width <= 0 or height <= 0 or width * height > max_pixels:
+                raise InvalidImage("Image dimensions exceed the limit")
+            if img.format == "JPEG":
+                img.draft("RGB", (DRAFT_TARGET, DRAFT_TARGET))
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animated / multi-page: the first frame is the image
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            rgb = to_rgb(img)
+    except InvalidImage:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, EOFError, IndexError, TypeError, KeyError,
+            ZeroDivisionError, MemoryError) as exc:
+        raise InvalidImage() from exc
+    return DecodedImage(image=rgb, mime=mime, width=width, height=height, size_bytes=len(data))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit greyscale: scale to 8 bits by the actual range instead of clipping.
+        img = img.convert("I")
+        lo, hi = img.getextrema()
+        scale = 255.0 / max(1, hi - lo)
+        img = img.point(lambda v: (v - lo) * scale).convert("L")
+    if img.mode == "F":
+        img = img.convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
+
+
+def parse_data_url(value: str, max_bytes: int) -> tuple[str, bytes]:
+    """Decode a ``data:image/...;base64,`` URL into (declared MIME, bytes)."""
+    m = _DATA_URL.match(value)
+    if not m or not m.group("b64"):
+        raise InvalidImage("data URL must be base64 encoded")
+    mime = (m.group("mime") or "").lower()
+    payload = value[m.end():]
+    return mime, b64decode(payload, max_bytes)
+
+
+def b64decode(payload: str, max_bytes: int) -> bytes:
+    # Reject before decoding: base64 grows by 4/3, so this bounds the work too.
+    if len(payload) > (max_bytes * 4) // 3 + 8:
+        raise PayloadTooLarge(f"Image exceeds the limit of {max_bytes} bytes")
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImage("invalid base64 image data") from exc

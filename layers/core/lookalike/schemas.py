@@ -1,0 +1,166 @@
+"""Pydantic models of the native /v1 API's requests and responses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from lookalike.config import NAME_PATTERN, CollectionSettings
+from lookalike.contracts import CollectionInfo, Hit, Item
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_LIMIT = 100
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageInput(Strict):
+    """One image, by exactly one of these fields."""
+
+    image_url: str | None = Field(default=None, max_length=4096)
+    data_url: str | None = Field(default=None, max_length=8 * 1024 * 1024)
+    image_base64: str | None = Field(default=None, max_length=8 * 1024 * 1024)
+
+    def given(self) -> int:
+        return sum(v is not None for v in (self.image_url, self.data_url, self.image_base64))
+
+
+class CreateCollection(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    settings: CollectionSettings = CollectionSettings()
+
+
+class CollectionOut(BaseModel):
+    name: str
+    model_id: str
+    dimension: int
+    item_count: int
+    status: Literal["READY", "INDEXING"]
+    settings: dict[str, Any]
+    created_at: float
+
+    @classmethod
+    def of(cls, info: CollectionInfo) -> CollectionOut:
+        return cls(name=info.name, model_id=info.model_id, dimension=info.dimension, item_count=info.item_count,
+                   status=info.status, settings=dict(info.settings), created_at=info.created_at)
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionOut]
+
+
+class PutItem(ImageInput):
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_image(self) -> PutItem:
+        if self.given() != 1:
+            raise ValueError("give exactly one of image_url, data_url or image_base64")
+        return self
+
+
+class ItemOut(BaseModel):
+    id: str
+    metadata: dict[str, Any]
+    image_url: str | None = None
+
+    @classmethod
+    def of(cls, item: Item | Hit, collection: str) -> ItemOut:
+        return cls(id=item.id, metadata=dict(item.metadata), image_url=image_path(collection, item.id))
+
+
+def image_path(collection: str, item_id: str) -> str:
+    return f"/v1/collections/{collection}/items/{item_id}/image"
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: bool
+
+
+class SearchOptions(Strict):
+    """Paging, filtering and cutoff: the multipart form of a search takes only these."""
+
+    limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
+    offset: int = Field(default=0, ge=0, le=10_000)
+    filter: dict[str, Any] | None = None
+    min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+
+
+class SearchRequest(SearchOptions, ImageInput):
+    anchor_id: str | None = Field(default=None, max_length=64)
+    item_id: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_image(self) -> SearchRequest:
+        if self.given() + (self.anchor_id is not None) + (self.item_id is not None) != 1:
+            raise ValueError("give exactly one of image_url, data_url, image_base64, anchor_id or item_id")
+        return self
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity, higher is closer")
+    metadata: dict[str, Any]
+    image_url: str
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+    took_ms: float
+
+
+class TextSearchRequest(Strict):
+    query: str = Field(min_length=1, max_length=500)
+    fields: list[Literal["caption", "prompt"]] = Field(default=["caption", "prompt"], min_length=1)
+    limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
+    offset: int = Field(default=0, ge=0, le=10_000)
+    filter: dict[str, Any] | None = None
+
+
+class GenerateRequest(Strict):
+    prompt: str = Field(min_length=1, max_length=500)
+    fields: list[Literal["caption", "prompt"]] = Field(default=["caption", "prompt"], min_length=1)
+    filter: dict[str, Any] | None = None
+
+
+class GenerateResponse(BaseModel):
+    item: HitOut
+
+
+class AnchorOut(BaseModel):
+    anchor_id: str
+    model_id: str
+    expires_at: float
+
+
+class EmbedRequest(ImageInput):
+    @model_validator(mode="after")
+    def _one_image(self) -> EmbedRequest:
+        if self.given() != 1:
+            raise ValueError("give exactly one of image_url, data_url or image_base64")
+        return self
+
+
+class EmbedResponse(BaseModel):
+    model_id: str
+    dimension: int
+    embedding: list[float]
+
+
+class FacetValue(BaseModel):
+    value: str
+    count: int
+
+
+class FacetsResponse(BaseModel):
+    facets: dict[str, list[FacetValue]]
+
+
+class ErrorBody(BaseModel):
+    error: str

@@ -1,0 +1,429 @@
+"""The one implementation of Lookalike's operations, below every API surface.
+
+Request flow: API key -> tenant; collection name -> that tenant's collection; image
+reference -> bytes (upload, base64, data URL, URL fetch, anchor, stored item) -> checked
+and decoded once -> the tenant's embedder -> the tenant's search backend.
+Routers translate their surface's request into these calls and the results back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+from lookalike import images
+from lookalike.config import (
+    BackendChoice,
+    CollectionSettings,
+    ConfigSource,
+    DeploymentConfig,
+    Limits,
+    Settings,
+    valid_name,
+)
+from lookalike.contracts import (
+    BackendContext,
+    BlobStore,
+    CollectionInfo,
+    CollectionSpec,
+    Embedder,
+    Item,
+    SearchBackend,
+    SearchPage,
+    TextQuery,
+    VectorQuery,
+)
+from lookalike.errors import BadRequest, ConfigurationError, ModelMismatch, NotFound, Unauthorized
+from lookalike.fetch import FetchPolicy, fetch
+from lookalike.filters import Filter
+from lookalike.plugins import Registry, default_registry
+
+ITEM_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,255}$"
+_ITEM_ID = re.compile(ITEM_ID_PATTERN)
+_ANCHOR_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_KEYS = 64
+DEFAULT_FACET_FIELDS = ("category", "character", "model", "style", "brand", "color")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image comes from; exactly one field is set."""
+
+    data: bytes | None = None
+    content_type: str | None = None  # as declared by the client, for data only
+    url: str | None = None
+    data_url: str | None = None
+    base64: str | None = None
+    anchor_id: str | None = None
+    item_id: str | None = None
+
+    def kind(self) -> str:
+        set_fields = [n for n in ("data", "url", "data_url", "base64", "anchor_id", "item_id")
+                      if getattr(self, n) is not None]
+        if len(set_fields) != 1:
+            raise BadRequest("give exactly one image: file, image_url, data_url, image_base64, anchor_id or item_id")
+        return set_fields[0]
+
+
+@dataclass(frozen=True)
+class Anchor:
+    id: str
+    model_id: str
+    expires_at: float
+
+
+@dataclass
+class IngestReport:
+    indexed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise BadRequest("metadata must be an object")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise BadRequest(f"metadata has more than {MAX_METADATA_KEYS} keys")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", key):
+            raise BadRequest("metadata keys must be 1-64 letters, digits, '_', '.' or '-'")
+        values = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
+            raise BadRequest("metadata values must be strings, numbers, booleans or lists of them")
+        if any(isinstance(v, float) and not np.isfinite(v) for v in values):
+            raise BadRequest("metadata numbers must be finite")
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise BadRequest(f"metadata exceeds {MAX_METADATA_BYTES} bytes")
+    return dict(metadata)
+
+
+def check_item_id(item_id: str) -> str:
+    if not isinstance(item_id, str) or not _ITEM_ID.match(item_id):
+        raise BadRequest("item id must be 1-256 characters: letters, digits and _ . : @ = + -")
+    return item_id
+
+
+def _chunks(entries: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    it = iter(entries)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+class TenantService:
+    """A tenant's backends and limits, and every operation on its collections."""
+
+    def __init__(self, tenant_id: str, config: DeploymentConfig, embedder: Embedder, search: SearchBackend,
+                 blobs: BlobStore, settings: Settings) -> None:
+        self.id = tenant_id
+        self.config = config
+        self.embedder = embedder
+        self.search_backend = search
+        self.blobs = blobs
+        self.limits: Limits = config.limits_for(tenant_id)
+        self.fetch_policy = FetchPolicy(max_bytes=self.limits.max_image_bytes,
+                                        allow_loopback=settings.allow_loopback_urls)
+
+    # ------------------------------------------------------------ collections
+
+    def collection(self, name: str) -> CollectionInfo:
+        """The tenant's collection; a collection pre-declared in config is created on first use."""
+        if not valid_name(name):
+            raise NotFound("Collection not found")
+        info = self.search_backend.get_collection(self.id, name)
+        if info is None:
+            declared = self.config.tenants[self.id].collections.get(name)
+            if declared is None:
+                raise NotFound("Collection not found")
+            info = self._create(name, declared)
+        return info
+
+    def create_collection(self, name: str, settings: CollectionSettings | None = None) -> CollectionInfo:
+        if not valid_name(name):
+            raise BadRequest("collection name must be 1-128 letters, digits, '_', '.' or '-'")
+        return self._create(name, settings or self.config.collection_settings(self.id, name))
+
+    def _create(self, name: str, settings: CollectionSettings) -> CollectionInfo:
+        from lookalike.errors import Conflict
+
+        spec = CollectionSpec(name=name, model_id=self.embedder.model_id, dimension=self.embedder.dimension,
+                              settings=settings.model_dump())
+        try:
+            return self.search_backend.create_collection(self.id, spec)
+        except Conflict:
+            existing = self.search_backend.get_collection(self.id, name)
+            if existing is not None and name in self.config.tenants[self.id].collections:
+                return existing  # a concurrent first use created it
+            raise
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return self.search_backend.list_collections(self.id)
+
+    def delete_collection(self, name: str) -> None:
+        self.collection(name)
+        self.search_backend.delete_collection(self.id, name)
+
+    def _searchable(self, name: str) -> CollectionInfo:
+        info = self.collection(name)
+        if info.model_id != self.embedder.model_id or info.dimension != self.embedder.dimension:
+            raise ModelMismatch(
+                f"collection {name!r} was built with model {info.model_id} ({info.dimension}-d); "
+                f"this tenant embeds with {self.embedder.model_id} ({self.embedder.dimension}-d)"
+            )
+        return info
+
+    # ------------------------------------------------------------ images
+
+    def image_bytes(self, ref: ImageRef, collection: str | None = None) -> tuple[bytes, str | None]:
+        kind = ref.kind()
+        max_bytes = self.limits.max_image_bytes
+        if kind == "data":
+            return ref.data or b"", ref.content_type
+        if kind == "base64":
+            return images.b64decode(ref.base64 or "", max_bytes), None
+        if kind == "data_url":
+            mime, data = images.parse_data_url(ref.data_url or "", max_bytes)
+            if not mime.startswith("image/"):
+                raise BadRequest("data URL must have an image/* type")
+            return data, mime
+        if kind == "url":
+            data, content_type = fetch(ref.url or "", self.fetch_policy)
+            return data, content_type or None
+        if kind == "anchor_id":
+            return self.blobs.get(self._anchor_key(ref.anchor_id or "")).data, None
+        if collection is None:
+            raise BadRequest("item_id needs a collection")
+        item = self.search_backend.get_item(self.id, collection, check_item_id(ref.item_id or ""))
+        if item is None or not item.image_key:
+            raise NotFound("Item not found")
+        return self.blobs.get(item.image_key).data, None
+
+    def decode(self, data: bytes) -> images.DecodedImage:
+        return images.decode(data, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels)
+
+    def embed(self, ref: ImageRef) -> np.ndarray:
+        data, _ = self.image_bytes(ref)
+        return self.embedder.embed_images([self.decode(data).image])[0]
+
+    def query_vector(self, collection: str, ref: ImageRef) -> np.ndarray:
+        kind = ref.kind()
+        if kind == "anchor_id":
+            anchor, vector = self._load_anchor(ref.anchor_id or "")
+            if anchor.model_id != self.embedder.model_id:
+                raise ModelMismatch("anchor was embedded with another model; upload it again")
+            return vector
+        if kind == "item_id":
+            item = self.search_backend.get_item(self.id, collection, check_item_id(ref.item_id or ""))
+            if item is None:
+                raise NotFound("Item not found")
+            return item.vector
+        data, _ = self.image_bytes(ref, collection)
+        return self.embedder.embed_images([self.decode(data).image])[0]
+
+    # ------------------------------------------------------------ anchors
+
+    def _anchor_key(self, anchor_id: str) -> str:
+        if not _ANCHOR_ID.match(anchor_id):
+            raise NotFound("Anchor not found")
+        return f"{self.id}/anchors/{anchor_id}"
+
+    def stage_anchor(self, ref: ImageRef) -> Anchor:
+        """Store a query image and its embedding; paging by anchor never re-embeds."""
+        data, _ = self.image_bytes(ref)
+        decoded = self.decode(data)
+        vector = self.embedder.embed_images([decoded.image])[0]
+        anchor = Anchor(id=uuid.uuid4().hex, model_id=self.embedder.model_id,
+                        expires_at=time.time() + self.limits.anchor_ttl_seconds)
+        key = self._anchor_key(anchor.id)
+        meta = {"model_id": anchor.model_id, "expires_at": f"{anchor.expires_at:.3f}"}
+        buf = io.BytesIO()
+        np.save(buf, vector.astype(np.float32), allow_pickle=False)
+        self.blobs.put(key + ".npy", buf.getvalue(), "application/x-npy", meta)
+        self.blobs.put(key, data, decoded.mime, meta)
+        return anchor
+
+    def _load_anchor(self, anchor_id: str) -> tuple[Anchor, np.ndarray]:
+        blob = self.blobs.get(self._anchor_key(anchor_id) + ".npy")
+        try:
+            expires = float(blob.metadata.get("expires_at", "0"))
+            anchor = Anchor(id=anchor_id, model_id=blob.metadata.get("model_id", ""), expires_at=expires)
+            vector = np.load(io.BytesIO(blob.data), allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise NotFound("Anchor not found") from exc
+        if expires < time.time():
+            raise NotFound("Anchor not found")
+        return anchor, vector
+
+    # ------------------------------------------------------------ items
+
+    def put_item(self, collection: str, item_id: str, ref: ImageRef, metadata: Any = None) -> Item:
+        info = self._searchable(collection)
+        check_item_id(item_id)
+        meta = validate_metadata(metadata)
+        data, _ = self.image_bytes(ref, collection)
+        decoded = self.decode(data)
+        vector = self.embedder.embed_images([decoded.image])[0]
+        return self._store(info.name, [(item_id, data, decoded, vector, meta)])[0]
+
+    def put_items(self, collection: str, entries: Iterable[tuple[str, bytes, Any]], threads: int = 2) -> IngestReport:
+        """Batch ingestion: decode in ``threads`` threads, embed a batch at a time, upsert per batch."""
+        info = self._searchable(collection)
+        report = IngestReport()
+
+        def prepare(entry: tuple[str, bytes, Any]) -> tuple[str, bytes, images.DecodedImage, dict] | tuple[str, str]:
+            item_id, data, metadata = entry
+            try:
+                check_item_id(item_id)
+                return item_id, data, self.decode(data), validate_metadata(metadata)
+            except BadRequest as exc:
+                return item_id, exc.message
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for chunk in _chunks(entries, self.embedder.batch_size):
+                ready = []
+                for result in pool.map(prepare, chunk):
+                    if len(result) == 2:
+                        report.failed.append(result)  # type: ignore[arg-type]
+                    else:
+                        ready.append(result)
+                if not ready:
+                    continue
+                vectors = self.embedder.embed_images([r[2].image for r in ready])
+                self._store(info.name, [(i, data, d, v, m) for (i, data, d, m), v in zip(ready, vectors, strict=True)])
+                report.indexed.extend(r[0] for r in ready)
+        return report
+
+    def _store(self, collection: str,
+               rows: Sequence[tuple[str, bytes, images.DecodedImage, np.ndarray, dict]]) -> list[Item]:
+        items = []
+        for item_id, data, decoded, vector, meta in rows:
+            key = f"{self.id}/collections/{collection}/items/{item_id}"
+            self.blobs.put(key, data, decoded.mime, {"item_id": item_id})
+            meta = {**meta, "width": meta.get("width", decoded.width), "height": meta.get("height", decoded.height)}
+            items.append(Item(id=item_id, vector=vector, metadata=meta, image_key=key))
+        self.search_backend.upsert(self.id, collection, items)
+        return items
+
+    def get_item(self, collection: str, item_id: str) -> Item:
+        self.collection(collection)
+        item = self.search_backend.get_item(self.id, collection, check_item_id(item_id))
+        if item is None:
+            raise NotFound("Item not found")
+        return item
+
+    def delete_item(self, collection: str, item_id: str) -> bool:
+        self.collection(collection)
+        item = self.search_backend.get_item(self.id, collection, check_item_id(item_id))
+        removed = self.search_backend.delete(self.id, collection, [item_id]) > 0
+        if item is not None and item.image_key:
+            self.blobs.delete(item.image_key)
+        return removed
+
+    def item_image(self, collection: str, item_id: str) -> tuple[bytes, str]:
+        item = self.get_item(collection, item_id)
+        if not item.image_key:
+            raise NotFound("Item not found")
+        blob = self.blobs.get(item.image_key)
+        return blob.data, blob.content_type
+
+    # ------------------------------------------------------------ search
+
+    def search(self, collection: str, ref: ImageRef, *, limit: int = 10, offset: int = 0,
+               filter: Filter | None = None, min_score: float | None = None) -> SearchPage:
+        self._searchable(collection)
+        self._check_page(limit, offset)
+        vector = self.query_vector(collection, ref)
+        # "More like this" should not return the item itself.
+        exclude = frozenset([ref.item_id]) if ref.item_id else frozenset()
+        return self.search_backend.search(self.id, collection, VectorQuery(
+            vector=vector, limit=limit, offset=offset, filter=filter, min_score=min_score, exclude_ids=exclude))
+
+    def text_search(self, collection: str, text: str, *, fields: Sequence[str] = ("caption", "prompt"),
+                    limit: int = 10, offset: int = 0, filter: Filter | None = None) -> SearchPage:
+        self.collection(collection)
+        self._check_page(limit, offset)
+        return self.search_backend.text_search(self.id, collection, TextQuery(
+            text=text, fields=tuple(fields), limit=limit, offset=offset, filter=filter))  # type: ignore[arg-type]
+
+    def facets(self, collection: str, fields: Sequence[str] | None = None, filter: Filter | None = None,
+               size: int = 100) -> dict[str, list[tuple[str, int]]]:
+        info = self.collection(collection)
+        if not fields:
+            fields = list(dict.fromkeys([*DEFAULT_FACET_FIELDS, *info.settings.get("keyword_fields", [])]))
+        return self.search_backend.facets(self.id, collection, fields, filter, size)
+
+    def _check_page(self, limit: int, offset: int) -> None:
+        if not 1 <= limit <= self.limits.max_limit:
+            raise BadRequest(f"limit must be between 1 and {self.limits.max_limit}")
+        if not 0 <= offset <= self.limits.max_offset:
+            raise BadRequest(f"offset must be between 0 and {self.limits.max_offset}")
+
+
+class Lookalike:
+    """Process-wide entry point: config, plugin registry and per-tenant backends.
+
+    Backends are built once per process (a Lambda cold start) and shared by every tenant
+    that chose the same backend with the same options.
+    """
+
+    def __init__(self, settings: Settings | None = None, source: ConfigSource | None = None,
+                 registry: Registry | None = None) -> None:
+        self.settings = settings or Settings()
+        self.source = source or ConfigSource(self.settings)
+        self.registry = registry or default_registry()
+        self._lock = threading.RLock()
+        self._backends: dict[tuple[str, str, str], Any] = {}
+        self._tenants: dict[str, tuple[str, TenantService]] = {}
+
+    def config(self) -> DeploymentConfig:
+        return self.source.get()
+
+    def authenticate(self, api_key: str | None) -> TenantService:
+        tenant_id = self.config().tenant_for_key(api_key)
+        if tenant_id is None:
+            raise Unauthorized()
+        return self.tenant(tenant_id)
+
+    def tenant(self, tenant_id: str) -> TenantService:
+        config = self.config()
+        if tenant_id not in config.tenants:
+            raise NotFound("Tenant not found")
+        fingerprint = json.dumps([config.defaults.model_dump(mode="json"),
+                                  config.tenants[tenant_id].model_dump(mode="json")], sort_keys=True)
+        with self._lock:
+            cached = self._tenants.get(tenant_id)
+            if cached and cached[0] == fingerprint:
+                return cached[1]
+            service = TenantService(
+                tenant_id, config,
+                embedder=self.backend("embedders", config.embedder_for(tenant_id)),
+                search=self.backend("search_backends", config.search_for(tenant_id)),
+                blobs=self.backend("blob_stores", config.blobs_for(tenant_id)),
+                settings=self.settings,
+            )
+            self._tenants[tenant_id] = (fingerprint, service)
+            return service
+
+    def backend(self, kind: str, choice: BackendChoice) -> Any:
+        key = (kind, choice.name, json.dumps(choice.options, sort_keys=True, default=str))
+        with self._lock:
+            if key not in self._backends:
+                cls = self.registry.lookup(kind, choice.name)
+                try:
+                    options = cls.Options.model_validate(choice.options)
+                except ValueError as exc:
+                    raise ConfigurationError(f"invalid options for {choice.name}: {exc}") from exc
+                self._backends[key] = cls(options, BackendContext(home=self.settings.home))
+            return self._backends[key]

@@ -1,0 +1,65 @@
+"""S3 blob store over boto3, one client per process, with timeouts and bounded retries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from botocore.exceptions import BotoCoreError, ClientError
+from lookalike.aws import s3_client
+from lookalike.contracts import BackendContext, Blob, BlobStore
+from lookalike.errors import BackendUnavailable, NotFound
+from pydantic import BaseModel, ConfigDict
+
+
+class S3Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None  # for S3-compatible stores and tests on loopback
+    region: str | None = None
+
+
+class S3BlobStore(BlobStore):
+    Options = S3Options
+
+    def __init__(self, options: S3Options, context: BackendContext | None = None) -> None:
+        self.options = options
+        self.client = s3_client(options.endpoint_url, options.region)
+
+    def _key(self, key: str) -> str:
+        return self.options.prefix + key
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None:
+        try:
+            self.client.put_object(Bucket=self.options.bucket, Key=self._key(key), Body=data,
+                                   ContentType=content_type, Metadata=dict(metadata or {}))
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendUnavailable("blob store write failed") from exc
+
+    def get(self, key: str) -> Blob:
+        try:
+            obj = self.client.get_object(Bucket=self.options.bucket, Key=self._key(key))
+            return Blob(data=obj["Body"].read(), content_type=obj.get("ContentType", "application/octet-stream"),
+                        metadata=obj.get("Metadata", {}))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound("Blob not found") from None
+            raise BackendUnavailable("blob store read failed") from exc
+        except BotoCoreError as exc:
+            raise BackendUnavailable("blob store read failed") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.options.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendUnavailable("blob store delete failed") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.options.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise BackendUnavailable("blob store read failed") from exc

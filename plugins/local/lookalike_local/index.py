@@ -1,0 +1,441 @@
+"""The embedded default search backend: SQLite for metadata, facets and text; numpy for vectors.
+
+Exact cosine search (one matrix-vector product) is fast enough for 100k items per
+collection on one core. Vectors are persisted in SQLite next to their metadata and cached
+in memory per collection; a per-collection revision counter lets several processes (the
+server and a CLI ingest) share one database and reload only when another one wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from lookalike.contracts import (
+    BackendContext,
+    CollectionInfo,
+    CollectionSpec,
+    Hit,
+    Item,
+    SearchBackend,
+    SearchPage,
+    TextQuery,
+    VectorQuery,
+)
+from lookalike.errors import BadRequest, Conflict, NotFound
+from lookalike.filters import And, Filter, Not, Or, Range, Term
+from lookalike.ranking import top_k
+from pydantic import BaseModel, ConfigDict
+
+TEXT_FIELDS = ("caption", "prompt")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    tenant TEXT NOT NULL, name TEXT NOT NULL, model_id TEXT NOT NULL, dimension INTEGER NOT NULL,
+    settings TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL,
+    revision INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (tenant, name));
+CREATE TABLE IF NOT EXISTS items (
+    pk INTEGER PRIMARY KEY, tenant TEXT NOT NULL, collection TEXT NOT NULL, id TEXT NOT NULL,
+    metadata TEXT NOT NULL, image_key TEXT, vector BLOB NOT NULL, updated_at REAL NOT NULL,
+    UNIQUE (tenant, collection, id));
+CREATE VIRTUAL TABLE IF NOT EXISTS items_text USING fts5(caption, prompt, tokenize='porter unicode61');
+"""
+
+
+class LocalIndexOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: Path | None = None  # defaults to <home>/index.sqlite
+
+
+@dataclass
+class _Matrix:
+    """In-memory vectors of one collection, kept in step with SQLite."""
+
+    revision: int
+    ids: list[str]
+    vectors: np.ndarray  # (capacity, d); rows [0, len(ids)) are live
+    position: dict[str, int]
+
+    @property
+    def live(self) -> np.ndarray:
+        return self.vectors[: len(self.ids)]
+
+
+class LocalIndex(SearchBackend):
+    Options = LocalIndexOptions
+    supports_text_search = True
+
+    def __init__(self, options: LocalIndexOptions | None = None, context: BackendContext | None = None) -> None:
+        options = options or LocalIndexOptions()
+        home = context.home if context else Path(".lookalike")
+        self.path = options.path or home / "index.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._cache: dict[tuple[str, str], _Matrix] = {}
+
+    # ------------------------------------------------------------ collections
+
+    def create_collection(self, tenant: str, spec: CollectionSpec) -> CollectionInfo:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO collections (tenant, name, model_id, dimension, settings, status, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, 'READY', ?)",
+                    (tenant, spec.name, spec.model_id, spec.dimension, json.dumps(dict(spec.settings)), time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"Collection {spec.name!r} already exists") from None
+            info = self.get_collection(tenant, spec.name)
+            assert info is not None
+            return info
+
+    def get_collection(self, tenant: str, name: str) -> CollectionInfo | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT name, model_id, dimension, settings, status, created_at,"
+                " (SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name)"
+                " FROM collections c WHERE tenant = ? AND name = ?", (tenant, name),
+            ).fetchone()
+        return _info(row) if row else None
+
+    def list_collections(self, tenant: str) -> list[CollectionInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, model_id, dimension, settings, status, created_at,"
+                " (SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name)"
+                " FROM collections c WHERE tenant = ? ORDER BY name", (tenant,),
+            ).fetchall()
+        return [_info(r) for r in rows]
+
+    def delete_collection(self, tenant: str, name: str) -> bool:
+        with self._lock, self._tx():
+            self._db.execute(
+                "DELETE FROM items_text WHERE rowid IN (SELECT pk FROM items WHERE tenant = ? AND collection = ?)",
+                (tenant, name),
+            )
+            self._db.execute("DELETE FROM items WHERE tenant = ? AND collection = ?", (tenant, name))
+            cur = self._db.execute("DELETE FROM collections WHERE tenant = ? AND name = ?", (tenant, name))
+            self._cache.pop((tenant, name), None)
+            return cur.rowcount > 0
+
+    def set_status(self, tenant: str, name: str, status: Literal["READY", "INDEXING"]) -> None:
+        with self._lock:
+            self._db.execute("UPDATE collections SET status = ? WHERE tenant = ? AND name = ?", (status, tenant, name))
+
+    # ------------------------------------------------------------ items
+
+    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        with self._lock:
+            dim = self._dimension(tenant, collection)
+            vectors = []
+            for item in items:
+                v = np.asarray(item.vector, dtype=np.float32).reshape(-1)
+                if v.shape[0] != dim:
+                    raise BadRequest(f"vector dimension {v.shape[0]} does not match the collection's {dim}")
+                vectors.append(v)
+            matrix = self._matrix(tenant, collection)
+            with self._tx():
+                for item, v in zip(items, vectors, strict=True):
+                    old = self._db.execute(
+                        "SELECT pk FROM items WHERE tenant = ? AND collection = ? AND id = ?",
+                        (tenant, collection, item.id),
+                    ).fetchone()
+                    if old:
+                        self._db.execute("DELETE FROM items_text WHERE rowid = ?", (old[0],))
+                    cur = self._db.execute(
+                        "INSERT INTO items (tenant, collection, id, metadata, image_key, vector, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, collection, id) DO UPDATE SET"
+                        " metadata = excluded.metadata, image_key = excluded.image_key,"
+                        " vector = excluded.vector, updated_at = excluded.updated_at RETURNING pk",
+                        (tenant, collection, item.id, json.dumps(item.metadata), item.image_key,
+                         v.tobytes(), item.updated_at),
+                    )
+                    pk = cur.fetchone()[0]
+                    text = [_text(item.metadata.get(f)) for f in TEXT_FIELDS]
+                    if any(text):
+                        self._db.execute("INSERT INTO items_text (rowid, caption, prompt) VALUES (?, ?, ?)",
+                                         (pk, *text))
+                revision = self._bump(tenant, collection)
+            for item, v in zip(items, vectors, strict=True):
+                _matrix_put(matrix, item.id, v)
+            matrix.revision = revision
+
+    def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
+        with self._lock:
+            self._dimension(tenant, collection)
+            matrix = self._matrix(tenant, collection)
+            removed = 0
+            with self._tx():
+                for item_id in ids:
+                    row = self._db.execute(
+                        "DELETE FROM items WHERE tenant = ? AND collection = ? AND id = ? RETURNING pk",
+                        (tenant, collection, item_id),
+                    ).fetchone()
+                    if row:
+                        self._db.execute("DELETE FROM items_text WHERE rowid = ?", (row[0],))
+                        removed += 1
+                revision = self._bump(tenant, collection) if removed else matrix.revision
+            for item_id in ids:
+                _matrix_remove(matrix, item_id)
+            matrix.revision = revision
+            return removed
+
+    def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, metadata, image_key, vector, updated_at FROM items"
+                " WHERE tenant = ? AND collection = ? AND id = ?", (tenant, collection, item_id),
+            ).fetchone()
+        if not row:
+            return None
+        return Item(id=row[0], metadata=json.loads(row[1]), image_key=row[2],
+                    vector=np.frombuffer(row[3], dtype=np.float32).copy(), updated_at=row[4])
+
+    # ------------------------------------------------------------ search
+
+    def search(self, tenant: str, collection: str, query: VectorQuery) -> SearchPage:
+        with self._lock:
+            dim = self._dimension(tenant, collection)
+            q = np.asarray(query.vector, dtype=np.float32).reshape(-1)
+            if q.shape[0] != dim:
+                raise BadRequest(f"query dimension {q.shape[0]} does not match the collection's {dim}")
+            matrix = self._matrix(tenant, collection)
+            if query.filter is None:
+                rows = None
+                scores = matrix.live @ q
+            else:
+                allowed = self._filtered_ids(tenant, collection, query.filter)
+                rows = np.fromiter((matrix.position[i] for i in allowed if i in matrix.position), dtype=np.int64)
+                scores = matrix.live[rows] @ q
+            ids = matrix.ids
+            id_of = (lambda r: ids[r]) if rows is None else (lambda r: ids[rows[r]])
+            keep = np.ones(scores.shape[0], dtype=bool)
+            if query.min_score is not None:
+                keep &= scores >= query.min_score
+            for excluded in query.exclude_ids:
+                pos = matrix.position.get(excluded)
+                if pos is None:
+                    continue
+                if rows is None:
+                    keep[pos] = False
+                else:
+                    keep &= rows != pos
+            candidates = np.nonzero(keep)[0] if not keep.all() else None
+            ranked, total = top_k(scores, query.offset + query.limit, id_of, candidates)
+            page = ranked[query.offset:]
+            chosen = [id_of(int(r)) for r in page]
+            meta = self._metadata(tenant, collection, chosen)
+            hits = [Hit(id=i, score=float(scores[r]), metadata=meta[i][0], image_key=meta[i][1])
+                    for i, r in zip(chosen, page, strict=True)]
+            return SearchPage(hits=hits, total=total)
+
+    def text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage:
+        terms = re.findall(r"\w+", query.text.lower())[:64]
+        if not terms:
+            raise BadRequest("query has no searchable words")
+        columns = " ".join(f for f in TEXT_FIELDS if f in query.fields)
+        match = "{" + columns + "}: (" + " OR ".join(f'"{t}"' for t in terms) + ")"
+        where, params = self._where(tenant, collection, query.filter)
+        with self._lock:
+            self._dimension(tenant, collection)
+            base = (f" FROM items_text JOIN items ON items.pk = items_text.rowid"
+                    f" WHERE items_text MATCH ? AND {where}")
+            total = self._db.execute("SELECT count(*)" + base, (match, *params)).fetchone()[0]
+            rows = self._db.execute(
+                "SELECT items.id, -bm25(items_text), items.metadata, items.image_key" + base +
+                " ORDER BY bm25(items_text), items.id LIMIT ? OFFSET ?",
+                (match, *params, query.limit, query.offset),
+            ).fetchall()
+        hits = [Hit(id=r[0], score=float(r[1]), metadata=json.loads(r[2]), image_key=r[3]) for r in rows]
+        return SearchPage(hits=hits, total=total)
+
+    def facets(self, tenant: str, collection: str, fields: Sequence[str], filter: Filter | None = None,
+               size: int = 100) -> dict[str, list[tuple[str, int]]]:
+        where, params = self._where(tenant, collection, filter)
+        out: dict[str, list[tuple[str, int]]] = {}
+        with self._lock:
+            self._dimension(tenant, collection)
+            for field in fields:
+                rows = self._db.execute(
+                    "SELECT j.value, count(DISTINCT items.pk) AS n FROM items, json_each(items.metadata, ?) j"
+                    f" WHERE {where} AND j.type IN ('text', 'integer')"
+                    " GROUP BY j.value ORDER BY n DESC, j.value LIMIT ?",
+                    (_json_path(field), *params, size),
+                ).fetchall()
+                out[field] = [(str(v), int(n)) for v, n in rows]
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _tx(self) -> Any:
+        db = self._db
+
+        class _Tx:
+            def __enter__(self) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type: Any, *_: Any) -> None:
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+        return _Tx()
+
+    def _dimension(self, tenant: str, collection: str) -> int:
+        row = self._db.execute(
+            "SELECT dimension FROM collections WHERE tenant = ? AND name = ?", (tenant, collection)
+        ).fetchone()
+        if not row:
+            raise NotFound("Collection not found")
+        return int(row[0])
+
+    def _bump(self, tenant: str, collection: str) -> int:
+        return self._db.execute(
+            "UPDATE collections SET revision = revision + 1 WHERE tenant = ? AND name = ? RETURNING revision",
+            (tenant, collection),
+        ).fetchone()[0]
+
+    def _matrix(self, tenant: str, collection: str) -> _Matrix:
+        """The cached vectors, reloaded when another process changed the collection."""
+        key = (tenant, collection)
+        row = self._db.execute(
+            "SELECT revision, dimension FROM collections WHERE tenant = ? AND name = ?", key
+        ).fetchone()
+        revision, dim = int(row[0]), int(row[1])
+        cached = self._cache.get(key)
+        if cached is not None and cached.revision == revision:
+            return cached
+        rows = self._db.execute(
+            "SELECT id, vector FROM items WHERE tenant = ? AND collection = ? ORDER BY pk", key
+        ).fetchall()
+        vectors = np.empty((max(16, len(rows)), dim), dtype=np.float32)
+        for n, (_, blob) in enumerate(rows):
+            vectors[n] = np.frombuffer(blob, dtype=np.float32)
+        ids = [r[0] for r in rows]
+        matrix = _Matrix(revision=revision, ids=ids, vectors=vectors, position={i: n for n, i in enumerate(ids)})
+        self._cache[key] = matrix
+        return matrix
+
+    def _where(self, tenant: str, collection: str, node: Filter | None) -> tuple[str, list[Any]]:
+        params: list[Any] = [tenant, collection]
+        sql = "items.tenant = ? AND items.collection = ?"
+        if node is not None:
+            sql += " AND " + _compile(node, params)
+        return sql, params
+
+    def _filtered_ids(self, tenant: str, collection: str, node: Filter) -> list[str]:
+        where, params = self._where(tenant, collection, node)
+        return [r[0] for r in self._db.execute(f"SELECT items.id FROM items WHERE {where}", params)]
+
+    def _metadata(self, tenant: str, collection: str, ids: list[str]) -> dict[str, tuple[dict, str | None]]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(
+            f"SELECT id, metadata, image_key FROM items WHERE tenant = ? AND collection = ? AND id IN ({marks})",
+            (tenant, collection, *ids),
+        ).fetchall()
+        return {r[0]: (json.loads(r[1]), r[2]) for r in rows}
+
+
+def _info(row: tuple) -> CollectionInfo:
+    return CollectionInfo(name=row[0], model_id=row[1], dimension=int(row[2]), settings=json.loads(row[3]),
+                          status=row[4], created_at=float(row[5]), item_count=int(row[6]))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _json_path(field: str) -> str:
+    return '$."' + field.replace('"', "") + '"'
+
+
+def _compile(node: Filter, params: list[Any]) -> str:
+    """Filter AST -> SQL over items.metadata, with the semantics of ``filters.matches``."""
+    if isinstance(node, Term):
+        params.append(_json_path(node.field))
+        value = node.value
+        if isinstance(value, bool):
+            params.append("true" if value else "false")
+            return "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type = ?)"
+        if isinstance(value, (int, float)):
+            params.append(float(value))
+            return "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type IN ('integer','real') AND value = ?)"
+        number = _as_number(value)
+        params.append(value)
+        if number is None:
+            return "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type = 'text' AND value = ?)"
+        params.append(number)
+        return ("EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE (type = 'text' AND value = ?)"
+                " OR (type IN ('integer','real') AND value = ?))")
+    if isinstance(node, Range):
+        params.append(_json_path(node.field))
+        sql = "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type IN ('integer','real')"
+        if node.lower is not None:
+            sql += " AND value >= ?"
+            params.append(node.lower)
+        if node.upper is not None:
+            sql += " AND value <= ?"
+            params.append(node.upper)
+        return sql + ")"
+    if isinstance(node, (And, Or)):
+        if not node.items:
+            return "1" if isinstance(node, And) else "0"
+        joiner = " AND " if isinstance(node, And) else " OR "
+        return "(" + joiner.join(_compile(n, params) for n in node.items) + ")"
+    if isinstance(node, Not):
+        return "NOT (" + _compile(node.item, params) + ")"
+    raise TypeError(f"unknown filter node {node!r}")
+
+
+def _as_number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _matrix_put(m: _Matrix, item_id: str, vector: np.ndarray) -> None:
+    pos = m.position.get(item_id)
+    if pos is None:
+        pos = len(m.ids)
+        if pos >= m.vectors.shape[0]:
+            grown = np.empty((max(16, m.vectors.shape[0] * 2), m.vectors.shape[1]), dtype=np.float32)
+            grown[:pos] = m.vectors[:pos]
+            m.vectors = grown
+        m.ids.append(item_id)
+        m.position[item_id] = pos
+    m.vectors[pos] = vector
+
+
+def _matrix_remove(m: _Matrix, item_id: str) -> None:
+    pos = m.position.pop(item_id, None)
+    if pos is None:
+        return
+    last = len(m.ids) - 1
+    if pos != last:  # swap the last row into the hole
+        moved = m.ids[last]
+        m.ids[pos] = moved
+        m.vectors[pos] = m.vectors[last]
+        m.position[moved] = pos
+    m.ids.pop()
