@@ -176,11 +176,18 @@ def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any) -> str:
         tenant = app.tenant(where.tenant)
     except NotFound:
         return "refused: unknown tenant"
+    try:
+        tenant.collection(where.collection)
+    except NotFound:
+        return "refused: unknown collection"
     event_name = record.get("eventName", "")
     if event_name.startswith("ObjectRemoved"):
         tenant.delete_item(where.collection, where.item_id)
         return "deleted"
-    obj = s3.get_object(Bucket=bucket, Key=key)
+    try:
+        obj = s3.get_object(Bucket=bucket, Key=key)
+    except s3.exceptions.NoSuchKey:
+        return "skipped: object no longer exists"  # its ObjectRemoved event follows
     if obj.get("ContentLength", 0) > tenant.limits.max_image_bytes:
         return "refused: image exceeds the size limit"
     data = obj["Body"].read()

@@ -109,7 +109,7 @@ def list_collections() -> CollectionList:
 
 
 @catalog.post("/v1/collections")
-def create_collection() -> Response:
+def create_collection() -> Response[CollectionOut]:
     tenant = tenant_from_bearer(catalog.current_event)
     body = validate(CreateCollection, json_object(catalog.current_event))
     info = tenant.create_collection(body.name, body.settings)
@@ -152,7 +152,7 @@ def get_item(collection: str, item_id: str) -> ItemOut:
 
 
 @catalog.get("/v1/collections/<collection>/items/<item_id>/image")
-def get_item_image(collection: str, item_id: str) -> Response:
+def get_item_image(collection: str, item_id: str) -> Response[bytes]:
     tenant = tenant_from_bearer(catalog.current_event)
     data, ctype = tenant.item_image(collection, item_id)
     return Response(status_code=200, content_type=ctype, body=data,
@@ -186,7 +186,7 @@ def delete_item(collection: str, item_id: str) -> Deleted:
 
 
 @items.post("/v1/anchors")
-def stage_anchor() -> Response:
+def stage_anchor() -> Response[AnchorOut]:
     tenant = tenant_from_bearer(items.current_event)
     data, upload = _image_request(items.current_event)
     ref = upload if upload is not None else _ref(validate(EmbedRequest, data), None)

@@ -1,0 +1,80 @@
+"""Blob stores (filesystem, S3 over HTTP on loopback) and embedders, each held to one contract."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.contracts import BackendContext, BlobStore, Embedder
+from lookalike.errors import BadRequest, NotFound
+from lookalike_aws.s3 import S3BlobStore, S3Options
+from lookalike_local.blobstore import FilesystemBlobStore
+from lookalike_local.efficientnet import EfficientNetLite0, EfficientNetOptions
+from tests.conftest import catalog_images
+from tests.fakes import ColorHistogramEmbedder
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    if request.param == "filesystem":
+        yield FilesystemBlobStore(context=BackendContext(home=tmp_path))
+        return
+    endpoint = request.getfixturevalue("moto_server")
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    yield S3BlobStore(S3Options(bucket=bucket, endpoint_url=endpoint, prefix="p/"))
+
+
+def test_blob_roundtrip(store: BlobStore) -> None:
+    store.put("t/anchors/a1", b"\x00\x01bytes", "image/png", {"model_id": "m"})
+    blob = store.get("t/anchors/a1")
+    assert (blob.data, blob.content_type, dict(blob.metadata)) == (b"\x00\x01bytes", "image/png", {"model_id": "m"})
+    assert store.exists("t/anchors/a1") and not store.exists("t/anchors/a2")
+    store.put("t/anchors/a1", b"new", "image/jpeg")
+    assert store.get("t/anchors/a1").data == b"new"
+    store.delete("t/anchors/a1")
+    store.delete("t/anchors/a1")  # deleting twice is fine
+    with pytest.raises(NotFound):
+        store.get("t/anchors/a1")
+
+
+def test_filesystem_keys_cannot_escape_root(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(context=BackendContext(home=tmp_path))
+    for key in ("../x", "a/../../x", "/etc/passwd", "a//b", "", "a/./b", "x.meta.json"):
+        with pytest.raises(BadRequest):
+            store.put(key, b"x")
+
+
+@pytest.fixture(params=["efficientnet-lite0", "test-color"])
+def embedder(request: pytest.FixtureRequest) -> Embedder:
+    if request.param == "test-color":
+        return ColorHistogramEmbedder()
+    model_dir = request.getfixturevalue("model_dir")
+    return EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, batch_size=4))
+
+
+def test_embedder_contract(embedder: Embedder) -> None:
+    images = [Image.open(p).convert("RGB") for p in catalog_images()[:6]]
+    batch = embedder.embed_images(images)
+    assert batch.shape == (6, embedder.dimension) and batch.dtype == np.float32
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    single = np.stack([embedder.embed_images([img])[0] for img in images])
+    assert np.allclose(batch, single, atol=1e-4)  # batching does not change vectors
+    assert np.allclose(embedder.embed_images(images[:1]), batch[:1], atol=1e-5)  # deterministic
+    assert embedder.embed_images([]).shape == (0, embedder.dimension)
+    assert embedder.model_id and embedder.dimension > 0
+
+
+def test_efficientnet_recognises_imagenet_classes(model_dir: Path) -> None:
+    """The torch-free conversion is the real network: shoe photos classify as footwear."""
+    e = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
+    shoes = [Image.open(p).convert("RGB") for p in catalog_images() if "/shoes/" in p.as_posix()]
+    top5 = np.argsort(e.logits(shoes), axis=1)[:, -5:]
+    footwear = {502, 514, 630, 770, 774}  # ImageNet: clog, cowboy boot, loafer, running shoe, sandal
+    assert sum(bool(footwear & set(row.tolist())) for row in top5) >= len(shoes) - 1

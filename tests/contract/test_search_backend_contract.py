@@ -1,0 +1,203 @@
+"""One contract for every search backend: the embedded index and the in-memory fake alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.contracts import BackendContext, CollectionSpec, Item, SearchBackend, TextQuery, VectorQuery
+from lookalike.errors import BadRequest, Conflict, NotFound
+from lookalike.filters import And, Not, Or, Range, Term, from_json
+from lookalike_local.index import LocalIndex
+from tests.fakes import MemoryIndex
+
+DIM = 8
+Factory = Callable[[], SearchBackend]
+
+
+@pytest.fixture(params=["local", "memory"])
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    made: list[SearchBackend] = []
+    shared = MemoryIndex()
+
+    def factory() -> SearchBackend:
+        backend = LocalIndex(context=BackendContext(home=tmp_path)) if request.param == "local" else shared
+        made.append(backend)
+        return backend
+
+    yield factory
+    for b in made:
+        b.close()
+
+
+def vec(*values: float) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[: len(values)] = values
+    return v / np.linalg.norm(v)
+
+
+def spec(name: str = "c") -> CollectionSpec:
+    return CollectionSpec(name=name, model_id="m", dimension=DIM, settings={"reverse_search_enabled": True})
+
+
+@pytest.fixture()
+def backend(make_backend: Factory) -> SearchBackend:
+    b = make_backend()
+    b.create_collection("t", spec())
+    b.upsert("t", "c", [
+        Item("red-shoe", vec(1, 0.1), {"color": "red", "kind": "shoe", "price": 50, "tags": ["a", "b"],
+                                       "caption": "red leather shoe", "sale": True}),
+        Item("red-hat", vec(0.9, 0.5), {"color": "red", "kind": "hat", "price": 20, "caption": "a red hat"}),
+        Item("blue-shoe", vec(0.2, 1), {"color": "blue", "kind": "shoe", "price": 80, "tags": ["b"],
+                                        "prompt": "blue running shoe", "sale": False}),
+        Item("green-hat", vec(0, 0, 1), {"color": "green", "kind": "hat", "price": "cheap"}),
+    ])
+    return b
+
+
+def ids(page) -> list[str]:  # type: ignore[no-untyped-def]
+    return [h.id for h in page.hits]
+
+
+def test_collections_lifecycle(make_backend: Factory) -> None:
+    b = make_backend()
+    info = b.create_collection("t", spec("one"))
+    assert (info.name, info.model_id, info.dimension, info.item_count, info.status) == ("one", "m", DIM, 0, "READY")
+    with pytest.raises(Conflict):
+        b.create_collection("t", spec("one"))
+    b.create_collection("other-tenant", spec("one"))  # names are per tenant
+    assert [c.name for c in b.list_collections("t")] == ["one"]
+    assert b.get_collection("t", "missing") is None
+    b.set_status("t", "one", "INDEXING")
+    assert b.get_collection("t", "one").status == "INDEXING"
+    assert b.delete_collection("t", "one") is True
+    assert b.get_collection("t", "one") is None
+    assert b.get_collection("other-tenant", "one") is not None
+
+
+def test_search_ranks_by_cosine_and_pages_stably(backend: SearchBackend) -> None:
+    page = backend.search("t", "c", VectorQuery(vector=vec(1, 0.1), limit=10))
+    assert ids(page)[0] == "red-shoe"
+    assert page.total == 4
+    scores = [h.score for h in page.hits]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+    first = backend.search("t", "c", VectorQuery(vector=vec(1, 0.1), limit=2))
+    second = backend.search("t", "c", VectorQuery(vector=vec(1, 0.1), limit=2, offset=2))
+    assert ids(first) + ids(second) == ids(page)
+    assert backend.search("t", "c", VectorQuery(vector=vec(1, 0.1), limit=2, offset=10)).hits == []
+
+
+def test_exact_ties_break_by_id(make_backend: Factory) -> None:
+    b = make_backend()
+    b.create_collection("t", spec())
+    b.upsert("t", "c", [Item(f"dup-{n}", vec(1, 1)) for n in (3, 1, 2, 0)])
+    pages = [ids(b.search("t", "c", VectorQuery(vector=vec(1, 1), limit=1, offset=o))) for o in range(4)]
+    assert pages == [["dup-0"], ["dup-1"], ["dup-2"], ["dup-3"]]
+
+
+def test_upsert_replaces_and_delete_removes(backend: SearchBackend) -> None:
+    backend.upsert("t", "c", [Item("red-shoe", vec(0, 0, 1), {"color": "purple"})])
+    got = backend.get_item("t", "c", "red-shoe")
+    assert got is not None and got.metadata == {"color": "purple"}
+    assert np.allclose(got.vector, vec(0, 0, 1))
+    assert backend.get_collection("t", "c").item_count == 4
+    assert backend.delete("t", "c", ["red-shoe", "nope"]) == 1
+    assert backend.get_item("t", "c", "red-shoe") is None
+    assert "red-shoe" not in ids(backend.search("t", "c", VectorQuery(vector=vec(0, 0, 1), limit=10)))
+    assert backend.get_collection("t", "c").item_count == 3
+
+
+@pytest.mark.parametrize(("flt", "expected"), [
+    (Term("color", "red"), {"red-shoe", "red-hat"}),
+    (Term("tags", "b"), {"red-shoe", "blue-shoe"}),
+    (Term("price", 50), {"red-shoe"}),
+    (Term("price", "80"), {"blue-shoe"}),  # a numeric-looking text term matches the number
+    (Term("price", "cheap"), {"green-hat"}),
+    (Term("sale", True), {"red-shoe"}),
+    (Term("sale", False), {"blue-shoe"}),
+    (Range("price", 20, 50), {"red-shoe", "red-hat"}),
+    (Range("price", None, 60), {"red-shoe", "red-hat"}),
+    (Range("price", 60, None), {"blue-shoe"}),
+    (And((Term("kind", "shoe"), Not(Term("color", "red")))), {"blue-shoe"}),
+    (Or((Term("color", "green"), Term("kind", "shoe"))), {"red-shoe", "blue-shoe", "green-hat"}),
+    (Term("missing", "x"), set()),
+    (Not(Term("missing", "x")), {"red-shoe", "red-hat", "blue-shoe", "green-hat"}),
+])
+def test_filters(backend: SearchBackend, flt, expected: set[str]) -> None:  # type: ignore[no-untyped-def]
+    page = backend.search("t", "c", VectorQuery(vector=vec(1), limit=10, filter=flt))
+    assert set(ids(page)) == expected
+    assert page.total == len(expected)
+
+
+def test_selective_filter_still_returns_k(make_backend: Factory) -> None:
+    b = make_backend()
+    b.create_collection("t", spec())
+    rng = np.random.default_rng(0)
+    items = [Item(f"i{n:03}", rng.normal(size=DIM).astype(np.float32), {"rare": n % 50 == 0}) for n in range(500)]
+    b.upsert("t", "c", items)
+    page = b.search("t", "c", VectorQuery(vector=vec(1), limit=10, filter=from_json({"rare": True})))
+    assert len(page.hits) == 10 and page.total == 10
+
+
+def test_min_score_and_exclude(backend: SearchBackend) -> None:
+    page = backend.search("t", "c", VectorQuery(vector=vec(1, 0.1), limit=10, min_score=0.9))
+    assert set(ids(page)) == {"red-shoe", "red-hat"} and page.total == 2
+    page = backend.search("t", "c", VectorQuery(vector=vec(1, 0.1), limit=10, exclude_ids=frozenset({"red-shoe"})))
+    assert "red-shoe" not in ids(page) and page.total == 3
+
+
+def test_dimension_mismatch_is_bad_request(backend: SearchBackend) -> None:
+    with pytest.raises(BadRequest):
+        backend.search("t", "c", VectorQuery(vector=np.ones(DIM + 1, dtype=np.float32)))
+    with pytest.raises(BadRequest):
+        backend.upsert("t", "c", [Item("x", np.ones(3, dtype=np.float32))])
+    assert backend.get_collection("t", "c").item_count == 4  # nothing stored was lost
+
+
+def test_unknown_collection_and_tenant_isolation(backend: SearchBackend) -> None:
+    with pytest.raises(NotFound):
+        backend.search("t", "missing", VectorQuery(vector=vec(1)))
+    with pytest.raises(NotFound):
+        backend.search("other", "c", VectorQuery(vector=vec(1)))  # same name, other tenant
+    with pytest.raises(NotFound):
+        backend.upsert("other", "c", [Item("x", vec(1))])
+
+
+def test_text_search(backend: SearchBackend) -> None:
+    page = backend.text_search("t", "c", TextQuery(text="shoe", limit=10))
+    assert set(ids(page)) == {"red-shoe", "blue-shoe"}
+    page = backend.text_search("t", "c", TextQuery(text="shoe", fields=("caption",), limit=10))
+    assert ids(page) == ["red-shoe"]
+    page = backend.text_search("t", "c", TextQuery(text="red", limit=10, filter=Term("kind", "hat")))
+    assert ids(page) == ["red-hat"]
+    with pytest.raises(BadRequest):
+        backend.text_search("t", "c", TextQuery(text="!!!"))
+
+
+def test_facets(backend: SearchBackend) -> None:
+    facets = backend.facets("t", "c", ["color", "kind", "tags"])
+    assert facets["color"] == [("red", 2), ("blue", 1), ("green", 1)]
+    assert facets["kind"] == [("hat", 2), ("shoe", 2)]
+    assert facets["tags"] == [("b", 2), ("a", 1)]
+    assert backend.facets("t", "c", ["color"], filter=Term("kind", "shoe"))["color"] == [("blue", 1), ("red", 1)]
+
+
+def test_local_index_persists_and_sees_other_writers(tmp_path: Path) -> None:
+    """Two processes share one database: a write by one is seen by the other's next search."""
+    a = LocalIndex(context=BackendContext(home=tmp_path))
+    b = LocalIndex(context=BackendContext(home=tmp_path))
+    a.create_collection("t", spec())
+    a.upsert("t", "c", [Item("x", vec(1))])
+    assert ids(b.search("t", "c", VectorQuery(vector=vec(1)))) == ["x"]  # b builds its cache
+    a.upsert("t", "c", [Item("y", vec(1, 0.01))])
+    a.delete("t", "c", ["x"])
+    assert ids(b.search("t", "c", VectorQuery(vector=vec(1)))) == ["y"]
+    a.close()
+    b.close()
+    c = LocalIndex(context=BackendContext(home=tmp_path))
+    assert c.get_item("t", "c", "y") is not None
+    c.close()

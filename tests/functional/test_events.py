@@ -1,0 +1,166 @@
+"""Every handler driven by the sample events in events/, as `sam local invoke -e` would."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+import boto3
+import pytest
+
+from lookalike.lambda_context import LocalContext
+from lookalike.server import Gateway, load_template
+from tests.conftest import EVENTS, FIXTURES, ROOT, load_event
+
+_modules: dict[str, ModuleType] = {}
+
+
+def function(name: str) -> ModuleType:
+    """Import functions/<name>/app.py the way the Lambda runtime does (by file, not package)."""
+    if name not in _modules:
+        spec = importlib.util.spec_from_file_location(f"fn_{name}", ROOT / "functions" / name / "app.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _modules[name] = module
+    return _modules[name]
+
+
+def invoke(name: str, event: dict) -> tuple[int, dict]:
+    result = function(name).lambda_handler(copy.deepcopy(event), LocalContext(function_name=name))
+    body = result.get("body") or ""
+    if result.get("isBase64Encoded"):
+        return result["statusCode"], {"_bytes": base64.b64decode(body)}
+    return result["statusCode"], json.loads(body) if body else {}
+
+
+def test_every_template_function_has_events_and_code() -> None:
+    template = load_template(ROOT / "template.yaml")
+    functions = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
+    code_dirs = {Path(v["Properties"]["CodeUri"]).name for v in functions.values()}
+    assert code_dirs == {"upload", "reverse_search", "embed", "taxonomy", "generate", "ingest"}
+    event_prefixes = {p.stem.split("_")[0] for p in EVENTS.glob("*.json")}
+    for d in code_dirs:
+        assert (ROOT / "functions" / d / "app.py").is_file()
+        assert d.split("_")[0] in event_prefixes or d == "reverse_search", f"no sample event for {d}"
+
+
+def _handler_routes(app: object) -> list[tuple[str, str]]:
+    """(method, example path) of every route a Powertools resolver serves."""
+    routes = app._static_routes + app._dynamic_routes  # type: ignore[attr-defined]  # noqa: SLF001
+    return [(r.method, re.sub(r"<\w+>", "x", r.path)) for r in routes]
+
+
+def test_template_routes_and_routers_agree() -> None:
+    """Every template route reaches a handler route, and every handler route is in the template."""
+    gw = Gateway(ROOT / "template.yaml")
+    for route in gw.routes:
+        example = re.sub(r"\{\w+\}", "x", route.path)
+        app = function(route.code_uri.name).app
+        assert any(m == route.method and r.rule.match(example)  # noqa: SLF001
+                   for r in app._static_routes + app._dynamic_routes for m in [r.method]), (
+            f"{route.method} {route.path} is in template.yaml but {route.function} does not serve it")
+    for name in ("upload", "reverse_search", "embed", "taxonomy", "generate"):
+        for method, example in _handler_routes(function(name).app):
+            route, _, _ = gw.match(method, example)
+            assert route is not None and route.code_uri.name == name, (
+                f"{method} {example} is served by {name} but template.yaml routes it elsewhere or nowhere")
+
+
+def test_sample_events_end_to_end(deployment: Path) -> None:
+    status, body = invoke("taxonomy", load_event("taxonomy_create_collection"))
+    assert status == 201 and body["name"] == "clothing"
+    status, body = invoke("upload", load_event("upload_put_item"))
+    assert status == 200 and body["id"] == "shoe-1" and body["metadata"]["category"] == "shoes"
+    status, body = invoke("reverse_search", load_event("reverse_search"))
+    assert status == 200 and [h["id"] for h in body["hits"]] == ["shoe-1"]
+    assert 0 < body["hits"][0]["score"] <= 1
+    status, body = invoke("reverse_search", load_event("reverse_search_data_url"))
+    assert status == 200 and body["hits"][0]["id"] == "shoe-1"
+    status, body = invoke("upload", load_event("upload_stage_anchor"))
+    assert status == 201 and len(body["anchor_id"]) == 32
+    status, body = invoke("embed", load_event("embed"))
+    assert status == 200 and body["dimension"] == len(body["embedding"]) == 1280
+    status, body = invoke("taxonomy", load_event("taxonomy_list_collections"))
+    assert status == 200 and body["collections"][0]["item_count"] == 1
+    status, body = invoke("taxonomy", load_event("taxonomy_facets"))
+    assert status == 200 and body["facets"]["category"] == [{"value": "shoes", "count": 1}]
+    status, body = invoke("generate", load_event("generate_text_search"))
+    assert status == 200 and body["hits"][0]["id"] == "shoe-1"
+    status, body = invoke("generate", load_event("generate"))
+    assert status == 200 and body["item"]["id"] == "shoe-1"
+
+
+def test_ingest_events_against_s3_over_http(deployment: Path, moto_server: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from lookalike.aws import s3_client
+
+    monkeypatch.setenv("LOOKALIKE_S3_ENDPOINT_URL", moto_server)
+    s3_client.cache_clear()
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket="lookalike-catalog")
+    image = sorted((FIXTURES / "images" / "shoes").iterdir())[0].read_bytes()
+    s3.put_object(Bucket="lookalike-catalog", Key="demo/clothing/shoe-2.jpg", Body=image,
+                  Metadata={"brand": "acme"})
+    s3.put_object(Bucket="lookalike-catalog", Key="demo/clothing/shoe-2.json",
+                  Body=json.dumps({"category": "shoes", "price": 42}).encode())
+    invoke("taxonomy", load_event("taxonomy_create_collection"))
+
+    created = load_event("ingest_object_created")
+    result = function("ingest").lambda_handler(created, LocalContext())
+    assert result == {"batchItemFailures": []}
+    status, item = invoke("taxonomy", _get_item_event("shoe-2"))
+    assert status == 200 and item["metadata"]["brand"] == "acme" and item["metadata"]["price"] == 42
+
+    # A duplicated delivery changes nothing.
+    assert function("ingest").lambda_handler(load_event("ingest_object_created"), LocalContext()) == {
+        "batchItemFailures": []}
+    status, body = invoke("taxonomy", load_event("taxonomy_list_collections"))
+    assert body["collections"][0]["item_count"] == 1
+
+    assert function("ingest").lambda_handler(load_event("ingest_object_removed"), LocalContext()) == {
+        "batchItemFailures": []}
+    status, _ = invoke("taxonomy", _get_item_event("shoe-2"))
+    assert status == 404
+
+    # A key outside any tenant is refused and a vanished object skipped: neither is retried.
+    outside = json.loads(json.dumps(created).replace("demo/clothing/shoe-2.jpg", "nobody/clothing/x.jpg"))
+    assert function("ingest").lambda_handler(outside, LocalContext()) == {"batchItemFailures": []}
+    missing = json.loads(json.dumps(created).replace("shoe-2.jpg", "not-there.jpg"))
+    assert function("ingest").lambda_handler(missing, LocalContext()) == {"batchItemFailures": []}
+
+    # A backend failure on one record of a batch reports just that record for retry.
+    from lookalike.api.request import service
+    from lookalike.errors import BackendUnavailable
+
+    backend = service().tenant("demo").search_backend
+    real_upsert = backend.upsert
+    s3.put_object(Bucket="lookalike-catalog", Key="demo/clothing/shoe-3.jpg", Body=image)
+
+    def flaky_upsert(tenant, collection, items):  # type: ignore[no-untyped-def]
+        if items[0].id == "shoe-3":
+            raise BackendUnavailable()
+        return real_upsert(tenant, collection, items)
+
+    monkeypatch.setattr(backend, "upsert", flaky_upsert)
+    batch = load_event("ingest_object_created")
+    third = json.loads(json.dumps(batch["Records"][0]).replace("shoe-2.jpg", "shoe-3.jpg"))
+    third["messageId"] = "third"
+    batch["Records"].append(third)
+    assert function("ingest").lambda_handler(batch, LocalContext()) == {"batchItemFailures": [
+        {"itemIdentifier": "third"}]}
+    assert invoke("taxonomy", _get_item_event("shoe-2"))[0] == 200
+    s3_client.cache_clear()
+
+
+def _get_item_event(item_id: str) -> dict:
+    event = load_event("taxonomy_list_collections")
+    event.update(path=f"/v1/collections/clothing/items/{item_id}",
+                 resource="/v1/collections/{collection}/items/{item_id}",
+                 pathParameters={"collection": "clothing", "item_id": item_id})
+    return event
