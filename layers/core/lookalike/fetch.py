@@ -60,12 +60,16 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> tuple[bytes, str]:
     policy = policy or FetchPolicy()
     started = time.monotonic()
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            explicit_port = parts.port
+        except ValueError as exc:
+            raise FetchError("Image URL is malformed") from exc
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise FetchError("Image URL must be http or https")
         if parts.username or parts.password:
             raise FetchError("Image URL must not contain credentials")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = explicit_port or (443 if parts.scheme == "https" else 80)
         addresses = resolve(parts.hostname, port)
         if not addresses or not all(address_allowed(a, policy) for a in addresses):
             raise FetchError("Image URL points to a forbidden address")
@@ -81,7 +85,7 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> tuple[bytes, str]:
         else:
             pool = urllib3.HTTPConnectionPool(addresses[0], port, **kwargs)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        host_header = parts.hostname if explicit_port is None else f"{parts.hostname}:{explicit_port}"
         try:
             resp = pool.urlopen("GET", path, headers={"Host": host_header, "User-Agent": USER_AGENT,
                                                       "Accept": "image/*"},

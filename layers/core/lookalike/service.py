@@ -202,13 +202,17 @@ class TenantService:
             data, content_type = fetch(ref.url or "", self.fetch_policy)
             return data, content_type or None
         if kind == "anchor_id":
+            self._load_anchor(ref.anchor_id or "")  # expiry and ownership checks
             return self.blobs.get(self._anchor_key(ref.anchor_id or "")).data, None
         if collection is None:
             raise BadRequest("item_id needs a collection")
         item = self.search_backend.get_item(self.id, collection, check_item_id(ref.item_id or ""))
         if item is None or not item.image_key:
             raise NotFound("Item not found")
-        return self.blobs.get(item.image_key).data, None
+        try:
+            return self.blobs.get(item.image_key).data, None
+        except NotFound:
+            raise NotFound("Item not found") from None
 
     def decode(self, data: bytes) -> images.DecodedImage:
         return images.decode(data, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels)
@@ -255,7 +259,10 @@ class TenantService:
         return anchor
 
     def _load_anchor(self, anchor_id: str) -> tuple[Anchor, np.ndarray]:
-        blob = self.blobs.get(self._anchor_key(anchor_id) + ".npy")
+        try:
+            blob = self.blobs.get(self._anchor_key(anchor_id) + ".npy")
+        except NotFound:
+            raise NotFound("Anchor not found") from None
         try:
             expires = float(blob.metadata.get("expires_at", "0"))
             anchor = Anchor(id=anchor_id, model_id=blob.metadata.get("model_id", ""), expires_at=expires)
@@ -335,7 +342,10 @@ class TenantService:
         item = self.get_item(collection, item_id)
         if not item.image_key:
             raise NotFound("Item not found")
-        blob = self.blobs.get(item.image_key)
+        try:
+            blob = self.blobs.get(item.image_key)
+        except NotFound:
+            raise NotFound("Item not found") from None
         return blob.data, blob.content_type
 
     # ------------------------------------------------------------ search

@@ -151,7 +151,8 @@ def get_item(collection: str, item_id: str) -> ItemOut:
     return ItemOut.of(tenant.get_item(collection, item_id), collection)
 
 
-@catalog.get("/v1/collections/<collection>/items/<item_id>/image")
+# Binary body: skip response validation (it would serialise the bytes as text).
+@catalog.get("/v1/collections/<collection>/items/<item_id>/image", enable_validation=False)
 def get_item_image(collection: str, item_id: str) -> Response[bytes]:
     tenant = tenant_from_bearer(catalog.current_event)
     data, ctype = tenant.item_image(collection, item_id)
