@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from lookalike.api import request as api_request
 from lookalike.config import hash_key
 

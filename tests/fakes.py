@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
-from PIL import Image
-
 from lookalike.contracts import (
+    Blob,
+    BlobStore,
     CollectionInfo,
     CollectionSpec,
     Embedder,
@@ -26,6 +25,7 @@ from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.filters import Filter, matches
 from lookalike.hookspecs import hookimpl
 from lookalike.ranking import top_k
+from PIL import Image
 
 
 class ColorHistogramEmbedder(Embedder):
@@ -161,6 +161,28 @@ class MemoryIndex(SearchBackend):
         return out
 
 
+class MemoryBlobStore(BlobStore):
+    """Blobs in a dict, with the same key rules as the filesystem store."""
+
+    def __init__(self, options: object = None, context: object = None) -> None:
+        self.blobs: dict[str, Blob] = {}
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None:
+        self.blobs[key] = Blob(bytes(data), content_type, dict(metadata or {}))
+
+    def get(self, key: str) -> Blob:
+        if key not in self.blobs:
+            raise NotFound("Blob not found")
+        return self.blobs[key]
+
+    def delete(self, key: str) -> None:
+        self.blobs.pop(key, None)
+
+    def exists(self, key: str) -> bool:
+        return key in self.blobs
+
+
 class TestPlugin:
     """A plugin defined in the tests, registered like a third-party one."""
 
@@ -172,6 +194,8 @@ class TestPlugin:
     def register_search_backends(self, register: Callable[[str, type], None]) -> None:
         register("memory", MemoryIndex)
 
+    @hookimpl
+    def register_blob_stores(self, register: Callable[[str, type], None]) -> None:
+        register("memory", MemoryBlobStore)
 
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+

@@ -9,19 +9,22 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from PIL import Image
-
 from lookalike.contracts import BackendContext, BlobStore, Embedder
 from lookalike.errors import BadRequest, NotFound
 from lookalike_aws.s3 import S3BlobStore, S3Options
 from lookalike_local.blobstore import FilesystemBlobStore
 from lookalike_local.efficientnet import EfficientNetLite0, EfficientNetOptions
+from PIL import Image
+
 from tests.conftest import catalog_images
-from tests.fakes import ColorHistogramEmbedder
+from tests.fakes import ColorHistogramEmbedder, MemoryBlobStore
 
 
-@pytest.fixture(params=["filesystem", "s3"])
+@pytest.fixture(params=["filesystem", "s3", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    if request.param == "memory":
+        yield MemoryBlobStore()
+        return
     if request.param == "filesystem":
         yield FilesystemBlobStore(context=BackendContext(home=tmp_path))
         return

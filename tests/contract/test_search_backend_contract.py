@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from lookalike.contracts import BackendContext, CollectionSpec, Item, SearchBackend, TextQuery, VectorQuery
 from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.filters import And, Not, Or, Range, Term, from_json
 from lookalike_local.index import LocalIndex
+
 from tests.fakes import MemoryIndex
 
 DIM = 8

@@ -201,6 +201,10 @@ def _multipart(field: str, payload: bytes, ctype: str = "image/jpeg") -> dict:
     return {"files": {field: ("x.jpg", payload, ctype)}}
 
 
+DEEP: list = [1]
+for _ in range(40):
+    DEEP = [DEEP]
+JUNK_JPEG = "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8\xffjunk").decode()
 TRUNCATED = (FIXTURES / "queries" / "hat.jpg").read_bytes()[:2000]
 BAD_INPUTS = [
     # (method, path, request kwargs, status)
@@ -249,8 +253,7 @@ BAD_INPUTS = [
     ("POST", "/v1/collections/clothing/search", {**_multipart("image", TRUNCATED), "data": {"limit": "ten"}}, 400),
     ("POST", "/v1/collections/clothing/search", {**_multipart("image", TRUNCATED), "data": {"anchor_id": "x"}}, 400),
     ("POST", "/v1/collections/clothing/search", {"json": {"image_base64": "A" * (8 * 1024 * 1024)}}, 413),
-    ("POST", "/v1/collections/clothing/search", {"json": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}},
-     400),
+    ("POST", "/v1/collections/clothing/search", {"json": {"a": DEEP}}, 400),
     ("POST", "/v1/collections/clothing/search/text", {"json": {"query": ""}}, 400),
     ("POST", "/v1/collections/clothing/search/text", {"json": {"query": "x" * 501}}, 400),
     ("POST", "/v1/collections/clothing/search/text", {"json": {"query": "?!"}}, 400),
@@ -259,8 +262,7 @@ BAD_INPUTS = [
     ("POST", "/v1/collections/nope/generate", {"json": {"prompt": "hat"}}, 404),
     ("POST", "/v1/embed", {"json": {"image_url": "http://[::1"}}, 400),
     ("POST", "/v1/embed", {"data": b"", "headers": {**DEMO, "Content-Type": "application/json"}}, 400),
-    ("POST", "/v1/embed", {"json": {"data_url": "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8\xffjunk").decode()}},
-     400),
+    ("POST", "/v1/embed", {"json": {"data_url": JUNK_JPEG}}, 400),
     ("GET", "/v1/nothing-here", {}, 404),
     ("PATCH", "/v1/collections", {}, 405),
 ]

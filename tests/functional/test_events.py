@@ -12,9 +12,9 @@ from types import ModuleType
 
 import boto3
 import pytest
-
 from lookalike.lambda_context import LocalContext
 from lookalike.server import Gateway, load_template
+
 from tests.conftest import EVENTS, FIXTURES, ROOT, load_event
 
 _modules: dict[str, ModuleType] = {}
@@ -52,7 +52,7 @@ def test_every_template_function_has_events_and_code() -> None:
 
 def _handler_routes(app: object) -> list[tuple[str, str]]:
     """(method, example path) of every route a Powertools resolver serves."""
-    routes = app._static_routes + app._dynamic_routes  # type: ignore[attr-defined]  # noqa: SLF001
+    routes = app._static_routes + app._dynamic_routes  # type: ignore[attr-defined]
     return [(r.method, re.sub(r"<\w+>", "x", r.path)) for r in routes]
 
 
@@ -62,7 +62,7 @@ def test_template_routes_and_routers_agree() -> None:
     for route in gw.routes:
         example = re.sub(r"\{\w+\}", "x", route.path)
         app = function(route.code_uri.name).app
-        assert any(m == route.method and r.rule.match(example)  # noqa: SLF001
+        assert any(m == route.method and r.rule.match(example)
                    for r in app._static_routes + app._dynamic_routes for m in [r.method]), (
             f"{route.method} {route.path} is in template.yaml but {route.function} does not serve it")
     for name in ("upload", "reverse_search", "embed", "taxonomy", "generate"):

@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from lookalike import hookspecs, plugins
 from lookalike.config import (
     BackendChoice,
@@ -22,8 +21,9 @@ from lookalike.config import (
 from lookalike.errors import ConfigurationError, NotFound, Unauthorized
 from lookalike.hookspecs import hookimpl
 from lookalike.service import Lookalike
+
 from tests.conftest import ROOT, write_deployment
-from tests.fakes import ColorHistogramEmbedder, MemoryIndex, TestPlugin
+from tests.fakes import ColorHistogramEmbedder, MemoryBlobStore, MemoryIndex, TestPlugin
 
 HOOKS = [name for name in dir(hookspecs) if name.startswith("register_")]
 
@@ -39,6 +39,7 @@ def test_plugin_defined_in_tests_registers_through_every_hook() -> None:
     registry = plugins.collect(plugins.make_plugin_manager(extra_plugins=(TestPlugin(),), load_entry_points=False))
     assert registry.embedders["test-color"] is ColorHistogramEmbedder
     assert registry.search_backends["memory"] is MemoryIndex
+    assert registry.blob_stores["memory"] is MemoryBlobStore
     assert registry.lookup("search_backends", "memory") is MemoryIndex
     with pytest.raises(ConfigurationError, match="unknown search backend 'nope'"):
         registry.lookup("search_backends", "nope")
@@ -81,7 +82,8 @@ def test_entry_points_respect_the_allow_list(monkeypatch: pytest.MonkeyPatch) ->
             return TestPlugin()
         return SimpleNamespace(name=name, load=load)
 
-    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [entry("third")] if group == "lookalike" else [])
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group: [entry("third")] if group == "lookalike" else [])
     pm = plugins.make_plugin_manager(allow="none")
     assert loaded == [] and "memory" not in plugins.collect(pm).search_backends
     pm = plugins.make_plugin_manager(allow="other,names")

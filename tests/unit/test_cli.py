@@ -1,0 +1,76 @@
+"""The CLI in-process: init, keys, tenants, collections, ingest (folder and manifest), search, embed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from lookalike.cli import main
+from lookalike.config import Settings, parse_config
+
+from tests.conftest import FIXTURES, query_image
+
+
+@pytest.fixture()
+def runner(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("LOOKALIKE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LOOKALIKE_MODEL_DIR", str(model_dir))
+    monkeypatch.delenv("LOOKALIKE_CONFIG", raising=False)
+    return CliRunner()
+
+
+def run(runner: CliRunner, *args: str, code: int = 0) -> str:
+    result = runner.invoke(main, list(args))
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_cli_workflow(runner: CliRunner, tmp_path: Path) -> None:
+    out = run(runner, "init", "--tenant", "acme")
+    key = out.split("api key: ")[1].strip()
+    assert key.startswith("lk_")
+    run(runner, "init", "--tenant", "acme", code=1)  # refuses to overwrite
+    second = run(runner, "keys", "add", "--tenant", "acme").strip()
+    config = parse_config(Settings().config_path.read_text())
+    assert config.tenant_for_key(key) == config.tenant_for_key(second) == "acme"
+    assert key not in Settings().config_path.read_text()  # only hashes are stored
+    assert run(runner, "tenants").startswith("acme\tembedder=efficientnet-lite0\tsearch=local\tkeys=2")
+
+    manifest = tmp_path / "items.jsonl"
+    shoes = sorted((FIXTURES / "images" / "shoes").iterdir())
+    manifest.write_text("\n".join([
+        json.dumps({"id": "s1", "image": str(shoes[0]), "metadata": {"category": "shoes"}}),
+        json.dumps({"id": "s2", "image": str(shoes[1])}),
+        "not json",
+        json.dumps({"id": "s3", "image": "missing.jpg"}),
+        json.dumps({"id": "bad/id", "image": str(shoes[2])}),
+    ]) + "\n")
+    out = run(runner, "ingest", str(manifest), "--collection", "shop")
+    assert "created collection 'shop'" in out and "indexed 2, skipped 0, failed 3" in out
+    assert "failed line 3" in out and "failed s3: FileNotFoundError" in out and "failed bad/id: item id" in out
+
+    folder = tmp_path / "photos"
+    shutil.copytree(FIXTURES / "images" / "hat", folder / "hat")
+    (folder / "hat" / sorted(p.name for p in (folder / "hat").iterdir())[0]).with_suffix(".json").write_text(
+        json.dumps({"caption": "a woollen hat"}))
+    out = run(runner, "ingest", str(folder), "--collection", "shop", "--threads", "1")
+    assert "indexed 4, skipped 0, failed 0" in out
+    assert run(runner, "collections").startswith("shop\titems=6\t")
+
+    out = json.loads(run(runner, "search", str(query_image("hat")), "--collection", "shop", "--json", "--limit", "3"))
+    assert out["total"] == 6 and out["hits"][0]["metadata"]["category"] == "hat"
+    text = run(runner, "search", str(query_image("hat")), "--collection", "shop")
+    assert text.splitlines()[0].split()[0] == "1"
+    vec = json.loads(run(runner, "embed", str(query_image("hat"))))
+    assert vec["dimension"] == 1280 == len(vec["embedding"])
+    assert "Collection not found" in run(runner, "search", str(query_image()), "--collection", "nope", code=1)
+
+
+def test_cli_needs_a_tenant_when_several(runner: CliRunner) -> None:
+    run(runner, "init", "--tenant", "a")
+    run(runner, "init", "--tenant", "b", "--api-key", "second-key")
+    assert "choose a tenant with --tenant" in run(runner, "collections", code=2)
+    assert "no configuration" in CliRunner().invoke(main, ["tenants"], env={"LOOKALIKE_HOME": "/nonexistent"}).output
