@@ -25,7 +25,7 @@ setup: $(BIN)/.installed $(LOOKALIKE_MODEL_DIR)/efficientnet-lite0.onnx
 demo: setup
 	$(BIN)/lookalike init --tenant demo --api-key $(DEMO_KEY)
 	$(BIN)/lookalike ingest $(DEMO_DATA) --collection clothing --tenant demo
-	@echo "Try:  curl -s -H 'Authorization: Bearer $(DEMO_KEY)' -F image=@$$(ls $(DEMO_DATA)/*/* $(DEMO_DATA)/* 2>/dev/null | grep -iE '\.(jpe?g|png)$$' | head -1) http://127.0.0.1:$(PORT)/v1/collections/clothing/search"
+	@echo "Try:  curl -s -H 'Authorization: Bearer $(DEMO_KEY)' -F image=@tests/fixtures/queries/shoes.jpg -F limit=5 http://127.0.0.1:$(PORT)/v1/collections/clothing/search"
 	$(BIN)/lookalike serve --port $(PORT)
 
 serve: setup
@@ -46,7 +46,9 @@ clean:
 
 # ---- `sam build` (BuildMethod: makefile): layers built from this checkout, no container needed.
 build-CoreLayer:
-	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/python" . ./plugins/local ./plugins/aws
+	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/python" -r layers/requirements-lambda.txt
+	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/python" \
+		onnxruntime . ./plugins/local ./plugins/aws
 
 build-ModelsLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local

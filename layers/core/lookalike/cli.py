@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -201,6 +202,10 @@ def default_template() -> Path:
 def serve(host: str, port: int, template: Path | None) -> None:
     """Serve the API on 127.0.0.1, routed by template.yaml to the Lambda handlers."""
     from lookalike.server import Gateway, make_server
+
+    # Locally there is no CloudWatch or X-Ray to receive them; set these to "false" to see them.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise click.UsageError("the local server binds to loopback only; deploy with `sam deploy` to serve others")
