@@ -25,6 +25,13 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
+def _check_names(value: dict[str, Any], what: str) -> dict[str, Any]:
+    for name in value:
+        if not _NAME_RE.match(name):
+            raise ValueError(f"invalid {what} {name!r}")
+    return value
+
+
 class Settings(BaseSettings):
     """Process settings from the environment (``LOOKALIKE_*``)."""
 
@@ -93,10 +100,7 @@ class TenantConfig(BaseModel):
     @field_validator("collections")
     @classmethod
     def _names(cls, value: dict[str, CollectionSettings]) -> dict[str, CollectionSettings]:
-        for name in value:
-            if not _NAME_RE.match(name):
-                raise ValueError(f"invalid collection name {name!r}")
-        return value
+        return _check_names(value, "collection name")
 
 
 class DeploymentConfig(BaseModel):
@@ -108,10 +112,7 @@ class DeploymentConfig(BaseModel):
     @field_validator("tenants")
     @classmethod
     def _tenant_names(cls, value: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
-        for name in value:
-            if not _NAME_RE.match(name):
-                raise ValueError(f"invalid tenant id {name!r}")
-        return value
+        return _check_names(value, "tenant id")
 
     def tenant_for_key(self, key: str | None) -> str | None:
         """The tenant owning ``key``, comparing every stored hash in constant time."""

@@ -50,14 +50,18 @@ class CollectionList(BaseModel):
     collections: list[CollectionOut]
 
 
-class PutItem(ImageInput):
-    metadata: dict[str, Any] = Field(default_factory=dict)
+class OneImage(ImageInput):
+    """An image given by exactly one field (``/v1/embed``, ``/v1/anchors``)."""
 
     @model_validator(mode="after")
-    def _one_image(self) -> PutItem:
+    def _one_image(self) -> OneImage:
         if self.given() != 1:
             raise ValueError("give exactly one of image_url, data_url or image_base64")
         return self
+
+
+class PutItem(OneImage):
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class ItemOut(BaseModel):
@@ -137,14 +141,6 @@ class AnchorOut(BaseModel):
     anchor_id: str
     model_id: str
     expires_at: float
-
-
-class EmbedRequest(ImageInput):
-    @model_validator(mode="after")
-    def _one_image(self) -> EmbedRequest:
-        if self.given() != 1:
-            raise ValueError("give exactly one of image_url, data_url or image_base64")
-        return self
 
 
 class EmbedResponse(BaseModel):

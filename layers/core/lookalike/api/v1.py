@@ -25,7 +25,6 @@ from lookalike.schemas import (
     CollectionOut,
     CreateCollection,
     Deleted,
-    EmbedRequest,
     EmbedResponse,
     FacetsResponse,
     FacetValue,
@@ -33,6 +32,7 @@ from lookalike.schemas import (
     GenerateResponse,
     HitOut,
     ItemOut,
+    OneImage,
     PutItem,
     SearchOptions,
     SearchRequest,
@@ -190,7 +190,7 @@ def delete_item(collection: str, item_id: str) -> Deleted:
 def stage_anchor() -> Response[AnchorOut]:
     tenant = tenant_from_bearer(items.current_event)
     data, upload = _image_request(items.current_event)
-    ref = upload if upload is not None else _ref(validate(EmbedRequest, data), None)
+    ref = upload if upload is not None else _ref(validate(OneImage, data), None)
     anchor = tenant.stage_anchor(ref)
     body = AnchorOut(anchor_id=anchor.id, model_id=anchor.model_id, expires_at=anchor.expires_at)
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=body.model_dump(mode="json"))
@@ -243,7 +243,7 @@ def generate(collection: str) -> GenerateResponse:
 def embed() -> EmbedResponse:
     tenant = tenant_from_bearer(embedding.current_event)
     data, upload = _image_request(embedding.current_event)
-    ref = upload if upload is not None else _ref(validate(EmbedRequest, data), None)
+    ref = upload if upload is not None else _ref(validate(OneImage, data), None)
     vector = tenant.embed(ref)
     return EmbedResponse(model_id=tenant.embedder.model_id, dimension=int(vector.shape[0]),
                          embedding=[float(x) for x in vector])
