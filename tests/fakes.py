@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+from PIL import Image
+
 from lookalike.contracts import (
     Blob,
     BlobStore,
@@ -25,7 +27,6 @@ from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.filters import Filter, matches
 from lookalike.hookspecs import hookimpl
 from lookalike.ranking import top_k
-from PIL import Image
 
 
 class ColorHistogramEmbedder(Embedder):
@@ -73,7 +74,8 @@ class MemoryIndex(SearchBackend):
         c = self.collections[(tenant, name)]
         s: CollectionSpec = c["spec"]
         return CollectionInfo(name=name, model_id=s.model_id, dimension=s.dimension, item_count=len(c["items"]),
-                              settings=dict(s.settings), status=c["status"], created_at=c["created_at"])
+                              settings=dict(s.settings), status=c["status"], created_at=c["created_at"],
+                              text_model_id=s.text_model_id, text_dimension=s.text_dimension)
 
     def create_collection(self, tenant: str, spec: CollectionSpec) -> CollectionInfo:
         if (tenant, spec.name) in self.collections:
@@ -96,14 +98,21 @@ class MemoryIndex(SearchBackend):
 
     def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
         c = self._get(tenant, collection)
+        spec: CollectionSpec = c["spec"]
         for item in items:
-            if np.asarray(item.vector).reshape(-1).shape[0] != c["spec"].dimension:
+            if np.asarray(item.vector).reshape(-1).shape[0] != spec.dimension:
                 raise BadRequest("vector dimension does not match the collection's")
+            for v in item.text_vectors.values():
+                if spec.text_dimension is None or np.asarray(v).reshape(-1).shape[0] != spec.text_dimension:
+                    raise BadRequest("text vector dimension does not match the collection's")
         if self.fail:
             self.fail("write")
         for item in items:
-            c["items"][item.id] = Item(id=item.id, vector=np.asarray(item.vector, dtype=np.float32).reshape(-1),
-                                       metadata=dict(item.metadata), image_key=item.image_key)
+            c["items"][item.id] = Item(
+                id=item.id, vector=np.asarray(item.vector, dtype=np.float32).reshape(-1),
+                metadata=dict(item.metadata), image_key=item.image_key,
+                text_vectors={f: np.asarray(v, dtype=np.float32).reshape(-1) for f, v in item.text_vectors.items()
+                              if f in ("caption", "prompt")})
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
         c = self._get(tenant, collection)
@@ -129,6 +138,23 @@ class MemoryIndex(SearchBackend):
 
     def text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage:
         c = self._get(tenant, collection)
+        if query.vector is not None:
+            spec: CollectionSpec = c["spec"]
+            q = np.asarray(query.vector, dtype=np.float32).reshape(-1)
+            if spec.text_dimension is None or q.shape[0] != spec.text_dimension:
+                raise BadRequest("query dimension does not match the collection's text vectors")
+            items, found = [], []
+            for i in c["items"].values():
+                fields = [f for f in query.fields if f in i.text_vectors]
+                if fields and matches(query.filter, i.metadata):
+                    score = max(float(i.text_vectors[f] @ q) for f in fields)
+                    if query.min_score is None or score >= query.min_score:
+                        items.append(i)
+                        found.append(score)
+            scores = np.array(found, dtype=np.float32)
+            order, total = top_k(scores, query.offset + query.limit, lambda r: items[r].id)
+            return SearchPage(hits=[Hit(items[r].id, float(scores[r]), items[r].metadata, items[r].image_key)
+                                    for r in order[query.offset:]], total=total)
         terms = set(re.findall(r"\w+", query.text.lower()))
         if not terms:
             raise BadRequest("query has no searchable words")

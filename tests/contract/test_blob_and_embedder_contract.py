@@ -9,13 +9,13 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
+from PIL import Image
+
 from lookalike.contracts import BackendContext, BlobStore, Embedder
 from lookalike.errors import BadRequest, NotFound
 from lookalike_aws.s3 import S3BlobStore, S3Options
 from lookalike_local.blobstore import FilesystemBlobStore
 from lookalike_local.efficientnet import EfficientNetLite0, EfficientNetOptions
-from PIL import Image
-
 from tests.conftest import catalog_images
 from tests.fakes import ColorHistogramEmbedder, MemoryBlobStore
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lookalike.contracts import BackendContext, CollectionSpec, Item, SearchBackend, TextQuery, VectorQuery
 from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.filters import And, Not, Or, Range, Term, from_json
 from lookalike_local.index import LocalIndex
-
 from tests.fakes import MemoryIndex
 
 DIM = 8
@@ -201,3 +201,69 @@ def test_local_index_persists_and_sees_other_writers(tmp_path: Path) -> None:
     c = LocalIndex(context=BackendContext(home=tmp_path))
     assert c.get_item("t", "c", "y") is not None
     c.close()
+
+
+TDIM = 4
+
+
+def tvec(*values: float) -> np.ndarray:
+    v = np.zeros(TDIM, dtype=np.float32)
+    v[: len(values)] = values
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture()
+def texts(make_backend: Factory) -> SearchBackend:
+    b = make_backend()
+    b.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM, text_model_id="tm",
+                                            text_dimension=TDIM))
+    b.upsert("t", "c", [
+        Item("both", vec(1), {"kind": "a"}, text_vectors={"caption": tvec(1), "prompt": tvec(0, 1)}),
+        Item("caption-only", vec(1), {"kind": "b"}, text_vectors={"caption": tvec(1, 1)}),
+        Item("prompt-only", vec(1), {"kind": "a"}, text_vectors={"prompt": tvec(1, 0.2)}),
+        Item("none", vec(1), {"kind": "a"}),
+    ])
+    return b
+
+
+def test_semantic_text_search_takes_the_best_field(texts: SearchBackend) -> None:
+    info = texts.get_collection("t", "c")
+    assert (info.text_model_id, info.text_dimension) == ("tm", TDIM)
+    page = texts.text_search("t", "c", TextQuery(text="x", vector=tvec(1), limit=10))
+    assert ids(page) == ["both", "prompt-only", "caption-only"] and page.total == 3  # "none" has no text
+    assert page.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    page = texts.text_search("t", "c", TextQuery(text="x", vector=tvec(0, 1), fields=("prompt",), limit=10))
+    assert ids(page) == ["both", "prompt-only"]
+    page = texts.text_search("t", "c", TextQuery(text="x", vector=tvec(1), fields=("caption",), limit=1, offset=1))
+    assert ids(page) == ["caption-only"] and page.total == 2
+    page = texts.text_search("t", "c", TextQuery(text="x", vector=tvec(1), filter=Term("kind", "a"), min_score=0.5))
+    assert ids(page) == ["both", "prompt-only"]
+    with pytest.raises(BadRequest):
+        texts.text_search("t", "c", TextQuery(text="x", vector=np.ones(TDIM + 1, dtype=np.float32)))
+
+
+def test_text_vectors_follow_upserts_and_deletes(texts: SearchBackend) -> None:
+    texts.delete("t", "c", ["both"])  # the last row moves into its place: its text rows must move too
+    texts.upsert("t", "c", [Item("caption-only", vec(1), {}, text_vectors={"prompt": tvec(0, 0, 1)})])
+    page = texts.text_search("t", "c", TextQuery(text="x", vector=tvec(0, 0, 1), limit=10))
+    assert ids(page)[0] == "caption-only" and page.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert set(texts.get_item("t", "c", "caption-only").text_vectors) == {"prompt"}
+    with pytest.raises(BadRequest):
+        texts.upsert("t", "c", [Item("bad", vec(1), {}, text_vectors={"caption": np.ones(3, dtype=np.float32)})])
+    assert texts.get_item("t", "c", "bad") is None
+
+
+def test_semantic_text_search_needs_text_vectors(backend: SearchBackend) -> None:
+    with pytest.raises(BadRequest):
+        backend.text_search("t", "c", TextQuery(text="x", vector=tvec(1)))
+
+
+def test_local_index_reloads_text_vectors(tmp_path: Path) -> None:
+    a = LocalIndex(context=BackendContext(home=tmp_path))
+    a.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM, text_model_id="tm",
+                                            text_dimension=TDIM))
+    a.upsert("t", "c", [Item(f"i{n}", vec(1), {}, text_vectors={"caption": tvec(1, n)}) for n in range(40)])
+    a.close()
+    b = LocalIndex(context=BackendContext(home=tmp_path))
+    assert ids(b.text_search("t", "c", TextQuery(text="x", vector=tvec(1), limit=1))) == ["i0"]
+    b.close()

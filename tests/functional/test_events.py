@@ -12,9 +12,9 @@ from types import ModuleType
 
 import boto3
 import pytest
+
 from lookalike.lambda_context import LocalContext
 from lookalike.server import Gateway, load_template
-
 from tests.conftest import EVENTS, FIXTURES, ROOT, load_event
 
 _modules: dict[str, ModuleType] = {}

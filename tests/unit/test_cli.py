@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from lookalike.cli import main
 from lookalike.config import Settings, parse_config
-
 from tests.conftest import FIXTURES, query_image
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from lookalike import fetch as fetch_module
 from lookalike import images
 from lookalike.errors import InvalidImage, ModelMismatch, NotFound, PayloadTooLarge
 from lookalike.fetch import FetchError, FetchPolicy, address_allowed, fetch
 from lookalike.service import ImageRef, Lookalike
-from PIL import Image
-
 from tests.conftest import query_image
 
 LIMITS = {"max_bytes": 5 * 1024 * 1024, "max_pixels": 40_000_000}

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from lookalike import hookspecs, plugins
 from lookalike.config import (
     BackendChoice,
@@ -21,7 +22,6 @@ from lookalike.config import (
 from lookalike.errors import ConfigurationError, NotFound, Unauthorized
 from lookalike.hookspecs import hookimpl
 from lookalike.service import Lookalike
-
 from tests.conftest import ROOT, write_deployment
 from tests.fakes import ColorHistogramEmbedder, MemoryBlobStore, MemoryIndex, TestPlugin
 

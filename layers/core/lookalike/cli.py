@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from lookalike.config import ApiKey, DeploymentConfig, Settings, TenantConfig, hash_key, parse_config, write_config
 from lookalike.errors import LookalikeError
 from lookalike.service import ImageRef, Lookalike, TenantService
@@ -115,8 +116,9 @@ def collections(tenant: str | None) -> None:
 @click.option("--limit", type=int, help="Ingest at most this many images.")
 def ingest(source: Path, collection: str, tenant: str | None, threads: int, update: bool, limit: int | None) -> None:
     """Index a folder of images or a JSONL manifest (id, image path or URL, metadata)."""
-    from lookalike.ingest import folder_sources, ingest_sources, manifest_sources
     from tqdm import tqdm
+
+    from lookalike.ingest import folder_sources, ingest_sources, manifest_sources
 
     t = _tenant(_service(), tenant)
     if not any(c.name == collection for c in t.list_collections()):
@@ -181,11 +183,12 @@ def models() -> None:
 @models.command("build")
 @click.option("--model-dir", type=click.Path(path_type=Path))
 def models_build(model_dir: Path | None) -> None:
-    """Convert the packaged EfficientNet-Lite0 weights to ONNX (numpy + onnx, no torch)."""
-    from lookalike_local.efficientnet import ONNX_NAME, build_onnx, default_model_dir
+    """Convert the packaged EfficientNet-Lite0 and all-MiniLM-L6-v2 weights to ONNX (numpy + onnx, no torch)."""
+    from lookalike_local import efficientnet, minilm
 
-    out = build_onnx((model_dir or default_model_dir()) / ONNX_NAME)
-    click.echo(f"wrote {out}")
+    target = model_dir or efficientnet.default_model_dir()
+    click.echo(f"wrote {efficientnet.build_onnx(target / efficientnet.ONNX_NAME)}")
+    click.echo(f"wrote {minilm.build_onnx(target)}")
 
 
 def default_template() -> Path:

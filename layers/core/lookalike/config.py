@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lookalike.errors import ConfigurationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lookalike.errors import ConfigurationError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -80,9 +81,13 @@ class Limits(BaseModel):
     anchor_ttl_seconds: int = 24 * 3600
 
 
+NO_TEXT_EMBEDDER = "none"  # text_embedder: {name: none} turns semantic text search off
+
+
 class Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
     embedder: BackendChoice = BackendChoice(name="efficientnet-lite0")
+    text_embedder: BackendChoice = BackendChoice(name="all-minilm-l6-v2")
     search: BackendChoice = BackendChoice(name="local")
     blobs: BackendChoice = BackendChoice(name="filesystem")
     limits: Limits = Limits()
@@ -92,6 +97,7 @@ class TenantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     api_keys: list[ApiKey] = Field(default_factory=list)
     embedder: BackendChoice | None = None
+    text_embedder: BackendChoice | None = None
     search: BackendChoice | None = None
     blobs: BackendChoice | None = None
     limits: Limits | None = None
@@ -129,6 +135,10 @@ class DeploymentConfig(BaseModel):
     # Fallbacks: tenant setting -> deployment defaults (-> built-in defaults above).
     def embedder_for(self, tenant_id: str) -> BackendChoice:
         return _merge(self.defaults.embedder, self.tenants[tenant_id].embedder)
+
+    def text_embedder_for(self, tenant_id: str) -> BackendChoice | None:
+        choice = _merge(self.defaults.text_embedder, self.tenants[tenant_id].text_embedder)
+        return None if choice.name == NO_TEXT_EMBEDDER else choice
 
     def search_for(self, tenant_id: str) -> BackendChoice:
         return _merge(self.defaults.search, self.tenants[tenant_id].search)

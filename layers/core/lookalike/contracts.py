@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from lookalike.filters import Filter
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
+
+from lookalike.filters import Filter
 
 
 class NoOptions(BaseModel):
@@ -58,12 +59,18 @@ class Embedder(abc.ABC):
 # ---------------------------------------------------------------- search
 
 
+TextField = Literal["caption", "prompt"]
+TEXT_FIELDS: tuple[TextField, ...] = ("caption", "prompt")
+
+
 @dataclass(frozen=True)
 class CollectionSpec:
     name: str
     model_id: str
     dimension: int
     settings: Mapping[str, Any] = field(default_factory=dict)
+    text_model_id: str | None = None  # the text embedder of caption/prompt vectors, if any
+    text_dimension: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,8 @@ class CollectionInfo:
     settings: Mapping[str, Any]
     status: Literal["READY", "INDEXING"]
     created_at: float
+    text_model_id: str | None = None
+    text_dimension: int | None = None
 
 
 @dataclass
@@ -86,6 +95,8 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
     image_key: str | None = None
     updated_at: float = field(default_factory=time.time)
+    #: Embeddings of the caption / prompt metadata, in the collection's text model.
+    text_vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,16 +117,22 @@ class VectorQuery:
     exclude_ids: frozenset[str] = frozenset()
 
 
-TextField = Literal["caption", "prompt"]
-
-
 @dataclass(frozen=True)
 class TextQuery:
+    """Search captions / prompts.
+
+    With ``vector`` (the query in the collection's text model) hits rank by the best cosine
+    over ``fields``; items without a vector for any of them are not candidates. Without it,
+    by keyword relevance (BM25 or the backend's equivalent), higher is better.
+    """
+
     text: str
-    fields: tuple[TextField, ...] = ("caption", "prompt")
+    fields: tuple[TextField, ...] = TEXT_FIELDS
     limit: int = 10
     offset: int = 0
     filter: Filter | None = None
+    vector: np.ndarray | None = None
+    min_score: float | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+
 from lookalike.errors import BadRequest, PayloadTooLarge
 
 MAX_REDIRECTS = 3

@@ -13,8 +13,9 @@ import re
 import warnings
 from dataclasses import dataclass
 
-from lookalike.errors import InvalidImage, PayloadTooLarge
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from lookalike.errors import InvalidImage, PayloadTooLarge
 
 # Decoding a truncated file must fail, not return a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

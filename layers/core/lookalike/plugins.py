@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any
 
 import pluggy
+
 from lookalike import hookspecs
 from lookalike.contracts import BlobStore, Embedder, SearchBackend
 from lookalike.errors import ConfigurationError

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from lookalike.config import NAME_PATTERN, CollectionSettings
 from lookalike.contracts import CollectionInfo, Hit, Item
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_LIMIT = 100
 
@@ -39,11 +40,14 @@ class CollectionOut(BaseModel):
     status: Literal["READY", "INDEXING"]
     settings: dict[str, Any]
     created_at: float
+    text_model_id: str | None = None
+    text_dimension: int | None = None
 
     @classmethod
     def of(cls, info: CollectionInfo) -> CollectionOut:
         return cls(name=info.name, model_id=info.model_id, dimension=info.dimension, item_count=info.item_count,
-                   status=info.status, settings=dict(info.settings), created_at=info.created_at)
+                   status=info.status, settings=dict(info.settings), created_at=info.created_at,
+                   text_model_id=info.text_model_id, text_dimension=info.text_dimension)
 
 
 class CollectionList(BaseModel):
@@ -125,12 +129,18 @@ class TextSearchRequest(Strict):
     limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
     offset: int = Field(default=0, ge=0, le=10_000)
     filter: dict[str, Any] | None = None
+    min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+
+
+GENERATE_MIN_SCORE = 0.3  # cosine in the text model; unrelated sentences score ~0-0.2
 
 
 class GenerateRequest(Strict):
     prompt: str = Field(min_length=1, max_length=500)
     fields: list[Literal["caption", "prompt"]] = Field(default=["caption", "prompt"], min_length=1)
     filter: dict[str, Any] | None = None
+    min_score: float = Field(default=GENERATE_MIN_SCORE, ge=-1.0, le=1.0,
+                             description="below this the best match is 'No match found' (semantic search only)")
 
 
 class GenerateResponse(BaseModel):

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+
 from lookalike.lambda_context import LocalContext
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit

@@ -21,6 +21,7 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
+
 from lookalike import images
 from lookalike.config import (
     BackendChoice,
@@ -32,6 +33,7 @@ from lookalike.config import (
     valid_name,
 )
 from lookalike.contracts import (
+    TEXT_FIELDS,
     BackendContext,
     BlobStore,
     CollectionInfo,
@@ -110,6 +112,12 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     return dict(metadata)
 
 
+def _as_text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value if v is not None).strip()
+    return value.strip() if isinstance(value, str) else ""
+
+
 def check_item_id(item_id: str) -> str:
     if not isinstance(item_id, str) or not _ITEM_ID.match(item_id):
         raise BadRequest("item id must be 1-256 characters: letters, digits and _ . : @ = + -")
@@ -126,10 +134,11 @@ class TenantService:
     """A tenant's backends and limits, and every operation on its collections."""
 
     def __init__(self, tenant_id: str, config: DeploymentConfig, embedder: Embedder, search: SearchBackend,
-                 blobs: BlobStore, settings: Settings) -> None:
+                 blobs: BlobStore, settings: Settings, text_embedder: Embedder | None = None) -> None:
         self.id = tenant_id
         self.config = config
         self.embedder = embedder
+        self.text_embedder = text_embedder
         self.search_backend = search
         self.blobs = blobs
         self.limits: Limits = config.limits_for(tenant_id)
@@ -158,8 +167,10 @@ class TenantService:
     def _create(self, name: str, settings: CollectionSettings) -> CollectionInfo:
         from lookalike.errors import Conflict
 
+        text = self.text_embedder
         spec = CollectionSpec(name=name, model_id=self.embedder.model_id, dimension=self.embedder.dimension,
-                              settings=settings.model_dump())
+                              settings=settings.model_dump(), text_model_id=text.model_id if text else None,
+                              text_dimension=text.dimension if text else None)
         try:
             return self.search_backend.create_collection(self.id, spec)
         except Conflict:
@@ -320,8 +331,31 @@ class TenantService:
             self.blobs.put(key, data, decoded.mime, {"item_id": item_id})
             meta = {**meta, "width": meta.get("width", decoded.width), "height": meta.get("height", decoded.height)}
             items.append(Item(id=item_id, vector=vector, metadata=meta, image_key=key))
+        self._embed_texts(collection, items)
         self.search_backend.upsert(self.id, collection, items)
         return items
+
+    def _embed_texts(self, collection: str, items: Sequence[Item]) -> None:
+        """Caption / prompt vectors for the items, in one batch, when the collection keeps them."""
+        info = self.collection(collection)
+        if info.text_model_id is None:
+            return
+        self._text_model_matches(info)
+        wanted = [(item, f, text) for item in items for f in TEXT_FIELDS
+                  if (text := _as_text(item.metadata.get(f)))]
+        if not wanted:
+            return
+        vectors = self.text_embedder.embed_texts([text for _, _, text in wanted])  # type: ignore[union-attr]
+        for (item, f, _), v in zip(wanted, vectors, strict=True):
+            item.text_vectors[f] = v
+
+    def _text_model_matches(self, info: CollectionInfo) -> None:
+        text = self.text_embedder
+        if text is None or text.model_id != info.text_model_id:
+            raise ModelMismatch(
+                f"collection {info.name!r} keeps text vectors of {info.text_model_id}; "
+                f"this tenant's text embedder is {text.model_id if text else 'none'}"
+            )
 
     def get_item(self, collection: str, item_id: str) -> Item:
         self.collection(collection)
@@ -360,12 +394,21 @@ class TenantService:
         return self.search_backend.search(self.id, collection, VectorQuery(
             vector=vector, limit=limit, offset=offset, filter=filter, min_score=min_score, exclude_ids=exclude))
 
-    def text_search(self, collection: str, text: str, *, fields: Sequence[str] = ("caption", "prompt"),
-                    limit: int = 10, offset: int = 0, filter: Filter | None = None) -> SearchPage:
-        self.collection(collection)
+    def text_search(self, collection: str, text: str, *, fields: Sequence[str] = TEXT_FIELDS,
+                    limit: int = 10, offset: int = 0, filter: Filter | None = None,
+                    min_score: float | None = None) -> SearchPage:
+        """Semantic search over caption / prompt vectors; keyword (BM25) where the collection has none."""
+        info = self.collection(collection)
         self._check_page(limit, offset)
+        if not re.search(r"\w", text):
+            raise BadRequest("query has no searchable words")
+        vector = None
+        if info.text_model_id is not None:
+            self._text_model_matches(info)
+            vector = self.text_embedder.embed_texts([text])[0]  # type: ignore[union-attr]
         return self.search_backend.text_search(self.id, collection, TextQuery(
-            text=text, fields=tuple(fields), limit=limit, offset=offset, filter=filter))  # type: ignore[arg-type]
+            text=text, fields=tuple(fields), limit=limit, offset=offset, filter=filter,  # type: ignore[arg-type]
+            vector=vector, min_score=min_score if vector is not None else None))
 
     def facets(self, collection: str, fields: Sequence[str] | None = None, filter: Filter | None = None,
                size: int = 100) -> dict[str, list[tuple[str, int]]]:
@@ -416,8 +459,12 @@ class Lookalike:
             cached = self._tenants.get(tenant_id)
             if cached and cached[0] == fingerprint:
                 return cached[1]
+            text_choice = config.text_embedder_for(tenant_id)
+            text_embedder = self.backend("embedders", text_choice) if text_choice else None
+            if text_embedder is not None and not text_embedder.supports_text:
+                raise ConfigurationError(f"embedder {text_choice.name!r} cannot embed text")  # type: ignore[union-attr]
             service = TenantService(
-                tenant_id, config,
+                tenant_id, config, text_embedder=text_embedder,
                 embedder=self.backend("embedders", config.embedder_for(tenant_id)),
                 search=self.backend("search_backends", config.search_for(tenant_id)),
                 blobs=self.backend("blob_stores", config.blobs_for(tenant_id)),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lookalike.hookspecs import hookimpl
-
 from lookalike_aws.s3 import S3BlobStore
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict
+
 from lookalike.aws import s3_client
 from lookalike.contracts import BackendContext, Blob, BlobStore
 from lookalike.errors import BackendUnavailable, NotFound
-from pydantic import BaseModel, ConfigDict
 
 
 class S3Options(BaseModel):

@@ -8,15 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lookalike.hookspecs import hookimpl
-
 from lookalike_local.blobstore import FilesystemBlobStore
 from lookalike_local.efficientnet import EfficientNetLite0
 from lookalike_local.index import LocalIndex
+from lookalike_local.minilm import MiniLM
 
 
 @hookimpl
 def register_embedders(register: Callable[[str, type], None]) -> None:
     register("efficientnet-lite0", EfficientNetLite0)
+    register("all-minilm-l6-v2", MiniLM)
 
 
 @hookimpl

@@ -13,9 +13,10 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from lookalike.contracts import BackendContext, Blob, BlobStore
 from lookalike.errors import BadRequest, NotFound
-from pydantic import BaseModel, ConfigDict
 
 _META = ".meta.json"
 

@@ -12,13 +12,14 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-from lookalike.contracts import BackendContext, Embedder
-from lookalike.errors import ConfigurationError
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from lookalike.contracts import BackendContext, Embedder
+from lookalike.errors import ConfigurationError
 from lookalike_local.torch_pickle import load_state_dict
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, EfficientNet-Lite0.
@@ -134,10 +135,21 @@ def build_onnx(out_path: Path, checkpoint: Path | None = None) -> Path:
     return out_path
 
 
+View = Literal["crop", "pad"]
+
+
 class EfficientNetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model_dir: Path | None = None
     image_size: int = Field(default=224, ge=96, le=512)
+    #: Each view is embedded and the L2-normalised results summed: "crop" (short side to
+    #: image_size, center square) sees detail, "pad" (long side to image_size, on white) sees
+    #: the whole product, so a zoomed-in or mirrored copy still lands next to its original.
+    views: list[View] = Field(default=["crop", "pad"], min_length=1, max_length=4)
+    #: Generalised-mean pooling exponent of the 1280 feature maps (1 = average pooling).
+    gem_p: float = Field(default=3.0, ge=1.0, le=8.0)
+    #: Optional fixed projection to fewer dimensions (the PixLab 512 / 1024); None: 1280.
+    dimension: Literal[512, 1024] | None = None
     threads: int = Field(default=0, ge=0, le=64)  # 0: onnxruntime's default
     batch_size: int = Field(default=16, ge=1, le=256)
 
@@ -164,17 +176,29 @@ def _session(path: Path, threads: int) -> object:
         return _sessions[key]
 
 
-def preprocess(images: Sequence[Image.Image], size: int) -> np.ndarray:
-    """Resize the short side to ``size`` and center-crop a square; ImageNet normalisation."""
-    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
-    for i, img in enumerate(images):
-        w, h = img.size
+def view(img: Image.Image, kind: View, size: int) -> np.ndarray:
+    """One normalised (3, size, size) input: center crop of the short side, or the whole image padded."""
+    w, h = img.size
+    if kind == "crop":
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
         resized = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
         left, top = (nw - size) // 2, (nh - size) // 2
-        crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32)
-        batch[i] = ((crop - MEAN) / STD).transpose(2, 0, 1)
+        square = resized.crop((left, top, left + size, top + size))
+    else:
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        square = Image.new("RGB", (size, size), (255, 255, 255))
+        square.paste(img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0),
+                     ((size - nw) // 2, (size - nh) // 2))
+    pixels = np.asarray(square, dtype=np.float32)
+    return ((pixels - MEAN) / STD).transpose(2, 0, 1)
+
+
+def preprocess(images: Sequence[Image.Image], size: int, kind: View = "crop") -> np.ndarray:
+    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
+    for i, img in enumerate(images):
+        batch[i] = view(img, kind, size)
     return batch
 
 
@@ -184,34 +208,75 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def gem(maps: np.ndarray, p: float) -> np.ndarray:
+    """Generalised-mean pooling over the spatial axes of (n, c, h, w) non-negative maps."""
+    if p == 1.0:
+        return maps.mean(axis=(2, 3))
+    return np.power(np.power(np.clip(maps, 1e-6, None), p).mean(axis=(2, 3)), 1.0 / p)
+
+
+PROJECTION_SEED = 20261121
+
+
+def projection_matrix(source_dim: int, dim: int) -> np.ndarray:
+    """A fixed random orthonormal (source_dim, dim) basis.
+
+    Drawn from NumPy's legacy ``RandomState``, whose stream NumPy keeps stable across
+    releases, then orthonormalised (QR with a sign convention), so every install derives the
+    same matrix. Orthonormal random projections preserve inner products up to a small
+    distortion (Johnson-Lindenstrauss), so cosine neighbourhoods survive; bench/embeddings.py
+    reports what it costs in retrieval quality.
+    """
+    gaussian = np.random.RandomState(PROJECTION_SEED).standard_normal((source_dim, dim))
+    q, r = np.linalg.qr(gaussian)
+    return (q * np.sign(np.diag(r))).astype(np.float32)
+
+
 class EfficientNetLite0(Embedder):
-    """ImageNet EfficientNet-Lite0, global-average-pooled 1280-d features."""
+    """ImageNet EfficientNet-Lite0 features: GeM-pooled, crop + pad views, optionally projected."""
 
     Options = EfficientNetOptions
     supports_images = True
     supports_text = False
-    dimension = FEATURE_DIM
 
     def __init__(self, options: EfficientNetOptions | None = None, context: BackendContext | None = None) -> None:
-        self.options = options or EfficientNetOptions()
-        self.batch_size = self.options.batch_size
-        self.model_id = f"efficientnet-lite0/gap/{self.options.image_size}"
-        model_dir = self.options.model_dir or default_model_dir()
-        self._session = _session(model_dir / ONNX_NAME, self.options.threads)
+        self.options = o = options or EfficientNetOptions()
+        self.batch_size = o.batch_size
+        self.dimension = o.dimension or FEATURE_DIM
+        pooling = "gap" if o.gem_p == 1.0 else f"gem{o.gem_p:g}"
+        self.model_id = f"efficientnet-lite0/{pooling}/{'+'.join(o.views)}/{o.image_size}" + (
+            f"/p{o.dimension}" if o.dimension else "")
+        self._projection = projection_matrix(FEATURE_DIM, o.dimension) if o.dimension else None
+        model_dir = o.model_dir or default_model_dir()
+        self._session = _session(model_dir / ONNX_NAME, o.threads)
 
-    def feature_maps(self, images: Sequence[Image.Image]) -> np.ndarray:
-        pixels = preprocess(images, self.options.image_size)
+    def feature_maps(self, images: Sequence[Image.Image], kind: View = "crop") -> np.ndarray:
+        pixels = preprocess(images, self.options.image_size, kind)
         return self._session.run(["features"], {"pixels": pixels})[0]  # type: ignore[attr-defined]
 
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         pixels = preprocess(images, self.options.image_size)
         return self._session.run(["logits"], {"pixels": pixels})[0]  # type: ignore[attr-defined]
 
+    def native(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The 1280-d embedding before any projection."""
+        total = np.zeros((len(images), FEATURE_DIM), dtype=np.float32)
+        for kind in self.options.views:
+            total += l2_normalize(gem(self.feature_maps(images, kind), self.options.gem_p))
+        return l2_normalize(total)
+
+    def project(self, vectors: np.ndarray, dimension: int | None = None) -> np.ndarray:
+        """Native 1280-d vectors -> the fixed ``dimension``-d projection, L2-normalised."""
+        dim = dimension or self.options.dimension
+        if dim is None or dim == FEATURE_DIM:
+            return l2_normalize(vectors)
+        matrix = self._projection if dim == self.options.dimension else projection_matrix(FEATURE_DIM, dim)
+        return l2_normalize(np.asarray(vectors, dtype=np.float32) @ matrix)
+
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            maps = self.feature_maps(images[start:start + self.batch_size])
-            out.append(maps.mean(axis=(2, 3)))
+        out = [self.native(images[start:start + self.batch_size])
+               for start in range(0, len(images), self.batch_size)]
         if not out:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return l2_normalize(np.concatenate(out))
+        vectors = np.concatenate(out)
+        return self.project(vectors) if self._projection is not None else vectors

@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
 from lookalike.contracts import (
+    TEXT_FIELDS,
     BackendContext,
     CollectionInfo,
     CollectionSpec,
@@ -33,9 +36,6 @@ from lookalike.contracts import (
 from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.filters import And, Filter, Not, Or, Range, Term
 from lookalike.ranking import top_k
-from pydantic import BaseModel, ConfigDict
-
-TEXT_FIELDS = ("caption", "prompt")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -47,7 +47,19 @@ CREATE TABLE IF NOT EXISTS items (
     metadata TEXT NOT NULL, image_key TEXT, vector BLOB NOT NULL, updated_at REAL NOT NULL,
     UNIQUE (tenant, collection, id));
 CREATE VIRTUAL TABLE IF NOT EXISTS items_text USING fts5(caption, prompt, tokenize='porter unicode61');
+CREATE TABLE IF NOT EXISTS text_vectors (
+    pk INTEGER NOT NULL, field TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (pk, field));
 """
+# Columns added after the first release; databases created before get them on open.
+_MIGRATIONS = (
+    ("collections", "text_model_id", "ALTER TABLE collections ADD COLUMN text_model_id TEXT"),
+    ("collections", "text_dimension", "ALTER TABLE collections ADD COLUMN text_dimension INTEGER"),
+)
+
+
+_INFO_SQL = ("SELECT name, model_id, dimension, settings, status, created_at,"
+             " (SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name),"
+             " text_model_id, text_dimension FROM collections c")
 
 
 class LocalIndexOptions(BaseModel):
@@ -57,12 +69,18 @@ class LocalIndexOptions(BaseModel):
 
 @dataclass
 class _Matrix:
-    """In-memory vectors of one collection, kept in step with SQLite."""
+    """In-memory vectors of one collection, kept in step with SQLite.
+
+    Row n of ``vectors`` and of each ``text[field]`` belong to item ``ids[n]``; a text row
+    counts only where ``has_text[field]`` is set (not every item has a caption).
+    """
 
     revision: int
     ids: list[str]
     vectors: np.ndarray  # (capacity, d); rows [0, len(ids)) are live
     position: dict[str, int]
+    text: dict[str, np.ndarray]
+    has_text: dict[str, np.ndarray]
 
     @property
     def live(self) -> np.ndarray:
@@ -83,6 +101,9 @@ class LocalIndex(SearchBackend):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        for table, column, ddl in _MIGRATIONS:
+            if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(ddl)
         self._cache: dict[tuple[str, str], _Matrix] = {}
 
     # ------------------------------------------------------------ collections
@@ -91,9 +112,10 @@ class LocalIndex(SearchBackend):
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO collections (tenant, name, model_id, dimension, settings, status, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, 'READY', ?)",
-                    (tenant, spec.name, spec.model_id, spec.dimension, json.dumps(dict(spec.settings)), time.time()),
+                    "INSERT INTO collections (tenant, name, model_id, dimension, settings, status, created_at,"
+                    " text_model_id, text_dimension) VALUES (?, ?, ?, ?, ?, 'READY', ?, ?, ?)",
+                    (tenant, spec.name, spec.model_id, spec.dimension, json.dumps(dict(spec.settings)), time.time(),
+                     spec.text_model_id, spec.text_dimension),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"Collection {spec.name!r} already exists") from None
@@ -104,27 +126,24 @@ class LocalIndex(SearchBackend):
     def get_collection(self, tenant: str, name: str) -> CollectionInfo | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT name, model_id, dimension, settings, status, created_at,"
-                " (SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name)"
-                " FROM collections c WHERE tenant = ? AND name = ?", (tenant, name),
+                _INFO_SQL + " WHERE tenant = ? AND name = ?", (tenant, name),
             ).fetchone()
         return _info(row) if row else None
 
     def list_collections(self, tenant: str) -> list[CollectionInfo]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, model_id, dimension, settings, status, created_at,"
-                " (SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name)"
-                " FROM collections c WHERE tenant = ? ORDER BY name", (tenant,),
+                _INFO_SQL + " WHERE tenant = ? ORDER BY name", (tenant,),
             ).fetchall()
         return [_info(r) for r in rows]
 
     def delete_collection(self, tenant: str, name: str) -> bool:
         with self._lock, self._tx():
-            self._db.execute(
-                "DELETE FROM items_text WHERE rowid IN (SELECT pk FROM items WHERE tenant = ? AND collection = ?)",
-                (tenant, name),
-            )
+            for table, key in (("items_text", "rowid"), ("text_vectors", "pk")):
+                self._db.execute(
+                    f"DELETE FROM {table} WHERE {key} IN (SELECT pk FROM items WHERE tenant = ? AND collection = ?)",
+                    (tenant, name),
+                )
             self._db.execute("DELETE FROM items WHERE tenant = ? AND collection = ?", (tenant, name))
             cur = self._db.execute("DELETE FROM collections WHERE tenant = ? AND name = ?", (tenant, name))
             self._cache.pop((tenant, name), None)
@@ -140,22 +159,14 @@ class LocalIndex(SearchBackend):
         if not items:
             return
         with self._lock:
-            dim = self._dimension(tenant, collection)
-            vectors = []
-            for item in items:
-                v = np.asarray(item.vector, dtype=np.float32).reshape(-1)
-                if v.shape[0] != dim:
-                    raise BadRequest(f"vector dimension {v.shape[0]} does not match the collection's {dim}")
-                vectors.append(v)
+            dim, text_dim = self._dimensions(tenant, collection)
+            rows = [(item, _checked(item.vector, dim, "vector"),
+                     {f: _checked(v, text_dim, "text vector") for f, v in item.text_vectors.items()
+                      if f in TEXT_FIELDS})
+                    for item in items]
             matrix = self._matrix(tenant, collection)
             with self._tx():
-                for item, v in zip(items, vectors, strict=True):
-                    old = self._db.execute(
-                        "SELECT pk FROM items WHERE tenant = ? AND collection = ? AND id = ?",
-                        (tenant, collection, item.id),
-                    ).fetchone()
-                    if old:
-                        self._db.execute("DELETE FROM items_text WHERE rowid = ?", (old[0],))
+                for item, v, texts in rows:
                     cur = self._db.execute(
                         "INSERT INTO items (tenant, collection, id, metadata, image_key, vector, updated_at)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, collection, id) DO UPDATE SET"
@@ -165,18 +176,23 @@ class LocalIndex(SearchBackend):
                          v.tobytes(), item.updated_at),
                     )
                     pk = cur.fetchone()[0]
+                    self._db.execute("DELETE FROM items_text WHERE rowid = ?", (pk,))
+                    self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (pk,))
                     text = [_text(item.metadata.get(f)) for f in TEXT_FIELDS]
                     if any(text):
                         self._db.execute("INSERT INTO items_text (rowid, caption, prompt) VALUES (?, ?, ?)",
                                          (pk, *text))
+                    for field, tv in texts.items():
+                        self._db.execute("INSERT INTO text_vectors (pk, field, vector) VALUES (?, ?, ?)",
+                                         (pk, field, tv.tobytes()))
                 revision = self._bump(tenant, collection)
-            for item, v in zip(items, vectors, strict=True):
-                _matrix_put(matrix, item.id, v)
+            for item, v, texts in rows:
+                _matrix_put(matrix, item.id, v, texts)
             matrix.revision = revision
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
         with self._lock:
-            self._dimension(tenant, collection)
+            self._dimensions(tenant, collection)
             matrix = self._matrix(tenant, collection)
             removed = 0
             with self._tx():
@@ -187,6 +203,7 @@ class LocalIndex(SearchBackend):
                     ).fetchone()
                     if row:
                         self._db.execute("DELETE FROM items_text WHERE rowid = ?", (row[0],))
+                        self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (row[0],))
                         removed += 1
                 revision = self._bump(tenant, collection) if removed else matrix.revision
             for item_id in ids:
@@ -197,53 +214,29 @@ class LocalIndex(SearchBackend):
     def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT id, metadata, image_key, vector, updated_at FROM items"
+                "SELECT id, metadata, image_key, vector, updated_at, pk FROM items"
                 " WHERE tenant = ? AND collection = ? AND id = ?", (tenant, collection, item_id),
             ).fetchone()
-        if not row:
-            return None
+            if not row:
+                return None
+            texts = {f: np.frombuffer(v, dtype=np.float32).copy() for f, v in self._db.execute(
+                "SELECT field, vector FROM text_vectors WHERE pk = ?", (row[5],))}
         return Item(id=row[0], metadata=json.loads(row[1]), image_key=row[2],
-                    vector=np.frombuffer(row[3], dtype=np.float32).copy(), updated_at=row[4])
+                    vector=np.frombuffer(row[3], dtype=np.float32).copy(), updated_at=row[4], text_vectors=texts)
 
     # ------------------------------------------------------------ search
 
     def search(self, tenant: str, collection: str, query: VectorQuery) -> SearchPage:
         with self._lock:
-            dim = self._dimension(tenant, collection)
-            q = np.asarray(query.vector, dtype=np.float32).reshape(-1)
-            if q.shape[0] != dim:
-                raise BadRequest(f"query dimension {q.shape[0]} does not match the collection's {dim}")
+            dim, _ = self._dimensions(tenant, collection)
+            q = _checked(query.vector, dim, "query vector")
             matrix = self._matrix(tenant, collection)
-            if query.filter is None:
-                rows = None
-                scores = matrix.live @ q
-            else:
-                allowed = self._filtered_ids(tenant, collection, query.filter)
-                rows = np.fromiter((matrix.position[i] for i in allowed if i in matrix.position), dtype=np.int64)
-                scores = matrix.live[rows] @ q
-            ids = matrix.ids
-            id_of = (lambda r: ids[r]) if rows is None else (lambda r: ids[rows[r]])
-            keep = np.ones(scores.shape[0], dtype=bool)
-            if query.min_score is not None:
-                keep &= scores >= query.min_score
-            for excluded in query.exclude_ids:
-                pos = matrix.position.get(excluded)
-                if pos is None:
-                    continue
-                if rows is None:
-                    keep[pos] = False
-                else:
-                    keep &= rows != pos
-            candidates = np.nonzero(keep)[0] if not keep.all() else None
-            ranked, total = top_k(scores, query.offset + query.limit, id_of, candidates)
-            page = ranked[query.offset:]
-            chosen = [id_of(int(r)) for r in page]
-            meta = self._metadata(tenant, collection, chosen)
-            hits = [Hit(id=i, score=float(scores[r]), metadata=meta[i][0], image_key=meta[i][1])
-                    for i, r in zip(chosen, page, strict=True)]
-            return SearchPage(hits=hits, total=total)
+            return self._rank(tenant, collection, matrix, matrix.live @ q, query.filter, query.min_score,
+                              query.exclude_ids, query.limit, query.offset)
 
     def text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage:
+        if query.vector is not None:
+            return self._semantic_text_search(tenant, collection, query)
         terms = re.findall(r"\w+", query.text.lower())[:64]
         if not terms:
             raise BadRequest("query has no searchable words")
@@ -251,7 +244,7 @@ class LocalIndex(SearchBackend):
         match = "{" + columns + "}: (" + " OR ".join(f'"{t}"' for t in terms) + ")"
         where, params = self._where(tenant, collection, query.filter)
         with self._lock:
-            self._dimension(tenant, collection)
+            self._dimensions(tenant, collection)
             base = (f" FROM items_text JOIN items ON items.pk = items_text.rowid"
                     f" WHERE items_text MATCH ? AND {where}")
             total = self._db.execute("SELECT count(*)" + base, (match, *params)).fetchone()[0]
@@ -263,12 +256,53 @@ class LocalIndex(SearchBackend):
         hits = [Hit(id=r[0], score=float(r[1]), metadata=json.loads(r[2]), image_key=r[3]) for r in rows]
         return SearchPage(hits=hits, total=total)
 
+    def _semantic_text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage:
+        with self._lock:
+            _, text_dim = self._dimensions(tenant, collection)
+            if text_dim is None:
+                raise BadRequest("this collection has no text embeddings")
+            q = _checked(query.vector, text_dim, "query vector")
+            matrix = self._matrix(tenant, collection)
+            n = len(matrix.ids)
+            scores = np.full(n, -np.inf, dtype=np.float32)
+            for field in query.fields:
+                if field in matrix.text:
+                    field_scores = np.where(matrix.has_text[field][:n], matrix.text[field][:n] @ q, -np.inf)
+                    np.maximum(scores, field_scores, out=scores)
+            floor = -1.0 if query.min_score is None else query.min_score
+            return self._rank(tenant, collection, matrix, scores, query.filter, floor, frozenset(),
+                              query.limit, query.offset)
+
+    def _rank(self, tenant: str, collection: str, matrix: _Matrix, scores: np.ndarray, node: Filter | None,
+              min_score: float | None, exclude: frozenset[str], limit: int, offset: int) -> SearchPage:
+        """Filter, cut off, exclude and page ``scores`` (aligned with the matrix rows)."""
+        keep = np.ones(scores.shape[0], dtype=bool)
+        if node is not None:
+            allowed = np.fromiter((matrix.position[i] for i in self._filtered_ids(tenant, collection, node)
+                                   if i in matrix.position), dtype=np.int64)
+            keep[:] = False
+            keep[allowed] = True
+        if min_score is not None:
+            keep &= scores >= min_score
+        for excluded in exclude:
+            pos = matrix.position.get(excluded)
+            if pos is not None:
+                keep[pos] = False
+        ids = matrix.ids
+        candidates = None if keep.all() else np.nonzero(keep)[0]
+        ranked, total = top_k(scores, offset + limit, ids.__getitem__, candidates)
+        chosen = [ids[r] for r in ranked[offset:]]
+        meta = self._metadata(tenant, collection, chosen)
+        hits = [Hit(id=i, score=float(scores[matrix.position[i]]), metadata=meta[i][0], image_key=meta[i][1])
+                for i in chosen]
+        return SearchPage(hits=hits, total=total)
+
     def facets(self, tenant: str, collection: str, fields: Sequence[str], filter: Filter | None = None,
                size: int = 100) -> dict[str, list[tuple[str, int]]]:
         where, params = self._where(tenant, collection, filter)
         out: dict[str, list[tuple[str, int]]] = {}
         with self._lock:
-            self._dimension(tenant, collection)
+            self._dimensions(tenant, collection)
             for field in fields:
                 rows = self._db.execute(
                     "SELECT j.value, count(DISTINCT items.pk) AS n FROM items, json_each(items.metadata, ?) j"
@@ -297,13 +331,14 @@ class LocalIndex(SearchBackend):
 
         return _Tx()
 
-    def _dimension(self, tenant: str, collection: str) -> int:
+    def _dimensions(self, tenant: str, collection: str) -> tuple[int, int | None]:
+        """(image dimension, text dimension or None); NotFound for an unknown collection."""
         row = self._db.execute(
-            "SELECT dimension FROM collections WHERE tenant = ? AND name = ?", (tenant, collection)
+            "SELECT dimension, text_dimension FROM collections WHERE tenant = ? AND name = ?", (tenant, collection)
         ).fetchone()
         if not row:
             raise NotFound("Collection not found")
-        return int(row[0])
+        return int(row[0]), (int(row[1]) if row[1] is not None else None)
 
     def _bump(self, tenant: str, collection: str) -> int:
         return self._db.execute(
@@ -315,20 +350,34 @@ class LocalIndex(SearchBackend):
         """The cached vectors, reloaded when another process changed the collection."""
         key = (tenant, collection)
         row = self._db.execute(
-            "SELECT revision, dimension FROM collections WHERE tenant = ? AND name = ?", key
+            "SELECT revision, dimension, text_dimension FROM collections WHERE tenant = ? AND name = ?", key
         ).fetchone()
-        revision, dim = int(row[0]), int(row[1])
+        revision, dim, text_dim = int(row[0]), int(row[1]), row[2]
         cached = self._cache.get(key)
         if cached is not None and cached.revision == revision:
             return cached
         rows = self._db.execute(
-            "SELECT id, vector FROM items WHERE tenant = ? AND collection = ? ORDER BY pk", key
+            "SELECT pk, id, vector FROM items WHERE tenant = ? AND collection = ? ORDER BY pk", key
         ).fetchall()
-        vectors = np.empty((max(16, len(rows)), dim), dtype=np.float32)
-        for n, (_, blob) in enumerate(rows):
+        capacity = max(16, len(rows))
+        vectors = np.empty((capacity, dim), dtype=np.float32)
+        for n, (_, _, blob) in enumerate(rows):
             vectors[n] = np.frombuffer(blob, dtype=np.float32)
-        ids = [r[0] for r in rows]
-        matrix = _Matrix(revision=revision, ids=ids, vectors=vectors, position={i: n for n, i in enumerate(ids)})
+        ids = [r[1] for r in rows]
+        text: dict[str, np.ndarray] = {}
+        has_text: dict[str, np.ndarray] = {}
+        if text_dim is not None:
+            row_of = {pk: n for n, (pk, _, _) in enumerate(rows)}
+            text = {f: np.zeros((capacity, int(text_dim)), dtype=np.float32) for f in TEXT_FIELDS}
+            has_text = {f: np.zeros(capacity, dtype=bool) for f in TEXT_FIELDS}
+            for pk, field, blob in self._db.execute(
+                    "SELECT t.pk, t.field, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk"
+                    " WHERE i.tenant = ? AND i.collection = ?", key):
+                if field in text:
+                    text[field][row_of[pk]] = np.frombuffer(blob, dtype=np.float32)
+                    has_text[field][row_of[pk]] = True
+        matrix = _Matrix(revision=revision, ids=ids, vectors=vectors,
+                         position={i: n for n, i in enumerate(ids)}, text=text, has_text=has_text)
         self._cache[key] = matrix
         return matrix
 
@@ -356,7 +405,15 @@ class LocalIndex(SearchBackend):
 
 def _info(row: tuple) -> CollectionInfo:
     return CollectionInfo(name=row[0], model_id=row[1], dimension=int(row[2]), settings=json.loads(row[3]),
-                          status=row[4], created_at=float(row[5]), item_count=int(row[6]))
+                          status=row[4], created_at=float(row[5]), item_count=int(row[6]),
+                          text_model_id=row[7], text_dimension=row[8])
+
+
+def _checked(vector: Any, dim: int | None, what: str) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if dim is None or v.shape[0] != dim:
+        raise BadRequest(f"{what} dimension {v.shape[0]} does not match the collection's {dim}")
+    return v
 
 
 def _text(value: Any) -> str:
@@ -415,17 +472,27 @@ def _as_number(value: str) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def _matrix_put(m: _Matrix, item_id: str, vector: np.ndarray) -> None:
+def _grow(array: np.ndarray, rows: int) -> np.ndarray:
+    grown = np.zeros((max(16, array.shape[0] * 2), *array.shape[1:]), dtype=array.dtype)
+    grown[:rows] = array[:rows]
+    return grown
+
+
+def _matrix_put(m: _Matrix, item_id: str, vector: np.ndarray, texts: dict[str, np.ndarray]) -> None:
     pos = m.position.get(item_id)
     if pos is None:
         pos = len(m.ids)
         if pos >= m.vectors.shape[0]:
-            grown = np.empty((max(16, m.vectors.shape[0] * 2), m.vectors.shape[1]), dtype=np.float32)
-            grown[:pos] = m.vectors[:pos]
-            m.vectors = grown
+            m.vectors = _grow(m.vectors, pos)
+            m.text = {f: _grow(a, pos) for f, a in m.text.items()}
+            m.has_text = {f: _grow(a, pos) for f, a in m.has_text.items()}
         m.ids.append(item_id)
         m.position[item_id] = pos
     m.vectors[pos] = vector
+    for field in m.text:
+        m.has_text[field][pos] = field in texts
+        if field in texts:
+            m.text[field][pos] = texts[field]
 
 
 def _matrix_remove(m: _Matrix, item_id: str) -> None:
@@ -437,5 +504,10 @@ def _matrix_remove(m: _Matrix, item_id: str) -> None:
         moved = m.ids[last]
         m.ids[pos] = moved
         m.vectors[pos] = m.vectors[last]
+        for field in m.text:
+            m.text[field][pos] = m.text[field][last]
+            m.has_text[field][pos] = m.has_text[field][last]
         m.position[moved] = pos
+    for field in m.text:
+        m.has_text[field][last] = False
     m.ids.pop()

@@ -11,6 +11,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from lookalike.errors import LookalikeError
 
 # Most routes emit no custom metric; that is expected, not worth a warning per request.

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
-from lookalike.errors import BadRequest, PayloadTooLarge
-from lookalike.service import Lookalike, TenantService
 from multipart import MultipartError, MultipartParser, parse_options_header
 from pydantic import BaseModel, ValidationError
+
+from lookalike.errors import BadRequest, PayloadTooLarge
+from lookalike.service import Lookalike, TenantService
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -8,6 +8,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from lookalike.api.app import logger, metrics, tracer
 from lookalike.api.request import service
 from lookalike.aws import s3_client

@@ -14,6 +14,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
+
 from lookalike import filters
 from lookalike.api.app import metrics
 from lookalike.api.request import content_type, json_object, multipart_form, tenant_from_bearer, validate
@@ -219,7 +220,7 @@ def search_by_text(collection: str) -> SearchResponse:
     tenant = tenant_from_bearer(text.current_event)
     body = validate(TextSearchRequest, json_object(text.current_event))
     page = tenant.text_search(collection, body.query, fields=body.fields, limit=body.limit, offset=body.offset,
-                              filter=filters.from_json(body.filter))
+                              filter=filters.from_json(body.filter), min_score=body.min_score)
     return _page(collection, page, body.limit, body.offset, started)
 
 
@@ -228,7 +229,7 @@ def generate(collection: str) -> GenerateResponse:
     tenant = tenant_from_bearer(text.current_event)
     body = validate(GenerateRequest, json_object(text.current_event))
     page = tenant.text_search(collection, body.prompt, fields=body.fields, limit=1,
-                              filter=filters.from_json(body.filter))
+                              filter=filters.from_json(body.filter), min_score=body.min_score)
     if not page.hits:
         raise NotFound("No match found")
     hit = page.hits[0]

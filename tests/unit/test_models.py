@@ -1,0 +1,106 @@
+"""The offline models: text embeddings that match sentence-transformers, the image pipeline, projections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from lookalike.config import Settings
+from lookalike.errors import BadRequest, ModelMismatch
+from lookalike.service import ImageRef, Lookalike
+from lookalike_local.efficientnet import EfficientNetLite0, EfficientNetOptions, projection_matrix
+from lookalike_local.minilm import MiniLM, MiniLMOptions
+from tests.conftest import query_image, write_deployment
+
+
+def test_minilm_reproduces_sentence_transformers(model_dir: Path) -> None:
+    """The similarities sentence-transformers documents for all-MiniLM-L6-v2, to 4 decimals."""
+    model = MiniLM(MiniLMOptions(model_dir=model_dir, threads=1))
+    v = model.embed_texts(["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."])
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    sims = v @ v.T
+    assert sims[0, 1] == pytest.approx(0.6660, abs=5e-4)
+    assert sims[0, 2] == pytest.approx(0.1046, abs=5e-4)
+    assert sims[1, 2] == pytest.approx(0.1411, abs=5e-4)
+    # Padding in a batch does not change a sentence's vector; neither does batch size.
+    alone = model.embed_texts(["He drove to the stadium."])
+    assert np.allclose(alone, v[2:], atol=1e-5)
+    long = model.embed_texts(["word " * 2000])  # truncated to the model's 256 tokens, not an error
+    assert long.shape == (1, 384)
+    with pytest.raises(NotImplementedError):
+        model.embed_images([Image.new("RGB", (8, 8))])
+
+
+def test_projection_is_fixed_orthonormal_and_keeps_neighbours() -> None:
+    m = projection_matrix(1280, 512)
+    # Pinned: NumPy's legacy RandomState stream is stable, so every install has this matrix.
+    assert m[0, :3] == pytest.approx([-0.0068768598, 0.0589219071, -0.0605326928], abs=1e-6)
+    assert np.allclose(m.T @ m, np.eye(512), atol=1e-5)
+    assert np.array_equal(m, projection_matrix(1280, 512))
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 1280), dtype=np.float32)  # non-negative, like pooled ReLU features
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = x @ projection_matrix(1280, 1024)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    assert np.abs((x @ x.T) - (y @ y.T)).max() < 0.1
+
+
+def test_image_embedder_views_projection_and_ids(model_dir: Path) -> None:
+    native = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
+    assert native.model_id == "efficientnet-lite0/gem3/crop+pad/224" and native.dimension == 1280
+    img = Image.open(query_image("shoes")).convert("RGB")
+    mirrored_small = ImageOps.mirror(img).resize((img.width // 3, img.height // 3))
+    a, b, other = native.embed_images([img, mirrored_small, Image.open(query_image("hat")).convert("RGB")])
+    assert float(a @ b) > 0.85 > float(a @ other)  # a mirrored, shrunk copy stays a near neighbour
+    small = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, dimension=512))
+    assert small.model_id.endswith("/p512") and small.dimension == 512
+    projected = small.embed_images([img])
+    assert projected.shape == (1, 512) and np.allclose(projected, native.project(a[None], 512), atol=1e-5)
+    single = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, views=["crop"], gem_p=1))
+    assert single.model_id == "efficientnet-lite0/gap/crop/224"
+
+
+def test_captions_are_searched_by_meaning(deployment: Path) -> None:
+    tenant = Lookalike().tenant("demo")
+    info = tenant.create_collection("c")
+    assert (info.text_model_id, info.text_dimension) == ("all-minilm-l6-v2", 384)
+    photo = query_image("shoes").read_bytes()
+    for item_id, caption in (("sneaker", "white canvas running sneakers"), ("hat", "a thick woollen winter hat"),
+                             ("dress", "red silk evening gown")):
+        tenant.put_item("c", item_id, ImageRef(data=photo), {"caption": caption})
+    tenant.put_item("c", "no-caption", ImageRef(data=photo), {})
+    # No words in common with the captions: only meaning connects them.
+    assert [h.id for h in tenant.text_search("c", "something to keep my head warm").hits][0] == "hat"
+    assert [h.id for h in tenant.text_search("c", "shoes for jogging").hits][0] == "sneaker"
+    page = tenant.text_search("c", "formal party clothes", limit=10)
+    assert page.hits[0].id == "dress" and page.total == 3  # the uncaptioned item is not a text hit
+    with pytest.raises(BadRequest):
+        tenant.text_search("c", "?!")
+
+
+def test_text_embedder_fallbacks_and_mismatch(tmp_path: Path, model_dir: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOKALIKE_MODEL_DIR", str(model_dir))
+    write_deployment(tmp_path, {"defaults": {"text_embedder": {"name": "none"}}})
+    app = Lookalike(Settings(home=tmp_path))
+    tenant = app.tenant("demo")
+    assert tenant.text_embedder is None
+    info = tenant.create_collection("keywords")
+    assert info.text_model_id is None
+    tenant.put_item("keywords", "x", ImageRef(data=query_image().read_bytes()), {"caption": "blue suede shoes"})
+    assert [h.id for h in tenant.text_search("keywords", "suede").hits] == ["x"]  # BM25 without a text model
+
+    write_deployment(tmp_path, {"defaults": {"text_embedder": {"name": "efficientnet-lite0"}}})
+    with pytest.raises(Exception, match="cannot embed text"):
+        Lookalike(Settings(home=tmp_path)).tenant("demo")
+
+    write_deployment(tmp_path)
+    semantic = Lookalike(Settings(home=tmp_path)).tenant("demo")
+    semantic.create_collection("semantic")
+    monkeypatch.setattr(semantic.text_embedder, "model_id", "another-text-model")
+    with pytest.raises(ModelMismatch, match="keeps text vectors of all-minilm-l6-v2"):
+        semantic.text_search("semantic", "hat")
