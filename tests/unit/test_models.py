@@ -74,8 +74,8 @@ def test_captions_are_searched_by_meaning(deployment: Path) -> None:
         tenant.put_item("c", item_id, ImageRef(data=photo), {"caption": caption})
     tenant.put_item("c", "no-caption", ImageRef(data=photo), {})
     # No words in common with the captions: only meaning connects them.
-    assert [h.id for h in tenant.text_search("c", "something to keep my head warm").hits][0] == "hat"
-    assert [h.id for h in tenant.text_search("c", "shoes for jogging").hits][0] == "sneaker"
+    assert tenant.text_search("c", "something to keep my head warm").hits[0].id == "hat"
+    assert tenant.text_search("c", "shoes for jogging").hits[0].id == "sneaker"
     page = tenant.text_search("c", "formal party clothes", limit=10)
     assert page.hits[0].id == "dress" and page.total == 3  # the uncaptioned item is not a text hit
     with pytest.raises(BadRequest):

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lookalike.contracts import BackendContext, Embedder
 from lookalike.errors import ConfigurationError
 from lookalike_local.efficientnet import default_model_dir, l2_normalize
+from lookalike_local.onnx_graph import GraphBuilder
 
 ONNX_NAME = "all-minilm-l6-v2.onnx"
 TOKENIZER_NAME = "all-minilm-l6-v2.tokenizer.json"
@@ -39,99 +40,49 @@ def checkpoint_dir() -> Path:
 
 def build_onnx(out_dir: Path, checkpoint: Path | None = None) -> Path:
     """Convert the BERT checkpoint to ONNX (inputs input_ids, attention_mask; output pooled)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
     from safetensors.numpy import load_file
 
     source = checkpoint or checkpoint_dir()
     config = json.loads((source / "config.json").read_text())
-    sd = load_file(str(source / "model.safetensors"))
-    hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim, eps = hidden // heads, float(config["layer_norm_eps"])
-    nodes: list[Any] = []
-    inits: list[Any] = []
-    counter = iter(range(100_000))
-
-    def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(value, name))
-        return name
-
-    def node(op: str, inputs: list[str], **attrs: Any) -> str:
-        out = f"{op.lower()}_{next(counter)}"
-        nodes.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
-
-    def linear(x: str, prefix: str) -> str:
-        w = const(f"{prefix}.wT", np.ascontiguousarray(sd[f"{prefix}.weight"].T))
-        return node("Add", [node("MatMul", [x, w]), const(f"{prefix}.b", sd[f"{prefix}.bias"])])
-
-    def layer_norm(x: str, prefix: str) -> str:
-        return node("LayerNormalization", [x, const(f"{prefix}.g", sd[f"{prefix}.weight"]),
-                                           const(f"{prefix}.beta", sd[f"{prefix}.bias"])], axis=-1, epsilon=eps)
+    g = GraphBuilder(load_file(str(source / "model.safetensors")))
+    hidden, heads, eps = config["hidden_size"], config["num_attention_heads"], float(config["layer_norm_eps"])
 
     # Embeddings: word + position + token type 0, then LayerNorm.
-    seq_len = node("Gather", [node("Shape", ["input_ids"]), const("one_i", np.array(1, dtype=np.int64))], axis=0)
-    positions = node("Range", [const("zero_i", np.array(0, dtype=np.int64)), seq_len,
-                               const("step_i", np.array(1, dtype=np.int64))])
-    words = node("Gather", [const("word_emb", sd["embeddings.word_embeddings.weight"]), "input_ids"], axis=0)
-    pos = node("Gather", [const("pos_emb", sd["embeddings.position_embeddings.weight"]), positions], axis=0)
-    type0 = const("type0", sd["embeddings.token_type_embeddings.weight"][0])
-    x = layer_norm(node("Add", [node("Add", [words, pos]), type0]), "embeddings.LayerNorm")
+    # Separate constants for the Gather index and the Range step: onnxruntime rewrites a
+    # Gather on a shape into a Slice and reshapes its index initializer in place.
+    seq_len = g.op("Gather", [g.op("Shape", ["input_ids"]), g.const("seq_axis", np.array(1, dtype=np.int64))],
+                   axis=0)
+    positions = g.op("Range", [g.const("range_start", np.array(0, dtype=np.int64)), seq_len,
+                               g.const("range_step", np.array(1, dtype=np.int64))])
+    words = g.op("Gather", [g.weight("embeddings.word_embeddings.weight"), "input_ids"], axis=0)
+    pos = g.op("Gather", [g.weight("embeddings.position_embeddings.weight"), positions], axis=0)
+    type0 = g.const("type0", g.weights["embeddings.token_type_embeddings.weight"][0])
+    x = g.layer_norm(g.op("Add", [g.op("Add", [words, pos]), type0]), "embeddings.LayerNorm", eps)
 
     # Additive attention mask: 0 where attended, -1e9 on padding; shape (batch, 1, 1, seq).
-    mask_f = node("Cast", ["attention_mask"], to=TensorProto.FLOAT)
-    additive = node("Mul", [node("Sub", [const("one_f", np.array(1.0, dtype=np.float32)), mask_f]),
-                            const("neg", np.array(-1e9, dtype=np.float32))])
-    additive = node("Unsqueeze", [additive, const("axes12", np.array([1, 2], dtype=np.int64))])
-    split_shape = const("split_shape", np.array([0, 0, heads, head_dim], dtype=np.int64))
-    merge_shape = const("merge_shape", np.array([0, 0, hidden], dtype=np.int64))
-    scale = const("scale", np.array(1.0 / np.sqrt(head_dim), dtype=np.float32))
-    sqrt2 = const("sqrt2", np.array(np.sqrt(2.0), dtype=np.float32))
-    half = const("half", np.array(0.5, dtype=np.float32))
-
-    for n in range(config["num_hidden_layers"]):
+    mask_f = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
+    additive = g.op("Mul", [g.op("Sub", [g.const("one", 1.0), mask_f]), g.const("neg", -1e9)])
+    additive = g.op("Unsqueeze", [additive, g.const("axes12", np.array([1, 2], dtype=np.int64))])
+    for n in range(config["num_hidden_layers"]):  # post-LN BERT layers
         p = f"encoder.layer.{n}"
-
-        def heads_of(t: str, perm: list[int]) -> str:
-            return node("Transpose", [node("Reshape", [t, split_shape])], perm=perm)
-
-        q = heads_of(linear(x, f"{p}.attention.self.query"), [0, 2, 1, 3])
-        k = heads_of(linear(x, f"{p}.attention.self.key"), [0, 2, 3, 1])
-        v = heads_of(linear(x, f"{p}.attention.self.value"), [0, 2, 1, 3])
-        scores = node("Add", [node("Mul", [node("MatMul", [q, k]), scale]), additive])
-        context = node("MatMul", [node("Softmax", [scores], axis=-1), v])
-        context = node("Reshape", [node("Transpose", [context], perm=[0, 2, 1, 3]), merge_shape])
-        x = layer_norm(node("Add", [linear(context, f"{p}.attention.output.dense"), x]),
-                       f"{p}.attention.output.LayerNorm")
-        h = linear(x, f"{p}.intermediate.dense")
-        h = node("Mul", [node("Mul", [h, half]),  # exact GELU: x/2 * (1 + erf(x / sqrt 2))
-                         node("Add", [node("Erf", [node("Div", [h, sqrt2])]),
-                                      const(f"one_{n}", np.array(1.0, dtype=np.float32))])])
-        x = layer_norm(node("Add", [linear(h, f"{p}.output.dense"), x]), f"{p}.output.LayerNorm")
+        attended = g.attention(x, p, "attention.self.query", "attention.self.key", "attention.self.value",
+                               "attention.output.dense", heads, hidden, additive)
+        x = g.layer_norm(g.op("Add", [attended, x]), f"{p}.attention.output.LayerNorm", eps)
+        h = g.linear(g.gelu(g.linear(x, f"{p}.intermediate.dense"), config.get("hidden_act", "gelu")),
+                     f"{p}.output.dense")
+        x = g.layer_norm(g.op("Add", [h, x]), f"{p}.output.LayerNorm", eps)
 
     # Mean pooling over the attended tokens (sentence-transformers' pooling_mode_mean_tokens).
-    mask3 = node("Unsqueeze", [mask_f, const("axis2", np.array([2], dtype=np.int64))])
-    summed = node("ReduceSum", [node("Mul", [x, mask3]), const("axis1", np.array([1], dtype=np.int64))],
-                  keepdims=0)
-    counts = node("Clip", [node("ReduceSum", [mask3, "axis1"], keepdims=0),
-                           const("min_count", np.array(1e-9, dtype=np.float32))])
-    nodes.append(helper.make_node("Div", [summed, counts], ["pooled"]))
-
-    graph = helper.make_graph(
-        nodes, "all_minilm_l6_v2",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", hidden])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="lookalike")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / ONNX_NAME
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    onnx.save(model, tmp)
-    os.replace(tmp, out)
+    mask3 = g.op("Unsqueeze", [mask_f, g.const("axis2", np.array([2], dtype=np.int64))])
+    axis1 = g.const("axis1", np.array([1], dtype=np.int64))
+    summed = g.op("ReduceSum", [g.op("Mul", [x, mask3]), axis1], keepdims=0)
+    counts = g.op("Clip", [g.op("ReduceSum", [mask3, axis1], keepdims=0), g.const("min_count", 1e-9)])
+    g.op("Div", [summed, counts], output="pooled")
+    out = g.save(out_dir / ONNX_NAME, "all_minilm_l6_v2",
+                 [("input_ids", TensorProto.INT64, ["batch", "seq"]),
+                  ("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+                 [("pooled", TensorProto.FLOAT, ["batch", hidden])])
     tok_tmp = out_dir / f"{TOKENIZER_NAME}.tmp{os.getpid()}"
     tok_tmp.write_bytes((source / "tokenizer.json").read_bytes())
     os.replace(tok_tmp, out_dir / TOKENIZER_NAME)
