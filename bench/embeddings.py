@@ -9,6 +9,7 @@ queries) it reports:
   rotation, brightness x1.3 + saturation x0.6, mirror + 1/3 downscale; each re-encoded as
   JPEG quality 35) among the whole catalog;
 - the same at the 512- and 1024-d projections (the PixLab dimensions);
+- the text model's ms per caption, one at a time and batched;
 - ms per image on one thread (batch of 1, preprocessing included) and batched on all cores,
   model load time, peak RSS once the model is loaded (and at the end, with every photo of
   the benchmark decoded in memory).
@@ -75,6 +76,30 @@ def quality(catalog: np.ndarray, queries: np.ndarray, dups: np.ndarray, cat_cls:
     }
 
 
+def text_speed() -> dict[str, float]:
+    """ms per caption for the text model, one at a time on one thread and batched."""
+    from lookalike_local.minilm import MiniLM, MiniLMOptions
+
+    t0 = time.perf_counter()
+    single = MiniLM(MiniLMOptions(threads=1, batch_size=1))
+    load_s = time.perf_counter() - t0
+    batched = MiniLM(MiniLMOptions(threads=0))
+    colours = ["red", "navy", "white", "black", "olive", "beige"]
+    kinds = ["cotton t-shirt", "wool winter hat", "leather ankle boots", "denim skirt", "linen summer dress"]
+    captions = [f"a {c} {k} photographed on a plain background, item {n}"
+                for n, (c, k) in enumerate((c, k) for c in colours for k in kinds for _ in range(10))]
+    single.embed_texts(captions[:5])
+    t0 = time.perf_counter()
+    for caption in captions:
+        single.embed_texts([caption])
+    one = (time.perf_counter() - t0) * 1000 / len(captions)
+    t0 = time.perf_counter()
+    batched.embed_texts(captions)
+    many = (time.perf_counter() - t0) * 1000 / len(captions)
+    return {"captions": len(captions), "ms_per_text_1_thread": round(one, 2), "ms_per_text_batched": round(many, 2),
+            "model_load_s": round(load_s, 2)}
+
+
 def parse_options(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -138,6 +163,7 @@ def main() -> None:
         p = projected.project
         report[f"projected_{dim}"] = quality(p(catalog, dim), p(queries, dim), p(dups, dim), cat_cls, q_cls,
                                              dup_src)
+    report["text_all-minilm-l6-v2"] = text_speed()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "embeddings.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

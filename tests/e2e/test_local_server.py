@@ -171,6 +171,11 @@ def test_embed(server: str) -> None:
     body = r.json()
     assert r.status_code == 200 and body["dimension"] == 1280 and body["model_id"].startswith("efficientnet-lite0")
     assert abs(sum(x * x for x in body["embedding"]) - 1) < 1e-4
+    for dim in (512, 1024):
+        with query_image("hat").open("rb") as f:
+            r = requests.post(f"{server}/v1/embed", headers=DEMO, files={"image": f}, data={"dimension": str(dim)},
+                              timeout=30)
+        assert r.status_code == 200 and r.json()["dimension"] == len(r.json()["embedding"]) == dim
 
 
 def test_tenants_are_isolated(server: str) -> None:
@@ -261,6 +266,8 @@ BAD_INPUTS = [
     ("POST", "/v1/collections/clothing/generate", {"json": {}}, 400),
     ("POST", "/v1/collections/nope/generate", {"json": {"prompt": "hat"}}, 404),
     ("POST", "/v1/embed", {"json": {"image_url": "http://[::1"}}, 400),
+    ("POST", "/v1/embed", {"json": {"data_url": "data:image/png;base64,AAAA", "dimension": 300}}, 400),
+    ("POST", "/v1/embed", {**_multipart("image", TRUNCATED), "data": {"dimension": "2048"}}, 400),
     ("POST", "/v1/embed", {"data": b"", "headers": {**DEMO, "Content-Type": "application/json"}}, 400),
     ("POST", "/v1/embed", {"json": {"data_url": JUNK_JPEG}}, 400),
     ("GET", "/v1/nothing-here", {}, 404),

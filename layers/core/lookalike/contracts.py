@@ -55,6 +55,14 @@ class Embedder(abc.ABC):
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} does not embed text")
 
+    def project(self, vectors: np.ndarray, dimension: int) -> np.ndarray:
+        """This model's vectors at another ``dimension`` (the PixLab 512 / 1024), if it defines one."""
+        if dimension == self.dimension:
+            return vectors
+        from lookalike.errors import BadRequest
+
+        raise BadRequest(f"this model has no {dimension}-dimensional output")
+
 
 # ---------------------------------------------------------------- search
 

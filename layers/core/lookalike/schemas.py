@@ -64,6 +64,14 @@ class OneImage(ImageInput):
         return self
 
 
+class EmbedOptions(Strict):
+    dimension: Literal[512, 1024] | None = Field(default=None, description="project to 512 or 1024 dimensions")
+
+
+class EmbedRequest(OneImage):
+    dimension: Literal[512, 1024] | None = Field(default=None, description="project to 512 or 1024 dimensions")
+
+
 class PutItem(OneImage):
     metadata: dict[str, Any] = Field(default_factory=dict)
 

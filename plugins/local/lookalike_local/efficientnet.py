@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.contracts import BackendContext, Embedder
-from lookalike.errors import ConfigurationError
+from lookalike.errors import BadRequest, ConfigurationError
 from lookalike_local.torch_pickle import load_state_dict
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, EfficientNet-Lite0.
@@ -260,13 +260,17 @@ class EfficientNetLite0(Embedder):
 
     def native(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The 1280-d embedding before any projection."""
-        total = np.zeros((len(images), FEATURE_DIM), dtype=np.float32)
-        for kind in self.options.views:
-            total += l2_normalize(gem(self.feature_maps(images, kind), self.options.gem_p))
-        return l2_normalize(total)
+        n, size = len(images), self.options.image_size
+        # Every view of every image in one run: one call, and the threads share a larger batch.
+        pixels = np.concatenate([preprocess(images, size, kind) for kind in self.options.views])
+        maps = self._session.run(["features"], {"pixels": pixels})[0]  # type: ignore[attr-defined]
+        pooled = l2_normalize(gem(maps, self.options.gem_p))
+        return l2_normalize(pooled.reshape(len(self.options.views), n, FEATURE_DIM).sum(axis=0))
 
     def project(self, vectors: np.ndarray, dimension: int | None = None) -> np.ndarray:
         """Native 1280-d vectors -> the fixed ``dimension``-d projection, L2-normalised."""
+        if dimension is not None and dimension not in (512, 1024, FEATURE_DIM):
+            raise BadRequest("dimension must be 512 or 1024")
         dim = dimension or self.options.dimension
         if dim is None or dim == FEATURE_DIM:
             return l2_normalize(vectors)

@@ -26,6 +26,8 @@ from lookalike.schemas import (
     CollectionOut,
     CreateCollection,
     Deleted,
+    EmbedOptions,
+    EmbedRequest,
     EmbedResponse,
     FacetsResponse,
     FacetValue,
@@ -50,7 +52,7 @@ text = Router()  # generate function: text search and single best match
 embedding = Router()  # embed function
 
 FORM_JSON_FIELDS = ("filter", "metadata")
-FORM_INT_FIELDS = ("limit", "offset")
+FORM_INT_FIELDS = ("limit", "offset", "dimension")
 FORM_FLOAT_FIELDS = ("min_score",)
 
 
@@ -244,7 +246,14 @@ def generate(collection: str) -> GenerateResponse:
 def embed() -> EmbedResponse:
     tenant = tenant_from_bearer(embedding.current_event)
     data, upload = _image_request(embedding.current_event)
-    ref = upload if upload is not None else _ref(validate(OneImage, data), None)
+    if upload is not None:
+        options = validate(EmbedOptions, data)
+        ref = upload
+    else:
+        body = validate(EmbedRequest, data)
+        options, ref = EmbedOptions(dimension=body.dimension), _ref(body, None)
     vector = tenant.embed(ref)
+    if options.dimension:
+        vector = tenant.embedder.project(vector[None], options.dimension)[0]
     return EmbedResponse(model_id=tenant.embedder.model_id, dimension=int(vector.shape[0]),
                          embedding=[float(x) for x in vector])
