@@ -72,7 +72,20 @@ def build_handler(*routers: Router) -> tuple[APIGatewayRestResolver, Any]:
     @logger.inject_lambda_context(clear_state=True, log_event=False)
     @tracer.capture_lambda_handler(capture_response=False)
     @metrics.log_metrics
-    def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    def handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return app.resolve(event, context)
 
-    return app, lambda_handler
+    return app, with_metrics_cleared(handle)
+
+
+def with_metrics_cleared(handler: Any) -> Any:
+    """Powertools keeps metrics in memory when POWERTOOLS_METRICS_DISABLED is set (the local
+    server sets it): clear them after each invocation so a long-running process does not grow."""
+
+    def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        try:
+            return handler(event, context)
+        finally:
+            metrics.clear_metrics()
+
+    return lambda_handler

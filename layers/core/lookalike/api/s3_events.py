@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lookalike.api.app import logger, metrics, tracer
+from lookalike.api.app import logger, metrics, tracer, with_metrics_cleared
 from lookalike.api.request import service
 from lookalike.aws import s3_client
 from lookalike.errors import BadRequest
@@ -39,8 +39,11 @@ def _sqs_record(record: SQSRecord) -> None:
 @logger.inject_lambda_context(clear_state=True, log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records") or []
     if records and records[0].get("eventSource") == "aws:s3":
         return {"results": [_apply(r) for r in records]}
     return process_partial_response(event=event, record_handler=_sqs_record, processor=processor, context=context)
+
+
+lambda_handler = with_metrics_cleared(_handle)
