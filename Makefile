@@ -52,7 +52,9 @@ clean:
 build-CoreLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/python" -r layers/requirements-lambda.txt
 	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/python" \
-		onnxruntime . ./plugins/local ./plugins/aws
+		-r layers/requirements-lambda-nodeps.txt . ./plugins/local ./plugins/aws
+	rm -rf "$(ARTIFACTS_DIR)"/python/numpy/*/tests "$(ARTIFACTS_DIR)"/python/numpy/_core/tests \
+		"$(ARTIFACTS_DIR)"/python/onnxruntime/transformers "$(ARTIFACTS_DIR)"/python/onnxruntime/quantization
 
 build-ModelsLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local
