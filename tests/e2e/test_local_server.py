@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import FIXTURES, ROOT, free_port, query_image, write_deployment
+from tests.conftest import FIXTURES, query_image, write_deployment
+from tests.e2e.conftest import cli_env, lookalike, running_server
 
 pytestmark = pytest.mark.e2e
 DEMO = {"Authorization": "Bearer demo-key"}
@@ -26,18 +23,11 @@ GLOBEX = {"Authorization": "Bearer globex-key"}
 CLASSES = ("shoes", "hat", "pants")
 
 
-def lookalike(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lookalike.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[str]:
     home = tmp_path_factory.mktemp("e2e") / "home"
     write_deployment(home)
-    env = {**os.environ, "LOOKALIKE_HOME": str(home), "LOOKALIKE_MODEL_DIR": str(model_dir),
-           "LOOKALIKE_ALLOW_LOOPBACK_URLS": "true"}
-    env.pop("LOOKALIKE_CONFIG", None)
+    env = cli_env(home, model_dir)
     # A catalog folder with two files that must not be indexed, to check the summary.
     catalog = home.parent / "catalog"
     shutil.copytree(FIXTURES / "images", catalog)
@@ -49,24 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
     assert "failed broken: Invalid image format" in result.stdout
     again = lookalike(env, "ingest", str(catalog), "--collection", "clothing", "--tenant", "demo")
     assert "indexed 0, skipped 13, failed 1" in again.stdout  # re-running skips what is indexed
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port)], env=env,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{base}/v1/collections", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    with running_server(env) as base:
+        yield base
 
 
 def search(base: str, collection: str = "clothing", headers: dict = DEMO, **body: object) -> requests.Response:

@@ -68,8 +68,9 @@ class ApiKey(BaseModel):
 
 class CollectionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reverse_search_enabled: bool = True
+    reverse_search_enabled: bool = True  # off: the Marqo surface answers 404 as its document says
     keyword_fields: list[str] = Field(default_factory=list)  # facet fields beyond the defaults
+    marqo_index_id: str | None = None  # the x-marqo-index-id clients must send (default: any)
 
 
 class Limits(BaseModel):
@@ -102,6 +103,8 @@ class TenantConfig(BaseModel):
     blobs: BackendChoice | None = None
     limits: Limits | None = None
     collections: dict[str, CollectionSettings] = Field(default_factory=dict)
+    #: The collection the surfaces without a collection in their path use (Imgen, XGen).
+    default_collection: str = Field(default="default", pattern=NAME_PATTERN)
 
     @field_validator("collections")
     @classmethod

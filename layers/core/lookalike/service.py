@@ -21,8 +21,9 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from lookalike import images
+from lookalike import images, media
 from lookalike.config import (
     BackendChoice,
     CollectionSettings,
@@ -144,6 +145,7 @@ class TenantService:
         self.limits: Limits = config.limits_for(tenant_id)
         self.fetch_policy = FetchPolicy(max_bytes=self.limits.max_image_bytes,
                                         allow_loopback=settings.allow_loopback_urls)
+        self.home = settings.home
 
     # ------------------------------------------------------------ collections
 
@@ -371,6 +373,20 @@ class TenantService:
         if item is not None and item.image_key:
             self.blobs.delete(item.image_key)
         return removed
+
+    def media_url(self, base: str, collection: str, item_id: str, size: media.Size = "full") -> str:
+        """An absolute, signed, expiring URL of the item's image, usable without a key."""
+        token = media.sign(self.home, media.MediaRef(self.id, collection, item_id, size))
+        return f"{base}/media/{token}"
+
+    def thumbnail(self, collection: str, item_id: str) -> tuple[bytes, str]:
+        """A JPEG at most 256 px on its long side, made on request (it is cheap, and never stale)."""
+        data, _ = self.item_image(collection, item_id)
+        img = self.decode(data).image
+        img.thumbnail((media.THUMB_PX, media.THUMB_PX), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=80, optimize=True)
+        return out.getvalue(), "image/jpeg"
 
     def item_image(self, collection: str, item_id: str) -> tuple[bytes, str]:
         item = self.get_item(collection, item_id)

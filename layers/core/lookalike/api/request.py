@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
-from multipart import MultipartError, MultipartParser, parse_options_header
+from multipart import MultipartError, MultipartParser, ParserLimitReached, parse_options_header
 from pydantic import BaseModel, ValidationError
 
 from lookalike.errors import BadRequest, PayloadTooLarge
@@ -137,8 +137,8 @@ def multipart_form(event: APIGatewayProxyEvent, max_part_bytes: int = MAX_BODY_B
                                                           part.raw))
             else:
                 form.fields.setdefault(part.name, part.value)
+    except ParserLimitReached as exc:
+        raise PayloadTooLarge("multipart part exceeds the size limit") from exc
     except MultipartError as exc:
-        if "limit" in str(exc).lower():
-            raise PayloadTooLarge("multipart part exceeds the size limit") from exc
         raise BadRequest("malformed multipart/form-data body") from exc
     return form

@@ -15,9 +15,9 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 
-from lookalike import filters
+from lookalike import filters, media
 from lookalike.api.app import metrics
-from lookalike.api.request import content_type, json_object, multipart_form, tenant_from_bearer, validate
+from lookalike.api.request import content_type, json_object, multipart_form, service, tenant_from_bearer, validate
 from lookalike.contracts import SearchPage
 from lookalike.errors import BadRequest, NotFound
 from lookalike.schemas import (
@@ -257,3 +257,21 @@ def embed() -> EmbedResponse:
         vector = tenant.embedder.project(vector[None], options.dimension)[0]
     return EmbedResponse(model_id=tenant.embedder.model_id, dimension=int(vector.shape[0]),
                          embedding=[float(x) for x in vector])
+
+
+# ---------------------------------------------------------------- signed media (taxonomy)
+
+
+# No key: the signed token is the credential, so <img src> works. Binary body: no validation.
+@catalog.get("/media/<token>", enable_validation=False)
+def media_file(token: str) -> Response[bytes]:
+    app = service()
+    ref = media.verify(app.settings.home, token)
+    try:
+        tenant = app.tenant(ref.tenant)
+        reader = tenant.thumbnail if ref.size == "thumb" else tenant.item_image
+        data, ctype = reader(ref.collection, ref.item_id)
+    except NotFound:
+        raise NotFound("Not found") from None
+    return Response(status_code=200, content_type=ctype, body=data,
+                    headers={"Cache-Control": "private, max-age=3600"})

@@ -1,0 +1,305 @@
+"""Each seed document's own examples (curl / JavaScript / Python, host replaced) and error rows,
+against a real `lookalike serve`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import FIXTURES, catalog_images, query_image, write_deployment
+from tests.e2e.conftest import cli_env, lookalike, running_server
+
+pytestmark = pytest.mark.e2e
+KEY = "demo-key"
+BEARER = {"Authorization": f"Bearer {KEY}"}
+MARQO = {"x-api-key": KEY, "x-marqo-index-id": "idx-clothing", "Content-Type": "application/json"}
+
+# Catalog metadata in the vocabulary of each document (brand/price for Marqo, character/model/style
+# and captions/prompts for Imgen).
+STYLES = {"shoes": ("aya", "sdxl", "photoreal"), "hat": ("mira", "flux", "illustration"),
+          "pants": ("noa", "sdxl", "cinematic")}
+CAPTIONS = {"shoes": "a pair of leather shoes on a white floor", "hat": "a straw sun hat with a ribbon",
+            "pants": "blue denim trousers folded on a table"}
+
+
+@pytest.fixture(scope="module")
+def files() -> Iterator[str]:
+    """A plain HTTP server for image URLs (loopback is allowed for this test deployment)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler,
+                                                           directory=str(FIXTURES / "queries")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("seeds") / "home"
+    extra = {"tenants": {
+        "demo": {"api_keys": [{"sha256": __import__("hashlib").sha256(KEY.encode()).hexdigest()}],
+                 "default_collection": "clothing",
+                 "collections": {"clothing": {"marqo_index_id": "idx-clothing"},
+                                 "no-reverse": {"reverse_search_enabled": False}}},
+        "globex": {"api_keys": [{"sha256": __import__("hashlib").sha256(b"globex-key").hexdigest()}]},
+    }}
+    write_deployment(home, extra)
+    env = cli_env(home, model_dir)
+    manifest = home.parent / "items.jsonl"
+    lines = []
+    for n, path in enumerate(catalog_images()):
+        cls = path.parent.name
+        character, model, style = STYLES[cls]
+        lines.append(json.dumps({"id": f"{cls}-{n}", "image": str(path), "metadata": {
+            "category": cls, "brand": "Nike" if n % 2 else "Acme", "price": 50 + 40 * (n % 5),
+            "character": character, "model": model, "style": style,
+            "caption": CAPTIONS[cls], "prompt": f"{cls}, product photo, studio light"}}))
+    manifest.write_text("\n".join(lines) + "\n")
+    result = lookalike(env, "ingest", str(manifest), "--collection", "clothing", "--tenant", "demo")
+    assert "indexed 12" in result.stdout, result.stdout + result.stderr
+    assert lookalike(env, "ingest", str(manifest), "--collection", "no-reverse", "--tenant", "demo").returncode == 0
+    with running_server(env) as base:
+        yield base
+
+
+def jpeg_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+# ---------------------------------------------------------------- XGen (000)
+
+
+def test_xgen_image_search(server: str) -> None:
+    # The document's endpoint, and the /image/... path its browser sample posts FormData to.
+    for path in ("/customers/demo/users/u-1", "/image/customers/demo/users/u-1"):
+        with query_image("shoes").open("rb") as f:
+            r = requests.post(f"{server}{path}", headers={"access_token": KEY}, timeout=30,
+                              files={"image": ("shoe.jpg", f, "image/jpeg")}, data={"locale": "en-us"})
+        assert r.status_code == 200, r.text
+        products = r.json()["products_list"]
+        assert products and all(isinstance(p["prod_code"], str) and isinstance(p["score"], float) for p in products)
+        assert products[0]["prod_code"].startswith("shoes-")
+        assert [p["score"] for p in products] == sorted((p["score"] for p in products), reverse=True)
+    with query_image("hat").open("rb") as f:  # PNG is accepted too, and `collection` picks the catalog
+        png = io.BytesIO()
+        Image.open(f).save(png, "PNG")
+    r = requests.post(f"{server}/customers/demo/users/u-1", headers={"access_token": KEY}, timeout=30,
+                      files={"image": ("hat.png", png.getvalue(), "image/png")}, data={"collection": "clothing"})
+    assert r.status_code == 200 and r.json()["products_list"][0]["prod_code"].startswith("hat-")
+
+
+@pytest.mark.parametrize(("headers", "files", "data", "status", "error"), [
+    ({}, "jpeg", None, 401, "Unauthorized"),
+    ({"access_token": "wrong"}, "jpeg", None, 401, "Unauthorized"),
+    ({"access_token": "globex-key"}, "jpeg", None, 401, "Unauthorized"),  # a token of another customer
+    ({"access_token": KEY}, None, {"collection": "clothing"}, 400, None),  # missing image
+    ({"access_token": KEY}, "gif", None, 400, "Invalid image format"),
+    ({"access_token": KEY}, "jpeg-declared-gif", None, 400, "Invalid image format"),
+    ({"access_token": KEY}, "text-declared-png", None, 400, "Invalid image format"),
+    ({"access_token": KEY}, "truncated", None, 400, "Invalid image format"),
+    ({"access_token": KEY}, "big", None, 413, "File size exceeds the limit (5 MB)"),
+    ({"access_token": KEY}, "json", None, 400, None),  # not multipart/form-data
+])
+def test_xgen_errors(server: str, headers: dict, files: str | None, data: dict | None, status: int,
+                     error: str | None) -> None:
+    shoe = jpeg_bytes(query_image("shoes"))
+    gif = io.BytesIO()
+    Image.new("RGB", (20, 20), "red").save(gif, "GIF")
+    parts = {
+        "jpeg": ("a.jpg", shoe, "image/jpeg"), "gif": ("a.gif", gif.getvalue(), "image/gif"),
+        "jpeg-declared-gif": ("a.gif", shoe, "image/gif"), "text-declared-png": ("a.png", b"hello", "image/png"),
+        "truncated": ("a.jpg", shoe[:3000], "image/jpeg"),
+        "big": ("a.jpg", shoe + b"\0" * (5 * 1024 * 1024), "image/jpeg"),
+    }
+    kwargs: dict = {"headers": headers, "timeout": 30}
+    if files == "json":
+        kwargs["json"] = {"image": "x"}
+    elif files:
+        kwargs["files"] = {"image": parts[files]}
+    if data:
+        kwargs["data"] = data
+    r = requests.post(f"{server}/customers/demo/users/u-1", **kwargs)
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"}
+    if error:
+        assert r.json()["error"] == error
+
+
+# ---------------------------------------------------------------- Marqo (001)
+
+
+def marqo(server: str, body: dict, headers: dict | None = None, index: str = "clothing") -> requests.Response:
+    return requests.post(f"{server}/api/v1/indexes/{index}/reverse-image-search",
+                         headers=headers if headers is not None else MARQO, data=json.dumps(body), timeout=30)
+
+
+def test_marqo_reverse_image_search_examples(server: str, files: str) -> None:
+    # cURL "With a URL to an image"
+    r = marqo(server, {"q": f"{files}/shoes.jpg", "limit": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"hits", "limit", "processingTimeMs"} and body["limit"] == 10
+    assert isinstance(body["processingTimeMs"], int) and len(body["hits"]) == 10
+    assert body["hits"][0]["_id"].startswith("shoes-") and body["hits"][0]["category"] == "shoes"
+    scores = [h["_score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True)  # best-first
+    # cURL "With a base64 data URL" (no limit: the default 10)
+    data_url = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(query_image("hat"))).decode()
+    body = marqo(server, {"q": data_url}).json()
+    assert body["limit"] == 10 and body["hits"][0]["_id"].startswith("hat-")
+    # Filtering example: brand:Nike AND price:[* TO 200]
+    body = marqo(server, {"q": f"{files}/shoes.jpg", "filter": "brand:Nike AND price:[* TO 200]"}).json()
+    assert body["hits"] and all(h["brand"] == "Nike" and h["price"] <= 200 for h in body["hits"])
+    assert len(body["hits"]) == 5  # 6 Nike items, one priced 210
+    # attributesToRetrieve and the 1-10 clamp
+    body = marqo(server, {"q": data_url, "limit": 50, "attributesToRetrieve": ["category"]}).json()
+    assert body["limit"] == 10 and set(body["hits"][0]) == {"category", "_id", "_score"}
+    assert marqo(server, {"q": data_url, "limit": 0}).json()["limit"] == 1
+    body = marqo(server, {"q": data_url, "filter": '(category:hat OR category:pants) AND NOT style:"cinematic"'})
+    assert {h["category"] for h in body.json()["hits"]} == {"hat"}
+
+
+@pytest.mark.parametrize(("body", "headers", "index", "status", "error"), [
+    ({}, None, "clothing", 400, "q must be an image URL or base64 data URI"),
+    ({"q": "red leather shoes"}, None, "clothing", 400, "q must be an image URL or base64 data URI"),
+    ({"q": "https://example.com/page.html"}, None, "clothing", 400, "q must be an image URL or base64 data URI"),
+    ({"q": "data:text/plain;base64,aGk="}, None, "clothing", 400, "q must be an image URL or base64 data URI"),
+    ({"q": 42}, None, "clothing", 400, "q must be an image URL or base64 data URI"),
+    ({"q": "https://example.com/a.jpg", "filter": 5}, None, "clothing", 400, "filter must be a string"),
+    ({"q": "https://example.com/a.jpg", "attributesToRetrieve": "category"}, None, "clothing", 400,
+     "attributesToRetrieve must be an array of strings"),
+    ({"q": "https://example.com/a.jpg", "attributesToRetrieve": [1]}, None, "clothing", 400,
+     "attributesToRetrieve must be an array of strings"),
+    ({"q": "https://example.com/a.jpg"}, {"x-marqo-index-id": "idx-clothing"}, "clothing", 401, "Unauthorized"),
+    ({"q": "https://example.com/a.jpg"}, {"x-api-key": KEY}, "clothing", 401, "Unauthorized"),
+    ({"q": "https://example.com/a.jpg"}, {"x-api-key": KEY, "x-marqo-index-id": "other"}, "clothing", 401,
+     "Unauthorized"),
+    ({"q": "https://example.com/a.jpg"}, {"x-api-key": "globex-key", "x-marqo-index-id": "idx-clothing"},
+     "clothing", 404, None),
+    ({"q": "https://example.com/a.jpg"}, {"x-api-key": KEY, "x-marqo-index-id": "any"}, "no-reverse", 404,
+     "reverse image search is not enabled for this index"),
+    ({"q": "https://example.com/a.jpg", "filter": "brand:Nike AND"}, None, "clothing", 400, None),
+    ({"q": "https://example.com/a.jpg", "filter": "price:[a TO 3]"}, None, "clothing", 400, None),
+])
+def test_marqo_errors(server: str, body: dict, headers: dict | None, index: str, status: int,
+                      error: str | None) -> None:
+    r = marqo(server, body, headers, index)
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"}
+    if error:
+        assert r.json() == {"error": error}
+
+
+# ---------------------------------------------------------------- PixLab (002)
+
+
+def test_pixlab_imgembed_examples(server: str, files: str) -> None:
+    # The Python sample: GET with img (a URL), key and dimension.
+    reply = requests.get(f"{server}/imgembed", params={"img": f"{files}/shoes.jpg", "key": KEY, "dimension": 1024},
+                         timeout=30).json()
+    assert reply["status"] == 200 and len(reply["embedding"]) == 1024 and reply["total_tokens"] == 1024
+    assert abs(sum(x * x for x in reply["embedding"]) - 1) < 1e-4
+    # POST multipart upload, key in the WWW-Authenticate header, dimension 512.
+    with query_image("hat").open("rb") as f:
+        r = requests.post(f"{server}/imgembed", headers={"WWW-Authenticate": KEY}, files={"file": f},
+                          data={"dimension": "512"}, timeout=30)
+    assert r.status_code == 200 and r.json()["status"] == 200 and len(r.json()["embedding"]) == 512
+    # POST JSON with base64, default dimension; and a batch.
+    b64 = base64.b64encode(jpeg_bytes(query_image("hat"))).decode()
+    reply = requests.post(f"{server}/imgembed", json={"img": b64, "key": KEY}, timeout=30).json()
+    assert reply["status"] == 200 and len(reply["embedding"]) == 1024
+    assert abs(sum(a * b for a, b in zip(reply["embedding"], requests.post(
+        f"{server}/imgembed", json={"img": b64, "key": KEY}, timeout=30).json()["embedding"], strict=True)) - 1) < 1e-5
+    batch = requests.post(f"{server}/imgembed", json={"img": [b64, f"{files}/pants.jpg"], "key": KEY,
+                                                      "dimension": 512}, timeout=30).json()
+    assert batch["status"] == 200 and [len(e) for e in batch["embeddings"]] == [512, 512]
+
+
+@pytest.mark.parametrize(("method", "kwargs", "status"), [
+    ("GET", {"params": {"img": "aGk=", "dimension": 1024}}, 401),
+    ("GET", {"params": {"img": "aGk=", "key": "wrong"}}, 401),
+    ("GET", {"params": {"key": KEY}}, 400),
+    ("GET", {"params": {"img": "https://example.com/a.jpg", "key": KEY, "dimension": 256}}, 400),
+    ("GET", {"params": {"img": "https://example.com/a.jpg", "key": KEY, "dimension": "big"}}, 400),
+    ("GET", {"params": {"img": "!!!", "key": KEY}}, 400),
+    ("POST", {"json": {"img": base64.b64encode(b"not an image").decode(), "key": KEY}}, 400),
+    ("POST", {"json": {"img": [], "key": KEY}}, 400),
+    ("POST", {"data": "{broken", "headers": {"Content-Type": "application/json"}}, 400),
+])
+def test_pixlab_errors(server: str, method: str, kwargs: dict, status: int) -> None:
+    r = requests.request(method, f"{server}/imgembed", timeout=30, **kwargs)
+    body = r.json()
+    assert r.status_code == status and body["status"] == status
+    assert isinstance(body["error"], str) and body["error"] and "embedding" not in body
+
+
+# ---------------------------------------------------------------- Imgen (004)
+
+
+def test_imgen_search_generate_taxonomy(server: str) -> None:
+    # Quick start
+    r = requests.post(f"{server}/api/search", headers={**BEARER, "Content-Type": "application/json"},
+                      data=json.dumps({"query": "sunset over mountains", "limit": 5}), timeout=30)
+    assert r.status_code == 200 and r.json()["count"] == len(r.json()["results"]) == 5
+    # Example request: character filter and search_in; the Python sample sends nulls for unused filters.
+    body = requests.post(f"{server}/api/search", headers=BEARER, timeout=30, json={
+        "query": "a hat to keep the sun off", "character": "mira", "model": None, "style": None,
+        "search_in": "both", "limit": 5}).json()
+    assert body["count"] == 4 and {x["character"] for x in body["results"]} == {"mira"}
+    first = body["results"][0]
+    assert set(first) == {"id", "url", "thumbnail", "width", "height", "character", "model", "style", "prompt",
+                          "caption", "score"}
+    assert first["caption"] == CAPTIONS["hat"] and isinstance(first["score"], float)
+    full = requests.get(first["url"], timeout=30)  # no key: the link works in an <img src>
+    assert full.status_code == 200 and Image.open(io.BytesIO(full.content)).size == (first["width"], first["height"])
+    thumb = requests.get(first["thumbnail"], timeout=30)
+    assert thumb.status_code == 200 and max(Image.open(io.BytesIO(thumb.content)).size) <= 256
+    tampered = first["url"][:-3] + ("AAA" if not first["url"].endswith("AAA") else "BBB")
+    assert requests.get(tampered, timeout=30).status_code == 404
+    body = requests.post(f"{server}/api/search", headers=BEARER, json={"query": "leather footwear",
+                                                                       "search_in": "caption"}, timeout=30).json()
+    assert body["results"][0]["character"] == "aya"
+    # Generate
+    r = requests.post(f"{server}/api/generate", headers=BEARER, json={"prompt": "denim trousers",
+                                                                       "style": "cinematic"}, timeout=30)
+    assert r.status_code == 200 and r.json()["image"]["style"] == "cinematic" and "score" not in r.json()["image"]
+    r = requests.post(f"{server}/api/generate", headers=BEARER, json={"prompt": "denim trousers",
+                                                                       "style": "watercolor"}, timeout=30)
+    assert (r.status_code, r.json()) == (404, {"error": "No match found"})  # the filters match nothing
+    r = requests.post(f"{server}/api/generate", headers=BEARER, json={"prompt": "quantum chromodynamics lecture"},
+                      timeout=30)
+    assert (r.status_code, r.json()) == (404, {"error": "No match found"})  # below the relevance floor
+    # Taxonomy
+    for path, key, values in (("characters", "characters", ["aya", "mira", "noa"]), ("models", "models",
+                              ["flux", "sdxl"]), ("styles", "styles", ["cinematic", "illustration", "photoreal"])):
+        r = requests.get(f"{server}/api/{path}", headers=BEARER, timeout=30)
+        assert r.status_code == 200 and r.json() == {key: values}
+
+
+@pytest.mark.parametrize(("path", "kwargs", "status"), [
+    ("/api/search", {"json": {"query": "x"}, "headers": {}}, 401),
+    ("/api/search", {"json": {"query": "x"}, "headers": {"Authorization": "Bearer revoked"}}, 401),
+    ("/api/search", {"json": {"query": ""}}, 400),
+    ("/api/search", {"json": {"query": "x" * 501}}, 400),
+    ("/api/search", {"json": {"limit": 5}}, 400),
+    ("/api/search", {"json": {"query": "x", "limit": 51}}, 400),
+    ("/api/search", {"json": {"query": "x", "limit": 0}}, 400),
+    ("/api/search", {"json": {"query": "x", "search_in": "title"}}, 400),
+    ("/api/search", {"data": "{", "headers": {**BEARER, "Content-Type": "application/json"}}, 400),
+    ("/api/generate", {"json": {}}, 400),
+    ("/api/generate", {"json": {"prompt": "x" * 501}}, 400),
+])
+def test_imgen_errors(server: str, path: str, kwargs: dict, status: int) -> None:
+    kwargs = {"headers": BEARER, **kwargs}
+    r = requests.post(f"{server}{path}", timeout=30, **kwargs)
+    assert r.status_code == status and set(r.json()) == {"error"}
+    assert requests.get(f"{server}/api/styles", timeout=30).status_code == 401
