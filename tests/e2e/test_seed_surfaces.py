@@ -21,6 +21,13 @@ from tests.e2e.conftest import cli_env, lookalike, running_server
 
 pytestmark = pytest.mark.e2e
 KEY = "demo-key"
+JWT_SECRET = "test-secret-" + "x" * 40
+_RSA = __import__("cryptography.hazmat.primitives.asymmetric.rsa", fromlist=["rsa"]).generate_private_key(
+    public_exponent=65537, key_size=2048)
+RSA_PUBLIC = _RSA.public_key().public_bytes(
+    encoding=__import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.PEM,
+    format=__import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).PublicFormat.SubjectPublicKeyInfo,
+).decode()
 BEARER = {"Authorization": f"Bearer {KEY}"}
 MARQO = {"x-api-key": KEY, "x-marqo-index-id": "idx-clothing", "Content-Type": "application/json"}
 
@@ -48,12 +55,15 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
     extra = {"tenants": {
         "demo": {"api_keys": [{"sha256": __import__("hashlib").sha256(KEY.encode()).hexdigest()}],
                  "default_collection": "clothing",
+                 "jwt": {"issuer": "https://auth.example/demo", "secret_env": "LOOKALIKE_TEST_JWT_SECRET"},
                  "collections": {"clothing": {"marqo_index_id": "idx-clothing"},
                                  "no-reverse": {"reverse_search_enabled": False}}},
-        "globex": {"api_keys": [{"sha256": __import__("hashlib").sha256(b"globex-key").hexdigest()}]},
+        "globex": {"api_keys": [{"sha256": __import__("hashlib").sha256(b"globex-key").hexdigest()}],
+                   "jwt": {"issuer": "https://auth.example/globex", "algorithms": ["RS256"],
+                           "public_key": RSA_PUBLIC}},
     }}
     write_deployment(home, extra)
-    env = cli_env(home, model_dir)
+    env = {**cli_env(home, model_dir), "LOOKALIKE_TEST_JWT_SECRET": JWT_SECRET}
     manifest = home.parent / "items.jsonl"
     lines = []
     for n, path in enumerate(catalog_images()):
@@ -68,7 +78,15 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
     assert "indexed 12" in result.stdout, result.stdout + result.stderr
     assert lookalike(env, "ingest", str(manifest), "--collection", "no-reverse", "--tenant", "demo").returncode == 0
     with running_server(env) as base:
+        _HOMES[base] = home
         yield base
+
+
+_HOMES: dict[str, Path] = {}
+
+
+def _seeds_home(server: str) -> Path:
+    return _HOMES[server]
 
 
 def jpeg_bytes(path: Path) -> bytes:
@@ -303,3 +321,183 @@ def test_imgen_errors(server: str, path: str, kwargs: dict, status: int) -> None
     r = requests.post(f"{server}{path}", timeout=30, **kwargs)
     assert r.status_code == status and set(r.json()) == {"error"}
     assert requests.get(f"{server}/api/styles", timeout=30).status_code == 401
+
+
+# ---------------------------------------------------------------- Visual Layer (003)
+
+
+def token(issuer: str = "https://auth.example/demo", expires_in: int = 600, key: object = JWT_SECRET,
+          algorithm: str = "HS256") -> str:
+    import time
+
+    import jwt
+
+    return jwt.encode({"iss": issuer, "sub": "user-1", "exp": int(time.time()) + expires_in}, key,  # type: ignore[arg-type]
+                      algorithm=algorithm)
+
+
+def confused_token() -> str:
+    """HS256 signed with the RSA public key (PyJWT refuses to make one, so it is made by hand)."""
+    import hashlib
+    import hmac
+    import time
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"iss": "https://auth.example/globex", "exp": int(time.time()) + 600}).encode())
+    mac = hmac.new(RSA_PUBLIC.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(mac)}"
+
+
+def vl_headers(tok: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok or token()}"}
+
+
+def upload(server: str, dataset: str = "clothing", params: dict | None = None, headers: dict | None = None,
+           image: Path | None = None) -> requests.Response:
+    with (image or query_image("shoes")).open("rb") as f:
+        return requests.post(f"{server}/api/v1/dataset/{dataset}/search-image-similarity", timeout=30,
+                             headers=headers if headers is not None else vl_headers(), files={"file": f},
+                             params=params if params is not None else {"threshold": 0, "entity_type": "IMAGES"})
+
+
+def explore(server: str, params: dict, dataset: str = "clothing", headers: dict | None = None) -> requests.Response:
+    return requests.get(f"{server}/api/v1/explore/{dataset}", headers=headers if headers is not None else vl_headers(),
+                        params=params,
+                        timeout=30)
+
+
+PREVIEW_FIELDS = {"type", "media_id", "media_uri", "media_thumb_uri", "caption", "file_name", "bounding_box",
+                  "relevance_score", "relevance_score_type", "width", "height"}
+CLUSTER_FIELDS = {"cluster_id", "type", "n_images", "n_objects", "n_videos", "similarity_threshold",
+                  "relevance_score", "relevance_score_type", "previews", "labels", "user_tags", "captions"}
+
+
+def test_visual_layer_python_example(server: str) -> None:
+    # Step 1: upload the query image
+    r = upload(server)
+    assert r.status_code == 200, r.text
+    anchor = r.json()
+    assert set(anchor) == {"anchor_media_id", "anchor_type"} and anchor["anchor_type"] == "UPLOAD"
+    assert str(__import__("uuid").UUID(anchor["anchor_media_id"])) == anchor["anchor_media_id"]
+    # Step 2: explore
+    r = explore(server, {"threshold": 0, "entity_type": "IMAGES", "page_number": 0,
+                         "anchor_media_id": anchor["anchor_media_id"], "anchor_type": anchor["anchor_type"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    clusters = body["clusters"]
+    assert "metadata" in body and clusters
+    for c in clusters:
+        assert set(c) == CLUSTER_FIELDS and c["relevance_score_type"] == "cosine_distance"
+        assert c["type"] == "IMAGES" and c["similarity_threshold"] == "0" and c["n_images"] == len(c["previews"])
+        for p in c["previews"]:
+            assert set(p) == PREVIEW_FIELDS and p["type"] == "IMAGE" and p["relevance_score_type"] == "cosine_distance"
+    scores = [c["relevance_score"] for c in clusters]
+    assert scores == sorted(scores) and 0 <= scores[0] < 1  # lower is closer
+    assert clusters[0]["previews"][0]["media_id"].startswith("shoes-")
+    assert sum(c["n_images"] for c in clusters) == 12
+    preview = clusters[0]["previews"][0]
+    assert requests.get(preview["media_thumb_uri"], timeout=30).status_code == 200
+    # Search by an image already in the dataset: anchor_type=MEDIA with a media_id from a response.
+    r = explore(server, {"threshold": 0, "entity_type": "IMAGES", "page_number": 0,
+                         "anchor_media_id": preview["media_id"], "anchor_type": "MEDIA"})
+    assert r.status_code == 200 and sum(c["n_images"] for c in r.json()["clusters"]) == 11  # all but itself
+    # The next page is empty: 12 images make far fewer than 100 clusters.
+    r = explore(server, {"threshold": 0, "entity_type": "IMAGES", "page_number": 1,
+                         "anchor_media_id": anchor["anchor_media_id"], "anchor_type": "UPLOAD"})
+    assert r.status_code == 200 and r.json()["clusters"] == []
+
+
+def test_visual_layer_threshold_groups_near_identical(server: str) -> None:
+    anchor = upload(server).json()["anchor_media_id"]
+    counts = []
+    for threshold in range(5):
+        clusters = explore(server, {"threshold": threshold, "entity_type": "IMAGES", "anchor_media_id": anchor,
+                                    "anchor_type": "UPLOAD"}).json()["clusters"]
+        assert sum(c["n_images"] for c in clusters) == 12
+        counts.append(len(clusters))
+    assert counts == sorted(counts, reverse=True) and counts[-1] < counts[0]
+
+
+def test_visual_layer_bounding_box_example(server: str) -> None:
+    box = json.dumps({"x": 0.1, "y": 0.2, "width": 0.5, "height": 0.6})
+    r = upload(server, params={"threshold": 0, "entity_type": "IMAGES", "bounding_box": box})
+    assert r.status_code == 200 and r.json()["anchor_type"] == "UPLOAD"
+    full = upload(server).json()["anchor_media_id"]
+    region = r.json()["anchor_media_id"]
+
+    def ranking(anchor: str) -> list[float]:
+        clusters = explore(server, {"threshold": 0, "entity_type": "IMAGES", "anchor_media_id": anchor,
+                                    "anchor_type": "UPLOAD"}).json()["clusters"]
+        return [c["relevance_score"] for c in clusters]
+
+    assert ranking(region) != ranking(full)  # the crop is what was searched
+
+
+def test_visual_layer_rs256_tenant_and_isolation(server: str) -> None:
+    rs = token("https://auth.example/globex", key=_RSA, algorithm="RS256")
+    r = upload(server, headers=vl_headers(rs))
+    assert (r.status_code, r.json()) == (404, {"error": "Dataset not found"})  # demo's dataset is invisible
+    r = explore(server, {"threshold": 0, "entity_type": "IMAGES", "anchor_media_id": str(__import__("uuid").uuid4()),
+                         "anchor_type": "UPLOAD"}, dataset="no-such-dataset", headers=vl_headers(rs))
+    assert (r.status_code, r.json()) == (404, {"error": "Dataset not found"})
+
+
+def test_visual_layer_not_ready_is_409(server: str) -> None:
+    from lookalike.contracts import BackendContext
+    from lookalike_local.index import LocalIndex
+
+    index = LocalIndex(context=BackendContext(home=_seeds_home(server)))
+    index.set_status("demo", "clothing", "INDEXING")
+    try:
+        r = upload(server)
+        assert (r.status_code, r.json()) == (409, {"error": "Dataset status is not READY"})
+    finally:
+        index.set_status("demo", "clothing", "READY")
+        index.close()
+    assert upload(server).status_code == 200
+
+
+@pytest.mark.parametrize(("kind", "params", "headers", "status"), [
+    ("upload", {"entity_type": "IMAGES"}, {}, 401),
+    ("upload", {"entity_type": "IMAGES"}, "expired", 401),
+    ("upload", {"entity_type": "IMAGES"}, "bad-signature", 401),
+    ("upload", {"entity_type": "IMAGES"}, "unknown-issuer", 401),
+    ("upload", {"entity_type": "IMAGES"}, "hs-with-public-key", 401),
+    ("upload", {"entity_type": "IMAGES"}, "garbage", 401),
+    ("upload", {}, None, 400),
+    ("upload", {"entity_type": "VIDEOS"}, None, 400),
+    ("upload", {"entity_type": "OBJECTS"}, None, 400),
+    ("upload", {"entity_type": "IMAGES", "threshold": 5}, None, 400),
+    ("upload", {"entity_type": "IMAGES", "threshold": "high"}, None, 400),
+    ("upload", {"entity_type": "IMAGES", "bounding_box": "{not json"}, None, 400),
+    ("upload", {"entity_type": "IMAGES", "bounding_box": json.dumps({"x": 0.8, "y": 0, "width": 0.5,
+                                                                      "height": 1})}, None, 400),
+    ("explore", {"entity_type": "IMAGES", "anchor_type": "UPLOAD"}, None, 400),
+    ("explore", {"entity_type": "IMAGES", "anchor_type": "LINK", "anchor_media_id": "x"}, None, 400),
+    ("explore", {"entity_type": "IMAGES", "anchor_type": "UPLOAD", "anchor_media_id": "not-a-uuid"}, None, 404),
+    ("explore", {"entity_type": "IMAGES", "anchor_type": "UPLOAD",
+                 "anchor_media_id": "f9d612d4-1234-11f1-bfca-fa39f6ed1f22"}, None, 404),
+    ("explore", {"entity_type": "IMAGES", "anchor_type": "MEDIA", "anchor_media_id": "no-such-item"}, None, 404),
+    ("explore", {"entity_type": "IMAGES", "anchor_type": "UPLOAD", "anchor_media_id": "x", "page_number": -1},
+     None, 400),
+])
+def test_visual_layer_errors(server: str, kind: str, params: dict, headers: object, status: int) -> None:
+    if headers == "expired":
+        headers = vl_headers(token(expires_in=-3600))
+    elif headers == "bad-signature":
+        headers = vl_headers(token(key="another-secret-" + "y" * 40))
+    elif headers == "unknown-issuer":
+        headers = vl_headers(token(issuer="https://evil.example"))
+    elif headers == "hs-with-public-key":  # algorithm confusion: an HS256 token keyed with the RSA public key
+        headers = vl_headers(confused_token())
+    elif headers == "garbage":
+        headers = {"Authorization": "Bearer not.a.jwt"}
+    elif headers is None:
+        headers = vl_headers()
+    r = upload(server, params=params, headers=headers) if kind == "upload" else explore(
+        server, params, headers=headers)
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"}

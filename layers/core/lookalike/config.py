@@ -14,7 +14,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -94,6 +94,24 @@ class Defaults(BaseModel):
     limits: Limits = Limits()
 
 
+class JwtSettings(BaseModel):
+    """How a tenant's Bearer JWTs are verified (the Visual Layer surface).
+
+    The token's ``iss`` picks the tenant; its signature and ``exp`` are then checked with the
+    tenant's key: an HMAC secret read from the environment variable ``secret_env`` (HS*), or a
+    PEM ``public_key`` (RS* / ES*). Keys never sit in the configuration document itself.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    issuer: str = Field(min_length=1, max_length=256)
+    algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "ES256"]] = Field(
+        default=["HS256"], min_length=1)
+    secret_env: str | None = None
+    public_key: str | None = None
+    audience: str | None = None
+    leeway_seconds: int = Field(default=30, ge=0, le=300)
+
+
 class TenantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     api_keys: list[ApiKey] = Field(default_factory=list)
@@ -103,6 +121,7 @@ class TenantConfig(BaseModel):
     blobs: BackendChoice | None = None
     limits: Limits | None = None
     collections: dict[str, CollectionSettings] = Field(default_factory=dict)
+    jwt: JwtSettings | None = None
     #: The collection the surfaces without a collection in their path use (Imgen, XGen).
     default_collection: str = Field(default="default", pattern=NAME_PATTERN)
 
@@ -122,6 +141,12 @@ class DeploymentConfig(BaseModel):
     @classmethod
     def _tenant_names(cls, value: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
         return _check_names(value, "tenant id")
+
+    def tenant_for_issuer(self, issuer: str) -> str | None:
+        for tenant_id, tenant in self.tenants.items():
+            if tenant.jwt is not None and hmac.compare_digest(tenant.jwt.issuer.encode(), issuer.encode()):
+                return tenant_id
+        return None
 
     def tenant_for_key(self, key: str | None) -> str | None:
         """The tenant owning ``key``, comparing every stored hash in constant time."""

@@ -104,6 +104,17 @@ def ingest_sources(tenant: TenantService, collection: str, sources: list[Source]
     """Index ``sources`` into ``collection``; progress is a tqdm-like object (``update(n)``)."""
     report = IngestReport()
     tenant.collection(collection)
+    # While it runs the collection is INDEXING (the Visual Layer surface answers 409 meanwhile).
+    tenant.search_backend.set_status(tenant.id, collection, "INDEXING")
+    try:
+        _ingest(tenant, collection, sources, report, skip_existing, threads, progress)
+    finally:
+        tenant.search_backend.set_status(tenant.id, collection, "READY")
+    return report
+
+
+def _ingest(tenant: TenantService, collection: str, sources: list[Source], report: IngestReport,
+            skip_existing: bool, threads: int, progress: Any) -> None:
     pending: list[Source] = []
     for s in sources:
         if skip_existing and tenant.search_backend.get_item(tenant.id, collection, s.item_id) is not None:
@@ -133,7 +144,6 @@ def ingest_sources(tenant: TenantService, collection: str, sources: list[Source]
             buffered = []
     if buffered:
         _merge(report, tenant.put_items(collection, buffered, threads=threads), progress, len(buffered))
-    return report
 
 
 def _merge(report: IngestReport, part: IngestReport, progress: Any, n: int) -> None:

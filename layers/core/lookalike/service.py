@@ -256,11 +256,23 @@ class TenantService:
             raise NotFound("Anchor not found")
         return f"{self.id}/anchors/{anchor_id}"
 
-    def stage_anchor(self, ref: ImageRef) -> Anchor:
-        """Store a query image and its embedding; paging by anchor never re-embeds."""
+    def stage_anchor(self, ref: ImageRef, region: tuple[float, float, float, float] | None = None) -> Anchor:
+        """Store a query image and its embedding; paging by anchor never re-embeds.
+
+        ``region`` (x, y, width, height as fractions of the image) focuses the query on a part
+        of the image: only that part is embedded.
+        """
         data, _ = self.image_bytes(ref)
         decoded = self.decode(data)
-        vector = self.embedder.embed_images([decoded.image])[0]
+        image = decoded.image
+        if region is not None:
+            x, y, w, h = region
+            width, height = image.size
+            box = (round(x * width), round(y * height), round((x + w) * width), round((y + h) * height))
+            if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                raise BadRequest("bounding_box selects less than one pixel")
+            image = image.crop(box)
+        vector = self.embedder.embed_images([image])[0]
         anchor = Anchor(id=uuid.uuid4().hex, model_id=self.embedder.model_id,
                         expires_at=time.time() + self.limits.anchor_ttl_seconds)
         key = self._anchor_key(anchor.id)
@@ -402,13 +414,32 @@ class TenantService:
 
     def search(self, collection: str, ref: ImageRef, *, limit: int = 10, offset: int = 0,
                filter: Filter | None = None, min_score: float | None = None) -> SearchPage:
+        return self.search_with_vector(collection, ref, limit=limit, offset=offset, filter=filter,
+                                       min_score=min_score)[0]
+
+    def search_with_vector(self, collection: str, ref: ImageRef, *, limit: int = 10, offset: int = 0,
+                           filter: Filter | None = None, min_score: float | None = None,
+                           max_limit: int | None = None) -> tuple[SearchPage, np.ndarray]:
+        """The page and the query vector (for callers that post-process hits, e.g. clustering,
+        which may allow themselves a larger ``max_limit`` than a client's page)."""
         self._searchable(collection)
-        self._check_page(limit, offset)
+        self._check_page(limit, offset, max_limit)
         vector = self.query_vector(collection, ref)
         # "More like this" should not return the item itself.
         exclude = frozenset([ref.item_id]) if ref.item_id else frozenset()
-        return self.search_backend.search(self.id, collection, VectorQuery(
+        page = self.search_backend.search(self.id, collection, VectorQuery(
             vector=vector, limit=limit, offset=offset, filter=filter, min_score=min_score, exclude_ids=exclude))
+        return page, vector
+
+    def item_vectors(self, collection: str, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``ids`` (rows in that order)."""
+        rows = []
+        for item_id in ids:
+            item = self.search_backend.get_item(self.id, collection, item_id)
+            if item is None:
+                raise NotFound("Item not found")
+            rows.append(np.asarray(item.vector, dtype=np.float32))
+        return np.stack(rows) if rows else np.zeros((0, self.embedder.dimension), dtype=np.float32)
 
     def text_search(self, collection: str, text: str, *, fields: Sequence[str] = TEXT_FIELDS,
                     limit: int = 10, offset: int = 0, filter: Filter | None = None,
@@ -433,9 +464,10 @@ class TenantService:
             fields = list(dict.fromkeys([*DEFAULT_FACET_FIELDS, *info.settings.get("keyword_fields", [])]))
         return self.search_backend.facets(self.id, collection, fields, filter, size)
 
-    def _check_page(self, limit: int, offset: int) -> None:
-        if not 1 <= limit <= self.limits.max_limit:
-            raise BadRequest(f"limit must be between 1 and {self.limits.max_limit}")
+    def _check_page(self, limit: int, offset: int, max_limit: int | None = None) -> None:
+        cap = max_limit or self.limits.max_limit
+        if not 1 <= limit <= cap:
+            raise BadRequest(f"limit must be between 1 and {cap}")
         if not 0 <= offset <= self.limits.max_offset:
             raise BadRequest(f"offset must be between 0 and {self.limits.max_offset}")
 
