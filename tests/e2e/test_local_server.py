@@ -260,3 +260,9 @@ def test_bad_input_gets_a_clear_4xx(server: str, method: str, path: str, kwargs:
     assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
     assert "Traceback" not in r.text
     assert _count(server) == before  # nothing stored was lost or added
+
+
+def test_openapi_json_is_served(server: str) -> None:
+    r = requests.get(f"{server}/openapi.json", timeout=30)  # no key needed
+    assert r.status_code == 200 and r.json()["openapi"] == "3.1.0"
+    assert "/api/v1/explore/{dataset_id}" in r.json()["paths"]
