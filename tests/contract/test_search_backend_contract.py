@@ -2,35 +2,54 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
 
 from lookalike.contracts import BackendContext, CollectionSpec, Item, SearchBackend, TextQuery, VectorQuery
 from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.filters import And, Not, Or, Range, Term, from_json
 from lookalike_local.index import LocalIndex
+from tests.fake_opensearch import FakeOpenSearch
 from tests.fakes import MemoryIndex
 
 DIM = 8
 Factory = Callable[[], SearchBackend]
 
 
-@pytest.fixture(params=["local", "memory"])
+BACKENDS = ["local", "memory", "opensearch-fake", pytest.param("opensearch", marks=pytest.mark.skipif(
+    not os.environ.get("OPENSEARCH_URL"), reason="needs a real OpenSearch at OPENSEARCH_URL (see README)"))]
+
+
+@pytest.fixture(params=BACKENDS)
 def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     made: list[SearchBackend] = []
     shared = MemoryIndex()
+    fake = FakeOpenSearch() if request.param == "opensearch-fake" else None
+    prefix = f"t{uuid.uuid4().hex[:10]}"  # a real cluster is shared: each test gets its own indices
 
     def factory() -> SearchBackend:
-        backend = LocalIndex(context=BackendContext(home=tmp_path)) if request.param == "local" else shared
+        if request.param == "local":
+            backend: SearchBackend = LocalIndex(context=BackendContext(home=tmp_path))
+        elif request.param == "memory":
+            backend = shared
+        else:
+            url = fake.url if fake else os.environ["OPENSEARCH_URL"]
+            backend = OpenSearchBackend(OpenSearchOptions(url=url, refresh="true", index_prefix=prefix,
+                                                          max_retries=1, backoff_seconds=0))
         made.append(backend)
         return backend
 
     yield factory
     for b in made:
         b.close()
+    if fake:
+        fake.stop()
 
 
 def vec(*values: float) -> np.ndarray:
