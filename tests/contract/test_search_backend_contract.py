@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
 
 from lookalike.contracts import BackendContext, CollectionSpec, Item, SearchBackend, TextQuery, VectorQuery
 from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.filters import And, Not, Or, Range, Term, from_json
 from lookalike_local.index import LocalIndex
+from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
 from tests.fake_opensearch import FakeOpenSearch
 from tests.fakes import MemoryIndex
 

@@ -123,7 +123,7 @@ class OpenSearchBackend(SearchBackend):
                 if status not in RETRY_STATUSES:
                     raise
                 error = exc
-            except ValueError as exc:  # a body that is not JSON
+            except (os_errors.SerializationError, ValueError) as exc:  # a body that is not JSON
                 raise BackendUnavailable("search backend answered malformed JSON") from exc
             if attempt < self.options.max_retries:
                 time.sleep(self.options.backoff_seconds * (2 ** attempt) * (0.5 + random.random() / 2))

@@ -1,0 +1,131 @@
+"""The OpenSearch backend's wire contract: the exact requests it sends and how it fails."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from lookalike.contracts import CollectionSpec, Item, TextQuery, VectorQuery
+from lookalike.errors import BackendUnavailable, ConfigurationError
+from lookalike.filters import Range, Term
+from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
+from tests.fake_opensearch import FakeOpenSearch
+
+
+@pytest.fixture()
+def fake() -> Iterator[FakeOpenSearch]:
+    server = FakeOpenSearch()
+    yield server
+    server.stop()
+
+
+def backend_for(fake: FakeOpenSearch, **options: object) -> OpenSearchBackend:
+    return OpenSearchBackend(OpenSearchOptions(url=fake.url, refresh="true", backoff_seconds=0, **options))
+
+
+def requests_to(fake: FakeOpenSearch, path_part: str) -> list[dict]:
+    return [r for r in fake.requests if path_part in r["path"]]
+
+
+def test_mapping_and_query_dsl(fake: FakeOpenSearch) -> None:
+    b = backend_for(fake, engine="faiss", hnsw_m=24)
+    b.create_collection("acme", CollectionSpec(name="shoes", model_id="m", dimension=3, text_model_id="t",
+                                               text_dimension=2))
+    index = b._index("acme", "shoes")
+    create = next(r for r in fake.requests if r["method"] == "PUT" and r["path"] == f"/{index}")
+    mapping = json.loads(create["body"])
+    assert mapping["settings"] == {"index": {"knn": True}}
+    vector = mapping["mappings"]["properties"]["vector"]
+    assert vector == {"type": "knn_vector", "dimension": 3, "method": {
+        "name": "hnsw", "space_type": "cosinesimil", "engine": "faiss",
+        "parameters": {"m": 24, "ef_construction": 128}}}
+    assert mapping["mappings"]["properties"]["caption_vector"]["dimension"] == 2
+    assert mapping["mappings"]["properties"]["caption"] == {"type": "text"}
+
+    b.upsert("acme", "shoes", [Item("a", np.array([1, 0, 0], dtype=np.float32), {"color": "red", "price": 5})])
+    bulk = requests_to(fake, "/_bulk")[-1]
+    headers = {k.lower(): v for k, v in bulk["headers"].items()}
+    assert bulk["params"]["refresh"] == "true" and headers["content-type"].startswith("application/")
+    action, doc = (json.loads(line) for line in bulk["body"].splitlines()[:2])
+    assert action == {"index": {"_index": index, "_id": "a"}}
+    assert doc["s"] == {"color": ["red"]} and doc["n"] == {"price": [5.0]} and doc["vector"] == [1.0, 0.0, 0.0]
+
+    b.search("acme", "shoes", VectorQuery(vector=np.array([1, 0, 0], dtype=np.float32), limit=5, offset=5,
+                                          filter=Term("color", "red"), exclude_ids=frozenset({"x"})))
+    query = json.loads(requests_to(fake, "/_search")[-1]["body"])
+    assert query["size"] == 5 and query["from"] == 5
+    assert query["sort"] == [{"_score": "desc"}, {"item_id": "asc"}]
+    knn = query["query"]["knn"]["vector"]
+    assert knn["k"] == 10 and knn["vector"] == [1.0, 0.0, 0.0]
+    assert knn["filter"] == {"bool": {"filter": [{"term": {"s.color": "red"}}],
+                                      "must_not": [{"ids": {"values": ["x"]}}]}}
+
+    b.text_search("acme", "shoes", TextQuery(text="red", vector=np.array([1, 0], dtype=np.float32), limit=3))
+    query = json.loads(requests_to(fake, "/_search")[-1]["body"])
+    assert [list(q["knn"]) for q in query["query"]["dis_max"]["queries"]] == [["caption_vector"], ["prompt_vector"]]
+    b.text_search("acme", "shoes", TextQuery(text="red shoes", fields=("caption",), filter=Range("price", 1, 9)))
+    query = json.loads(requests_to(fake, "/_search")[-1]["body"])
+    assert query["query"] == {"bool": {
+        "must": [{"multi_match": {"query": "red shoes", "fields": ["caption"], "operator": "or"}}],
+        "filter": [{"bool": {"filter": [{"range": {"n.price": {"gte": 1, "lte": 9}}}]}}]}}
+    b.facets("acme", "shoes", ["color"])
+    aggs = json.loads(requests_to(fake, "/_search")[-1]["body"])["aggs"]
+    assert aggs["s0"]["terms"] == {"field": "s.color", "size": 100, "order": [{"_count": "desc"}, {"_key": "asc"}]}
+
+
+def test_retries_429_and_5xx_with_backoff_then_gives_up(fake: FakeOpenSearch) -> None:
+    b = backend_for(fake, max_retries=2)
+    fake.fail_next("status", 429)
+    fake.fail_next("status", 503)
+    assert b.list_collections("acme") == []  # two failures, then success on the third try
+    fake.fail_next("status", 502, times=3)
+    with pytest.raises(BackendUnavailable):
+        b.list_collections("acme")
+    fake.fail_next("status", 500)  # not retried
+    before = len(fake.requests)
+    with pytest.raises(BackendUnavailable):
+        b.list_collections("acme")
+    assert len(fake.requests) == before + 1
+
+
+def test_timeouts_malformed_json_and_auth(fake: FakeOpenSearch) -> None:
+    b = backend_for(fake, max_retries=0, timeout_seconds=0.3)
+    b.list_collections("warm-up")
+    fake.fail_next("delay", 1.0)
+    with pytest.raises(BackendUnavailable):
+        b.list_collections("acme")
+    fake.fail_next("malformed")
+    with pytest.raises(BackendUnavailable):
+        b.list_collections("acme")
+    assert b.get_collection("acme", "missing") is None  # a 404 document is just absent
+
+
+def test_basic_auth_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = FakeOpenSearch(basic_auth=("admin", "s3cret-password"))
+    try:
+        monkeypatch.setenv("OS_PASSWORD", "s3cret-password")
+        ok = OpenSearchBackend(OpenSearchOptions(url=server.url, auth="basic", username="admin",
+                                                 password_env="OS_PASSWORD"))
+        assert ok.list_collections("acme") == []
+        monkeypatch.setenv("OS_PASSWORD", "wrong")
+        bad = OpenSearchBackend(OpenSearchOptions(url=server.url, auth="basic", username="admin",
+                                                  password_env="OS_PASSWORD", max_retries=0))
+        with pytest.raises(BackendUnavailable, match="credentials"):
+            bad.list_collections("acme")
+        with pytest.raises(ConfigurationError):
+            OpenSearchBackend(OpenSearchOptions(url=server.url, auth="basic", username="admin"))
+    finally:
+        server.stop()
+
+
+def test_sigv4_signs_requests(fake: FakeOpenSearch) -> None:
+    b = OpenSearchBackend(OpenSearchOptions(url=fake.url, auth="sigv4", region="eu-west-1", service="aoss"))
+    b.list_collections("acme")
+    headers = fake.requests[-1]["headers"]
+    auth = headers["Authorization"]
+    assert auth.startswith("AWS4-HMAC-SHA256 Credential=testing/") and "/eu-west-1/aoss/aws4_request" in auth
+    assert "Signature=" in auth and "x-amz-date" in {k.lower() for k in headers}
+    assert "x-amz-content-sha256" in {k.lower() for k in headers}  # Serverless needs the payload hash
