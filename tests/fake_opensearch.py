@@ -13,12 +13,10 @@ import base64
 import json
 import math
 import re
-import socket
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from tests.loopback import LoopbackServer
 
 
 def _values(doc: dict[str, Any], path: str) -> list[Any]:
@@ -134,77 +132,28 @@ class Store:
         return result
 
 
-class FakeOpenSearch(ThreadingHTTPServer):
-    daemon_threads = True
-
+class FakeOpenSearch(LoopbackServer):
     def __init__(self, basic_auth: tuple[str, str] | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
         self.store = Store()
-        self.requests: list[dict[str, Any]] = []
-        self.failures: list[tuple[str, Any]] = []  # ("status", code) | ("malformed", None) | ("delay", seconds)
         self.basic_auth = basic_auth
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+    def failure_body(self, status: int) -> Any:
+        return {"error": {"type": "injected", "reason": "injected"}, "status": status}
 
-    def fail_next(self, kind: str, value: Any = None, times: int = 1) -> None:
-        self.failures.extend([(kind, value)] * times)
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeOpenSearch
-    protocol_version = "HTTP/1.1"
-    wbufsize = 64 * 1024  # one segment per response (see lookalike.server)
-
-    def setup(self) -> None:
-        super().setup()
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: Any, raw: bytes | None = None) -> None:
-        data = raw if raw is not None else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        url = urlsplit(self.path)
-        params = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        record = {"method": self.command, "path": url.path, "params": params, "headers": dict(self.headers),
-                  "body": raw.decode("utf-8", "replace")}
-        self.server.requests.append(record)
-        if self.server.failures:
-            kind, value = self.server.failures.pop(0)
-            if kind == "status":
-                return self._send(value, {"error": {"type": "injected", "reason": "injected"}, "status": value})
-            if kind == "malformed":
-                return self._send(200, None, raw=b"{not json")
-            if kind == "delay":
-                time.sleep(value)
-        if self.server.basic_auth:
-            expected = "Basic " + base64.b64encode(":".join(self.server.basic_auth).encode()).decode()
-            if self.headers.get("Authorization") != expected:
-                return self._send(401, {"error": {"type": "security_exception"}, "status": 401})
+    def route(self, method: str, path: str, params: dict[str, str], headers: dict[str, str],
+              raw: bytes) -> tuple[int, Any]:
+        if self.basic_auth:
+            expected = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            if headers.get("Authorization") != expected:
+                return 401, {"error": {"type": "security_exception"}, "status": 401}
         try:
-            status, body = self._route(self.command, url.path.strip("/").split("/"), raw, params)
+            return self._route(method, path.strip("/").split("/"), raw, params)
         except KeyError:
-            status, body = 404, {"error": {"type": "index_not_found_exception"}, "status": 404}
-        self._send(status, body)
+            return 404, {"error": {"type": "index_not_found_exception"}, "status": 404}
 
     def _route(self, method: str, parts: list[str], raw: bytes, params: dict[str, str]) -> tuple[int, Any]:
-        store = self.server.store
+        store = self.store
         with store.lock:
             if parts == ["_bulk"]:
                 return 200, self._bulk(raw)
@@ -247,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
         items, pos = [], 0
         while pos < len(lines):
             (op, meta), = lines[pos].items()
-            docs = self.server.store.indices[meta["_index"]]["docs"]
+            docs = self.store.indices[meta["_index"]]["docs"]
             if op == "index":
                 docs[meta["_id"]] = lines[pos + 1]
                 items.append({"index": {"_id": meta["_id"], "status": 201, "result": "created"}})
@@ -258,4 +207,3 @@ class _Handler(BaseHTTPRequestHandler):
                 pos += 1
         return {"took": 1, "errors": False, "items": items}
 
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
