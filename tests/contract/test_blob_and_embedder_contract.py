@@ -16,7 +16,9 @@ from lookalike.errors import BadRequest, NotFound
 from lookalike_aws.s3 import S3BlobStore, S3Options
 from lookalike_local.blobstore import FilesystemBlobStore
 from lookalike_local.efficientnet import EfficientNetLite0, EfficientNetOptions
+from lookalike_pixlab.embedder import PixLabEmbedder, PixLabOptions
 from tests.conftest import catalog_images
+from tests.fake_pixlab import FakePixLab
 from tests.fakes import ColorHistogramEmbedder, MemoryBlobStore
 
 
@@ -54,12 +56,19 @@ def test_filesystem_keys_cannot_escape_root(tmp_path: Path) -> None:
             store.put(key, b"x")
 
 
-@pytest.fixture(params=["efficientnet-lite0", "test-color"])
-def embedder(request: pytest.FixtureRequest) -> Embedder:
+@pytest.fixture(params=["efficientnet-lite0", "test-color", "pixlab"])
+def embedder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Embedder]:
     if request.param == "test-color":
-        return ColorHistogramEmbedder()
+        yield ColorHistogramEmbedder()
+        return
+    if request.param == "pixlab":
+        server = FakePixLab(key="pixlab-test-key")
+        monkeypatch.setenv("PIXLAB_API_KEY", "pixlab-test-key")
+        yield PixLabEmbedder(PixLabOptions(endpoint=server.url, dimension=512, backoff_seconds=0))
+        server.stop()
+        return
     model_dir = request.getfixturevalue("model_dir")
-    return EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, batch_size=4))
+    yield EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, batch_size=4))
 
 
 def test_embedder_contract(embedder: Embedder) -> None:

@@ -20,7 +20,7 @@ from lookalike import hookspecs
 from lookalike.contracts import BlobStore, Embedder, SearchBackend
 from lookalike.errors import ConfigurationError
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("lookalike_local", "lookalike_aws", "lookalike_opensearch")
+DEFAULT_PLUGINS: tuple[str, ...] = ("lookalike_local", "lookalike_aws", "lookalike_opensearch", "lookalike_pixlab")
 ENTRY_POINT_GROUP = "lookalike"
 
 

@@ -1,0 +1,111 @@
+"""Images -> PixLab ``POST /imgembed`` (multipart upload), 512 or 1024 dimensions.
+
+The key comes from an environment variable or AWS Secrets Manager (read through Powertools,
+cached), never from the configuration document, and is never logged. One ``requests``
+session per process; connect/read timeouts; 429 and 5xx are retried with jittered
+exponential backoff, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import time
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, Literal
+
+import numpy as np
+import requests
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from lookalike.contracts import BackendContext, Embedder
+from lookalike.errors import BackendUnavailable, ConfigurationError, InvalidImage
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class PixLabOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    endpoint: str = "https://api.pixlab.io"
+    key_env: str | None = "PIXLAB_API_KEY"
+    key_secret: str | None = None  # Secrets Manager name / ARN, used when key_env is unset or empty
+    dimension: Literal[512, 1024] = 1024
+    connect_timeout: float = Field(default=3.0, gt=0, le=30)
+    read_timeout: float = Field(default=20.0, gt=0, le=120)
+    max_retries: int = Field(default=3, ge=0, le=6)
+    backoff_seconds: float = Field(default=0.5, ge=0, le=10)
+    batch_size: int = Field(default=8, ge=1, le=64)
+
+
+@cache
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = "Lookalike/0.1"
+    return session
+
+
+def _key(options: PixLabOptions) -> str:
+    if options.key_env and os.environ.get(options.key_env):
+        return os.environ[options.key_env]
+    if options.key_secret:
+        from aws_lambda_powertools.utilities import parameters
+
+        return str(parameters.get_secret(options.key_secret, max_age=300))
+    raise ConfigurationError("the pixlab embedder needs a key: set key_env's variable or key_secret")
+
+
+class PixLabEmbedder(Embedder):
+    Options = PixLabOptions
+    supports_images = True
+    supports_text = False
+
+    def __init__(self, options: PixLabOptions | None = None, context: BackendContext | None = None) -> None:
+        self.options = options or PixLabOptions()
+        self.dimension = self.options.dimension
+        self.batch_size = self.options.batch_size
+        self.model_id = f"pixlab/imgembed/{self.dimension}"
+        self._key = _key(self.options)
+
+    def _post(self, jpeg: bytes) -> dict[str, Any]:
+        url = self.options.endpoint.rstrip("/") + "/imgembed"
+        error = "embedding service unavailable"
+        for attempt in range(self.options.max_retries + 1):
+            try:
+                resp = _session().post(url, data={"key": self._key, "dimension": str(self.dimension)},
+                                       files={"file": ("image.jpg", jpeg, "image/jpeg")},
+                                       timeout=(self.options.connect_timeout, self.options.read_timeout))
+            except (requests.Timeout, requests.ConnectionError):
+                error = "embedding service did not answer in time"
+            else:
+                try:
+                    reply = resp.json()
+                except ValueError:
+                    raise BackendUnavailable("embedding service answered malformed JSON") from None
+                status = reply.get("status", resp.status_code) if isinstance(reply, dict) else resp.status_code
+                if status == 200 and resp.ok:
+                    return reply
+                if status not in RETRY_STATUSES and resp.status_code not in RETRY_STATUSES:
+                    if status in (401, 403) or resp.status_code in (401, 403):
+                        raise BackendUnavailable("embedding service refused the tenant's key")
+                    if status == 400 or resp.status_code == 400:
+                        raise InvalidImage("Invalid image format")
+                    raise BackendUnavailable(f"embedding service error {status}")
+                error = f"embedding service error {status}"
+            if attempt < self.options.max_retries:
+                time.sleep(self.options.backoff_seconds * (2 ** attempt) * (0.5 + random.random() / 2))
+        raise BackendUnavailable(error)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = np.zeros((len(images), self.dimension), dtype=np.float32)
+        for i, img in enumerate(images):
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, "JPEG", quality=92)
+            reply = self._post(buf.getvalue())
+            vector = np.asarray(reply.get("embedding"), dtype=np.float32).reshape(-1)
+            if vector.shape[0] != self.dimension or not np.all(np.isfinite(vector)):
+                raise BackendUnavailable("embedding service answered a vector of the wrong size")
+            out[i] = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        return out

@@ -1,0 +1,81 @@
+"""The PixLab embedder's wire contract (seeds/002) and its failure modes, against a loopback PixLab."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.errors import BackendUnavailable, ConfigurationError, InvalidImage
+from lookalike_pixlab.embedder import PixLabEmbedder, PixLabOptions
+from tests.conftest import query_image
+from tests.fake_pixlab import FakePixLab
+
+KEY = "pixlab-test-key"
+
+
+@pytest.fixture()
+def pixlab(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePixLab]:
+    server = FakePixLab(key=KEY)
+    monkeypatch.setenv("PIXLAB_API_KEY", KEY)
+    yield server
+    server.stop()
+
+
+def embedder(server: FakePixLab, **options: object) -> PixLabEmbedder:
+    return PixLabEmbedder(PixLabOptions(endpoint=server.url, backoff_seconds=0, **options))
+
+
+def photo() -> Image.Image:
+    return Image.open(query_image("hat")).convert("RGB")
+
+
+def test_request_shape_and_vectors(pixlab: FakePixLab) -> None:
+    e = embedder(pixlab, dimension=1024)
+    assert e.model_id == "pixlab/imgembed/1024" and e.dimension == 1024
+    v = e.embed_images([photo()])
+    assert v.shape == (1, 1024) and abs(float(np.linalg.norm(v)) - 1) < 1e-5
+    sent = pixlab.requests[-1]
+    assert sent["method"] == "POST" and sent["path"] == "/imgembed"
+    assert sent["headers"]["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert b'name="key"' in sent["raw"] and KEY.encode() in sent["raw"] and b'name="dimension"' in sent["raw"]
+    assert b'name="file"; filename="image.jpg"' in sent["raw"] and b"\xff\xd8\xff" in sent["raw"]
+    assert KEY not in str(sent["params"])  # the key travels in the body, not the URL (or its logs)
+
+
+def test_retries_then_succeeds_or_gives_up(pixlab: FakePixLab) -> None:
+    e = embedder(pixlab, max_retries=2)
+    pixlab.fail_next("status", 429)
+    pixlab.fail_next("status", 503)
+    assert e.embed_images([photo()]).shape == (1, 1024)
+    pixlab.fail_next("status", 502, times=3)
+    with pytest.raises(BackendUnavailable, match="502"):
+        e.embed_images([photo()])
+
+
+def test_failure_modes(pixlab: FakePixLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = embedder(pixlab, max_retries=0, read_timeout=0.3)
+    pixlab.fail_next("delay", 1.0)
+    with pytest.raises(BackendUnavailable, match="in time"):
+        e.embed_images([photo()])
+    pixlab.fail_next("malformed")
+    with pytest.raises(BackendUnavailable, match="malformed"):
+        e.embed_images([photo()])
+    pixlab.fail_next("status", 404)
+    with pytest.raises(BackendUnavailable, match="404"):
+        e.embed_images([photo()])
+    monkeypatch.setenv("PIXLAB_API_KEY", "wrong")
+    with pytest.raises(BackendUnavailable, match="refused the tenant's key"):
+        embedder(pixlab).embed_images([photo()])
+    monkeypatch.delenv("PIXLAB_API_KEY")
+    with pytest.raises(ConfigurationError):
+        embedder(pixlab)
+
+
+def test_rejected_image_is_invalid_image(pixlab: FakePixLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = embedder(pixlab)
+    monkeypatch.setattr("tests.fake_pixlab.fake_embedding", lambda data, dim: (_ for _ in ()).throw(OSError()))
+    with pytest.raises(InvalidImage):
+        e.embed_images([photo()])
