@@ -79,3 +79,15 @@ def test_rejected_image_is_invalid_image(pixlab: FakePixLab, monkeypatch: pytest
     monkeypatch.setattr("tests.fake_pixlab.fake_embedding", lambda data, dim: (_ for _ in ()).throw(OSError()))
     with pytest.raises(InvalidImage):
         e.embed_images([photo()])
+
+
+def test_key_from_secrets_manager(pixlab: FakePixLab, moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On AWS the key comes from Secrets Manager (over its HTTP API here), not the config."""
+    import boto3
+
+    monkeypatch.delenv("PIXLAB_API_KEY")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_server)
+    boto3.client("secretsmanager").create_secret(Name="lookalike/pixlab-acme", SecretString=KEY)
+    e = PixLabEmbedder(PixLabOptions(endpoint=pixlab.url, key_env=None, key_secret="lookalike/pixlab-acme"))
+    assert e.embed_images([photo()]).shape == (1, 1024)
+    assert KEY not in repr(e.options)  # the options name the secret, never hold it
