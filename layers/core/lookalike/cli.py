@@ -182,13 +182,16 @@ def models() -> None:
 
 @models.command("build")
 @click.option("--model-dir", type=click.Path(path_type=Path))
-def models_build(model_dir: Path | None) -> None:
+@click.option("--only", type=click.Choice(["image", "text"]), help="Build one of the two models.")
+def models_build(model_dir: Path | None, only: str | None) -> None:
     """Convert the packaged EfficientNet-Lite0 and all-MiniLM-L6-v2 weights to ONNX (numpy + onnx, no torch)."""
     from lookalike_local import efficientnet, minilm
 
     target = model_dir or efficientnet.default_model_dir()
-    click.echo(f"wrote {efficientnet.build_onnx(target / efficientnet.ONNX_NAME)}")
-    click.echo(f"wrote {minilm.build_onnx(target)}")
+    if only in (None, "image"):
+        click.echo(f"wrote {efficientnet.build_onnx(target / efficientnet.ONNX_NAME)}")
+    if only in (None, "text"):
+        click.echo(f"wrote {minilm.build_onnx(target)}")
 
 
 def default_template() -> Path:

@@ -137,18 +137,26 @@ class MiniLM(Embedder):
     def __init__(self, options: MiniLMOptions | None = None, context: BackendContext | None = None) -> None:
         self.options = options or MiniLMOptions()
         self.batch_size = self.options.batch_size
-        self._session, self._tokenizer = _load(self.options.model_dir or default_model_dir(), self.options.threads)
+        self._loaded: tuple[Any, Any] | None = None
+
+    def _model(self) -> tuple[Any, Any]:
+        # Loaded on first use: functions that never embed text (reverse_search, embed) never load
+        # it, and their Lambda package does not carry it.
+        if self._loaded is None:
+            self._loaded = _load(self.options.model_dir or default_model_dir(), self.options.threads)
+        return self._loaded
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         raise NotImplementedError("all-MiniLM-L6-v2 embeds text only")
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        session, tokenizer = self._model()
         out = []
         for start in range(0, len(texts), self.batch_size):
-            encoded = self._tokenizer.encode_batch(list(texts[start:start + self.batch_size]))
+            encoded = tokenizer.encode_batch(list(texts[start:start + self.batch_size]))
             ids = np.array([e.ids for e in encoded], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            out.append(self._session.run(["pooled"], {"input_ids": ids, "attention_mask": mask})[0])
+            out.append(session.run(["pooled"], {"input_ids": ids, "attention_mask": mask})[0])
         if not out:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return l2_normalize(np.concatenate(out))
