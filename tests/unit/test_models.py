@@ -80,6 +80,14 @@ def test_captions_are_searched_by_meaning(deployment: Path) -> None:
     assert page.hits[0].id == "dress" and page.total == 3  # the uncaptioned item is not a text hit
     with pytest.raises(BadRequest):
         tenant.text_search("c", "?!")
+    # keyword mode: only literal words count; hybrid: both lists fused by reciprocal rank.
+    assert [h.id for h in tenant.text_search("c", "woollen", mode="keyword").hits] == ["hat"]
+    assert tenant.text_search("c", "headwear", mode="keyword").hits == []
+    hybrid = tenant.text_search("c", "woollen headwear for winter", mode="hybrid", limit=3)
+    assert hybrid.hits[0].id == "hat" and hybrid.total == 3
+    assert hybrid.hits[0].score == pytest.approx(2 / 61, abs=1e-6)  # first in both lists
+    assert [h.id for h in tenant.text_search("c", "woollen headwear for winter", mode="hybrid", limit=1,
+                                             offset=1).hits] == [hybrid.hits[1].id]
 
 
 def test_text_embedder_fallbacks_and_mismatch(tmp_path: Path, model_dir: Path,

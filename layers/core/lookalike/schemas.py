@@ -133,6 +133,8 @@ class SearchResponse(BaseModel):
 
 class TextSearchRequest(Strict):
     query: str = Field(min_length=1, max_length=500)
+    mode: Literal["semantic", "keyword", "hybrid"] = Field(
+        default="semantic", description="meaning, BM25 keywords, or both fused by reciprocal rank")
     fields: list[Literal["caption", "prompt"]] = Field(default=["caption", "prompt"], min_length=1)
     limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
     offset: int = Field(default=0, ge=0, le=10_000)

@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -40,6 +40,7 @@ from lookalike.contracts import (
     CollectionInfo,
     CollectionSpec,
     Embedder,
+    Hit,
     Item,
     SearchBackend,
     SearchPage,
@@ -129,6 +130,11 @@ def _chunks(entries: Iterable[Any], size: int) -> Iterable[list[Any]]:
     it = iter(entries)
     while chunk := list(islice(it, size)):
         yield chunk
+
+
+TextMode = Literal["semantic", "keyword", "hybrid"]
+RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
+HYBRID_DEPTH = 200  # candidates taken from each side before fusing
 
 
 class TenantService:
@@ -443,19 +449,42 @@ class TenantService:
 
     def text_search(self, collection: str, text: str, *, fields: Sequence[str] = TEXT_FIELDS,
                     limit: int = 10, offset: int = 0, filter: Filter | None = None,
-                    min_score: float | None = None) -> SearchPage:
-        """Semantic search over caption / prompt vectors; keyword (BM25) where the collection has none."""
+                    min_score: float | None = None, mode: TextMode = "semantic") -> SearchPage:
+        """Search captions / prompts.
+
+        ``semantic``: by meaning (cosine over text vectors); falls back to keyword where the
+        collection keeps no text vectors. ``keyword``: BM25 (or the backend's equivalent).
+        ``hybrid``: both, fused by reciprocal rank (score = sum of 1 / (60 + rank)); it works
+        the same over every backend because it is done here, above them.
+        """
         info = self.collection(collection)
         self._check_page(limit, offset)
         if not re.search(r"\w", text):
             raise BadRequest("query has no searchable words")
         vector = None
-        if info.text_model_id is not None:
+        if info.text_model_id is not None and mode != "keyword":
             self._text_model_matches(info)
             vector = self.text_embedder.embed_texts([text])[0]  # type: ignore[union-attr]
-        return self.search_backend.text_search(self.id, collection, TextQuery(
-            text=text, fields=tuple(fields), limit=limit, offset=offset, filter=filter,  # type: ignore[arg-type]
-            vector=vector, min_score=min_score if vector is not None else None))
+        query = TextQuery(text=text, fields=tuple(fields), limit=limit, offset=offset,  # type: ignore[arg-type]
+                          filter=filter, vector=vector, min_score=min_score if vector is not None else None)
+        if mode != "hybrid" or vector is None:
+            return self.search_backend.text_search(self.id, collection, query)
+        return self._hybrid(collection, query, limit, offset)
+
+    def _hybrid(self, collection: str, query: TextQuery, limit: int, offset: int) -> SearchPage:
+        depth = min(HYBRID_DEPTH, max(offset + limit, 2 * limit))
+        ranked = [self.search_backend.text_search(self.id, collection, replace(query, limit=depth, offset=0,
+                                                                              vector=v, min_score=m))
+                  for v, m in ((query.vector, query.min_score), (None, None))]
+        fused: dict[str, float] = {}
+        hits: dict[str, Hit] = {}
+        for page in ranked:
+            for rank, hit in enumerate(page.hits):
+                fused[hit.id] = fused.get(hit.id, 0.0) + 1.0 / (RRF_K + rank + 1)
+                hits.setdefault(hit.id, hit)
+        order = sorted(fused, key=lambda i: (-fused[i], i))
+        chosen = [replace(hits[i], score=round(fused[i], 6)) for i in order[offset:offset + limit]]
+        return SearchPage(hits=chosen, total=len(order))
 
     def facets(self, collection: str, fields: Sequence[str] | None = None, filter: Filter | None = None,
                size: int = 100) -> dict[str, list[tuple[str, int]]]:

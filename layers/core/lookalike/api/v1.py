@@ -222,7 +222,7 @@ def search_by_text(collection: str) -> SearchResponse:
     tenant = tenant_from_bearer(text.current_event)
     body = validate(TextSearchRequest, json_object(text.current_event))
     page = tenant.text_search(collection, body.query, fields=body.fields, limit=body.limit, offset=body.offset,
-                              filter=filters.from_json(body.filter), min_score=body.min_score)
+                              filter=filters.from_json(body.filter), min_score=body.min_score, mode=body.mode)
     return _page(collection, page, body.limit, body.offset, started)
 
 
