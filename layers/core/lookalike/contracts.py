@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from lookalike.errors import BadRequest
 from lookalike.filters import Filter
 
 
@@ -59,8 +60,6 @@ class Embedder(abc.ABC):
         """This model's vectors at another ``dimension`` (the PixLab 512 / 1024), if it defines one."""
         if dimension == self.dimension:
             return vectors
-        from lookalike.errors import BadRequest
-
         raise BadRequest(f"this model has no {dimension}-dimensional output")
 
 

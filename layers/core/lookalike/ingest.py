@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus
 
 from lookalike.errors import BadRequest, LookalikeError, NotFound
 from lookalike.fetch import fetch
-from lookalike.service import IngestReport, Lookalike, TenantService
+from lookalike.service import ImageRef, IngestReport, Lookalike, TenantService
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 MAX_MANIFEST_LINE = 64 * 1024
@@ -211,8 +211,6 @@ def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any) -> str:
         pass
     except ValueError:
         return "refused: sidecar metadata is not valid JSON"
-    from lookalike.service import ImageRef
-
     try:
         tenant.put_item(where.collection, where.item_id, ImageRef(data=data), metadata)
     except BadRequest as exc:

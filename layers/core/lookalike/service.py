@@ -47,7 +47,7 @@ from lookalike.contracts import (
     TextQuery,
     VectorQuery,
 )
-from lookalike.errors import BadRequest, ConfigurationError, ModelMismatch, NotFound, Unauthorized
+from lookalike.errors import BadRequest, ConfigurationError, Conflict, ModelMismatch, NotFound, Unauthorized
 from lookalike.fetch import FetchPolicy, fetch
 from lookalike.filters import Filter
 from lookalike.plugins import Registry, default_registry
@@ -173,8 +173,6 @@ class TenantService:
         return self._create(name, settings or self.config.collection_settings(self.id, name))
 
     def _create(self, name: str, settings: CollectionSettings) -> CollectionInfo:
-        from lookalike.errors import Conflict
-
         text = self.text_embedder
         spec = CollectionSpec(name=name, model_id=self.embedder.model_id, dimension=self.embedder.dimension,
                               settings=settings.model_dump(), text_model_id=text.model_id if text else None,
