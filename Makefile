@@ -27,7 +27,7 @@ $(LOOKALIKE_MODEL_DIR)/.built: $(BIN)/.installed
 setup: $(BIN)/.installed $(LOOKALIKE_MODEL_DIR)/.built
 
 demo: setup
-	$(BIN)/lookalike init --tenant demo --api-key $(DEMO_KEY)
+	$(BIN)/lookalike init --tenant demo --api-key $(DEMO_KEY) --default-collection clothing
 	$(BIN)/lookalike ingest $(DEMO_DATA) --collection clothing --tenant demo
 	@echo "Try:  curl -s -H 'Authorization: Bearer $(DEMO_KEY)' -F image=@tests/fixtures/queries/shoes.jpg -F limit=5 http://127.0.0.1:$(PORT)/v1/collections/clothing/search"
 	$(BIN)/lookalike serve --port $(PORT)

@@ -71,6 +71,7 @@ def test_cli_workflow(runner: CliRunner, tmp_path: Path) -> None:
 
 def test_cli_needs_a_tenant_when_several(runner: CliRunner) -> None:
     run(runner, "init", "--tenant", "a")
-    run(runner, "init", "--tenant", "b", "--api-key", "second-key")
+    run(runner, "init", "--tenant", "b", "--api-key", "second-key", "--default-collection", "shop")
+    assert parse_config(Settings().config_path.read_text()).tenants["b"].default_collection == "shop"
     assert "choose a tenant with --tenant" in run(runner, "collections", code=2)
     assert "no configuration" in CliRunner().invoke(main, ["tenants"], env={"LOOKALIKE_HOME": "/nonexistent"}).output

@@ -48,13 +48,17 @@ def main() -> None:
 @click.option("--tenant", default="demo", show_default=True)
 @click.option("--api-key", help="Use this key instead of generating one (development only).")
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration.")
-def init(tenant: str, api_key: str | None, force: bool) -> None:
+@click.option("--default-collection", help="The collection Imgen and XGen clients search.")
+def init(tenant: str, api_key: str | None, force: bool, default_collection: str | None) -> None:
     """Write a configuration with one tenant and print its API key."""
     settings = Settings()
     path = settings.config_path
     if path.exists() and not force:
         config = parse_config(path.read_text(encoding="utf-8"))
         if tenant in config.tenants and api_key and config.tenant_for_key(api_key) == tenant:
+            if default_collection and config.tenants[tenant].default_collection != default_collection:
+                config.tenants[tenant].default_collection = default_collection
+                write_config(path, config)
             click.echo(f"{path} already has tenant {tenant!r} with that key")
             return
         if not api_key:
@@ -64,6 +68,8 @@ def init(tenant: str, api_key: str | None, force: bool) -> None:
     key = api_key or f"lk_{secrets.token_urlsafe(24)}"
     existing = config.tenants.get(tenant, TenantConfig())
     existing.api_keys.append(ApiKey(sha256=hash_key(key), label="init"))
+    if default_collection:
+        existing.default_collection = default_collection
     config.tenants[tenant] = existing
     write_config(path, config)
     click.echo(f"wrote {path}\ntenant: {tenant}\napi key: {key}")
