@@ -250,10 +250,6 @@ class EfficientNetLite0(Embedder):
         model_dir = o.model_dir or default_model_dir()
         self._session = _session(model_dir / ONNX_NAME, o.threads)
 
-    def feature_maps(self, images: Sequence[Image.Image], kind: View = "crop") -> np.ndarray:
-        pixels = preprocess(images, self.options.image_size, kind)
-        return self._session.run(["features"], {"pixels": pixels})[0]  # type: ignore[attr-defined]
-
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         pixels = preprocess(images, self.options.image_size)
         return self._session.run(["logits"], {"pixels": pixels})[0]  # type: ignore[attr-defined]
