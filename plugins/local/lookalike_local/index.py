@@ -57,9 +57,9 @@ _MIGRATIONS = (
 )
 
 
-_INFO_SQL = ("SELECT name, model_id, dimension, settings, status, created_at,"
-             " (SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name),"
-             " text_model_id, text_dimension FROM collections c")
+_COUNT_SQL = "(SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name)"
+_INFO_SQL = ("SELECT name, model_id, dimension, settings, status, created_at, {count},"
+             " text_model_id, text_dimension, revision FROM collections c")
 
 
 class LocalIndexOptions(BaseModel):
@@ -125,15 +125,25 @@ class LocalIndex(SearchBackend):
 
     def get_collection(self, tenant: str, name: str) -> CollectionInfo | None:
         with self._lock:
+            # Every search asks for its collection: count from the cached vectors when they are
+            # current (counting 100k rows in SQLite costs ~5 ms), from SQLite otherwise.
             row = self._db.execute(
-                _INFO_SQL + " WHERE tenant = ? AND name = ?", (tenant, name),
+                _INFO_SQL.format(count="-1") + " WHERE tenant = ? AND name = ?", (tenant, name),
+            ).fetchone()
+            if row is None:
+                return None
+            cached = self._cache.get((tenant, name))
+            if cached is not None and cached.revision == row[9]:
+                return _info((*row[:6], len(cached.ids), *row[7:]))
+            row = self._db.execute(
+                _INFO_SQL.format(count=_COUNT_SQL) + " WHERE tenant = ? AND name = ?", (tenant, name),
             ).fetchone()
         return _info(row) if row else None
 
     def list_collections(self, tenant: str) -> list[CollectionInfo]:
         with self._lock:
             rows = self._db.execute(
-                _INFO_SQL + " WHERE tenant = ? ORDER BY name", (tenant,),
+                _INFO_SQL.format(count=_COUNT_SQL) + " WHERE tenant = ? ORDER BY name", (tenant,),
             ).fetchall()
         return [_info(r) for r in rows]
 
