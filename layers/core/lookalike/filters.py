@@ -7,6 +7,7 @@ OpenSearch). ``matches`` is the reference semantics used by in-memory fakes and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,15 @@ def _values(metadata: Mapping[str, Any], field: str) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+def as_number(text: str) -> float | None:
+    """The finite number a text term reads as (``price:100``), or None."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -135,10 +145,7 @@ def _equal(stored: Any, term: Scalar) -> bool:
     if isinstance(stored, str):
         return stored == term
     if _is_number(stored):
-        try:
-            return float(stored) == float(term)
-        except ValueError:
-            return False
+        return float(stored) == as_number(term)
     return False
 
 

@@ -34,7 +34,7 @@ from lookalike.contracts import (
     VectorQuery,
 )
 from lookalike.errors import BadRequest, Conflict, NotFound
-from lookalike.filters import And, Filter, Not, Or, Range, Term
+from lookalike.filters import And, Filter, Not, Or, Range, Term, as_number
 from lookalike.ranking import top_k
 
 _SCHEMA = """
@@ -447,7 +447,7 @@ def _compile(node: Filter, params: list[Any]) -> str:
         if isinstance(value, (int, float)):
             params.append(float(value))
             return "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type IN ('integer','real') AND value = ?)"
-        number = _as_number(value)
+        number = as_number(value)
         params.append(value)
         if number is None:
             return "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type = 'text' AND value = ?)"
@@ -472,14 +472,6 @@ def _compile(node: Filter, params: list[Any]) -> str:
     if isinstance(node, Not):
         return "NOT (" + _compile(node.item, params) + ")"
     raise TypeError(f"unknown filter node {node!r}")
-
-
-def _as_number(value: str) -> float | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if np.isfinite(number) else None
 
 
 def _grow(array: np.ndarray, rows: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lookalike.filters import And, Filter, Not, Or, Range, Term
+from lookalike.filters import And, Filter, Not, Or, Range, Term, as_number
 
 
 def typed_fields(metadata: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
@@ -28,14 +28,6 @@ def typed_fields(metadata: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
     return out
 
 
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def compile_filter(node: Filter) -> dict[str, Any]:
     """The same semantics as ``lookalike.filters.matches``."""
     if isinstance(node, Term):
@@ -44,7 +36,7 @@ def compile_filter(node: Filter) -> dict[str, Any]:
             return {"term": {f"b.{node.field}": value}}
         if isinstance(value, (int, float)):
             return {"term": {f"n.{node.field}": float(value)}}
-        number = _number(value)
+        number = as_number(value)
         text = {"term": {f"s.{node.field}": value}}
         if number is None:
             return text
