@@ -7,6 +7,9 @@ keys, tokens, image bytes or internal paths.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class LookalikeError(Exception):
     """Base class: a client-visible error with an HTTP status."""
@@ -69,3 +72,20 @@ class ConfigurationError(LookalikeError):
 
     status = 500
     default_message = "Server misconfigured"
+
+
+def describe_validation(errors: Sequence[Mapping[str, Any]], request_locations: bool = False) -> str:
+    """``field.path: message`` of the first pydantic error.
+
+    With ``request_locations`` the leading "body" / "query" / "path" that Powertools puts in
+    front of a request parameter's location is left out.
+    """
+    if not errors:
+        return BadRequest.default_message
+    first = errors[0]
+    loc = list(first.get("loc", ()))
+    if request_locations and loc and loc[0] in ("body", "query", "path"):
+        loc = loc[1:]
+    where = ".".join(str(p) for p in loc)
+    msg = str(first.get("msg", "invalid value"))
+    return f"{where}: {msg}" if where else msg

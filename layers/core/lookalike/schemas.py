@@ -68,8 +68,8 @@ class EmbedOptions(Strict):
     dimension: Literal[512, 1024] | None = Field(default=None, description="project to 512 or 1024 dimensions")
 
 
-class EmbedRequest(OneImage):
-    dimension: Literal[512, 1024] | None = Field(default=None, description="project to 512 or 1024 dimensions")
+class EmbedRequest(EmbedOptions, OneImage):
+    """An image by one field, plus the embed options."""
 
 
 class PutItem(OneImage):

@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import LookalikeError, describe_validation
 
 # Most routes emit no custom metric; that is expected, not worth a warning per request.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
@@ -24,16 +24,6 @@ metrics = Metrics(namespace="Lookalike", service="lookalike")
 
 def error_response(status: int, message: str) -> Response:
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body={"error": message})
-
-
-def validation_message(exc: RequestValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "Bad request"
-    first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
-    msg = str(first.get("msg", "invalid value"))
-    return f"{where}: {msg}" if where else msg
 
 
 def build_app(*routers: Router) -> APIGatewayRestResolver:
@@ -49,7 +39,7 @@ def build_app(*routers: Router) -> APIGatewayRestResolver:
 
     @app.exception_handler(RequestValidationError)
     def _invalid(exc: RequestValidationError) -> Response:
-        return error_response(400, validation_message(exc))
+        return error_response(400, describe_validation(exc.errors(), request_locations=True))
 
     @app.not_found
     def _not_found(exc: NotFoundError) -> Response:

@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from multipart import MultipartError, MultipartParser, ParserLimitReached, parse_options_header
 from pydantic import BaseModel, ValidationError
 
-from lookalike.errors import BadRequest, PayloadTooLarge
+from lookalike.errors import BadRequest, PayloadTooLarge, describe_validation
 from lookalike.service import Lookalike, TenantService
 
 M = TypeVar("M", bound=BaseModel)
@@ -101,10 +101,7 @@ def validate(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        msg = first.get("msg", "invalid value")
-        raise BadRequest(f"{where}: {msg}" if where else str(msg)) from None
+        raise BadRequest(describe_validation(exc.errors())) from None
 
 
 @dataclass

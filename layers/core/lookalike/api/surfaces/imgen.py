@@ -16,14 +16,12 @@ from lookalike.api.request import json_object, tenant_from_bearer, validate
 from lookalike.contracts import Hit
 from lookalike.errors import NotFound
 from lookalike.filters import And, Filter, Term
+from lookalike.schemas import GENERATE_MIN_SCORE
 from lookalike.service import TenantService
 
 search_router = Router()  # generate function: /api/search, /api/generate
 taxonomy_router = Router()  # taxonomy function: /api/characters, /api/models, /api/styles
 
-#: generate's relevance floor: the best match must reach this cosine similarity (all-MiniLM-L6-v2
-#: scores unrelated sentences around 0-0.2 and paraphrases above 0.5).
-GENERATE_MIN_SCORE = 0.3
 SEARCH_FIELDS = {"both": ("caption", "prompt"), "caption": ("caption",), "prompt": ("prompt",)}
 
 
