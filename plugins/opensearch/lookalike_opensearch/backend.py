@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lookalike import backoff
 from lookalike.contracts import (
     TEXT_FIELDS,
     BackendContext,
@@ -126,7 +126,7 @@ class OpenSearchBackend(SearchBackend):
             except (os_errors.SerializationError, ValueError) as exc:  # a body that is not JSON
                 raise BackendUnavailable("search backend answered malformed JSON") from exc
             if attempt < self.options.max_retries:
-                time.sleep(self.options.backoff_seconds * (2 ** attempt) * (0.5 + random.random() / 2))
+                time.sleep(backoff.delay(self.options.backoff_seconds, attempt))
         raise BackendUnavailable("search backend unavailable") from error
 
     def _request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import time
 from collections.abc import Sequence
 from functools import cache
@@ -21,6 +20,7 @@ import requests
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from lookalike import backoff
 from lookalike.contracts import BackendContext, Embedder
 from lookalike.errors import BackendUnavailable, ConfigurationError, InvalidImage
 
@@ -95,7 +95,7 @@ class PixLabEmbedder(Embedder):
                     raise BackendUnavailable(f"embedding service error {status}")
                 error = f"embedding service error {status}"
             if attempt < self.options.max_retries:
-                time.sleep(self.options.backoff_seconds * (2 ** attempt) * (0.5 + random.random() / 2))
+                time.sleep(backoff.delay(self.options.backoff_seconds, attempt))
         raise BackendUnavailable(error)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
