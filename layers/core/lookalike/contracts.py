@@ -157,6 +157,9 @@ class SearchBackend(abc.ABC):
 
     Options: ClassVar[type[BaseModel]] = NoOptions
     supports_text_search: ClassVar[bool] = True
+    #: Whether caption/prompt vectors (another model, another dimension) can be kept beside
+    #: the image vectors; without them text search is keyword search.
+    supports_text_vectors: ClassVar[bool] = True
 
     @abc.abstractmethod
     def create_collection(self, tenant: str, spec: CollectionSpec) -> CollectionInfo:

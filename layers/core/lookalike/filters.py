@@ -169,3 +169,18 @@ def matches(node: Filter | None, metadata: Mapping[str, Any]) -> bool:
     if isinstance(node, Not):
         return not matches(node.item, metadata)
     raise TypeError(f"unknown filter node {node!r}")
+
+
+def facet_keys(value: Any) -> list[str]:
+    """The distinct keyword values one metadata value counts under in facets.
+
+    Texts count as themselves and integers as their digits; floats (measurements) and
+    booleans are not keywords.
+    """
+    keys: dict[str, None] = {}
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str):
+            keys[v] = None
+        elif isinstance(v, int) and not isinstance(v, bool):
+            keys[str(v)] = None
+    return list(keys)

@@ -20,7 +20,8 @@ from lookalike import hookspecs
 from lookalike.contracts import BlobStore, Embedder, SearchBackend
 from lookalike.errors import ConfigurationError
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("lookalike_local", "lookalike_aws", "lookalike_opensearch", "lookalike_pixlab")
+DEFAULT_PLUGINS: tuple[str, ...] = ("lookalike_local", "lookalike_aws", "lookalike_opensearch", "lookalike_pixlab",
+                                     "lookalike_marqo")
 ENTRY_POINT_GROUP = "lookalike"
 
 

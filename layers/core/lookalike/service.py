@@ -173,7 +173,7 @@ class TenantService:
         return self._create(name, settings or self.config.collection_settings(self.id, name))
 
     def _create(self, name: str, settings: CollectionSettings) -> CollectionInfo:
-        text = self.text_embedder
+        text = self.text_embedder if self.search_backend.supports_text_vectors else None
         spec = CollectionSpec(name=name, model_id=self.embedder.model_id, dimension=self.embedder.dimension,
                               settings=settings.model_dump(), text_model_id=text.model_id if text else None,
                               text_dimension=text.dimension if text else None)

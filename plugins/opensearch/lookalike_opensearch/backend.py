@@ -34,6 +34,7 @@ from lookalike.contracts import (
 )
 from lookalike.errors import BackendUnavailable, BadRequest, ConfigurationError, Conflict, NotFound
 from lookalike.filters import Filter
+from lookalike.secrets import read_secret
 from lookalike_opensearch.query import compile_filter, typed_fields
 
 T = TypeVar("T")
@@ -47,6 +48,7 @@ class OpenSearchOptions(BaseModel):
     username: str | None = None
     password_env: str | None = None  # the environment variable holding the password (never the password)
     password_secret: str | None = None  # or a Secrets Manager secret name / ARN (read through Powertools)
+    password_parameter: str | None = None  # or an SSM SecureString parameter name
     region: str | None = None  # sigv4
     service: Literal["es", "aoss"] = "es"  # sigv4: Amazon OpenSearch Service or Serverless
     engine: Literal["lucene", "faiss"] = "lucene"
@@ -60,18 +62,6 @@ class OpenSearchOptions(BaseModel):
     verify_certs: bool = True
 
 
-def _password(options: OpenSearchOptions) -> str:
-    if options.password_env:
-        value = os.environ.get(options.password_env)
-        if value:
-            return value
-    if options.password_secret:
-        from aws_lambda_powertools.utilities import parameters
-
-        return str(parameters.get_secret(options.password_secret, max_age=300))
-    raise ConfigurationError("OpenSearch basic auth needs password_env or password_secret")
-
-
 def make_client(options: OpenSearchOptions) -> Any:
     from opensearchpy import AWSV4SignerAuth, OpenSearch, RequestsHttpConnection
 
@@ -82,7 +72,8 @@ def make_client(options: OpenSearchOptions) -> Any:
                               "retry_on_timeout": False, "verify_certs": options.verify_certs,
                               "connection_class": RequestsHttpConnection}
     if options.auth == "basic":
-        kwargs["http_auth"] = (options.username or "", _password(options))
+        kwargs["http_auth"] = (options.username or "", read_secret(
+            "the OpenSearch password", options.password_env, options.password_secret, options.password_parameter))
     elif options.auth == "sigv4":
         import boto3
 

@@ -1,7 +1,7 @@
 """Images -> PixLab ``POST /imgembed`` (multipart upload), 512 or 1024 dimensions.
 
-The key comes from an environment variable or AWS Secrets Manager (read through Powertools,
-cached), never from the configuration document, and is never logged. One ``requests``
+The key comes from an environment variable, AWS Secrets Manager or SSM (``lookalike.secrets``),
+never from the configuration document, and is never logged. One ``requests``
 session per process; connect/read timeouts; 429 and 5xx are retried with jittered
 exponential backoff, a bounded number of times.
 """
@@ -9,7 +9,6 @@ exponential backoff, a bounded number of times.
 from __future__ import annotations
 
 import io
-import os
 import time
 from collections.abc import Sequence
 from functools import cache
@@ -22,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike import backoff
 from lookalike.contracts import BackendContext, Embedder
-from lookalike.errors import BackendUnavailable, ConfigurationError, InvalidImage
+from lookalike.errors import BackendUnavailable, InvalidImage
+from lookalike.secrets import read_secret
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -32,6 +32,7 @@ class PixLabOptions(BaseModel):
     endpoint: str = "https://api.pixlab.io"
     key_env: str | None = "PIXLAB_API_KEY"
     key_secret: str | None = None  # Secrets Manager name / ARN, used when key_env is unset or empty
+    key_parameter: str | None = None  # or an SSM SecureString parameter name
     dimension: Literal[512, 1024] = 1024
     connect_timeout: float = Field(default=3.0, gt=0, le=30)
     read_timeout: float = Field(default=20.0, gt=0, le=120)
@@ -47,16 +48,6 @@ def _session() -> requests.Session:
     return session
 
 
-def _key(options: PixLabOptions) -> str:
-    if options.key_env and os.environ.get(options.key_env):
-        return os.environ[options.key_env]
-    if options.key_secret:
-        from aws_lambda_powertools.utilities import parameters
-
-        return str(parameters.get_secret(options.key_secret, max_age=300))
-    raise ConfigurationError("the pixlab embedder needs a key: set key_env's variable or key_secret")
-
-
 class PixLabEmbedder(Embedder):
     Options = PixLabOptions
     supports_images = True
@@ -67,7 +58,8 @@ class PixLabEmbedder(Embedder):
         self.dimension = self.options.dimension
         self.batch_size = self.options.batch_size
         self.model_id = f"pixlab/imgembed/{self.dimension}"
-        self._key = _key(self.options)
+        self._key = read_secret("the PixLab key", self.options.key_env, self.options.key_secret,
+                                self.options.key_parameter)
 
     def _post(self, jpeg: bytes) -> dict[str, Any]:
         url = self.options.endpoint.rstrip("/") + "/imgembed"

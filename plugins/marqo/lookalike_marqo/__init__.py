@@ -1,0 +1,13 @@
+"""Marqo search backend: collections kept in Marqo Cloud or a self-hosted Marqo, vectors brought."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lookalike.hookspecs import hookimpl
+from lookalike_marqo.backend import MarqoBackend
+
+
+@hookimpl
+def register_search_backends(register: Callable[[str, type], None]) -> None:
+    register("marqo", MarqoBackend)

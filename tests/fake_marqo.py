@@ -1,0 +1,296 @@
+"""A small Marqo 2 on loopback: the REST API the marqo backend speaks, with Marqo's semantics.
+
+Unstructured ``no_model`` indexes with ``custom_vector`` fields; add documents (batches of
+at most 128, per-document errors), delete-batch, get document (``expose_facets`` gives the
+``_embedding``), stats, and search: ``TENSOR`` with ``context.tensor`` scored as Vespa's
+closeness 1 / (1 + (1 - cos)) (exact and approximate alike), ``LEXICAL`` with a simple
+term-frequency score over every string field, Marqo's filter DSL with its typed equality,
+``attributesToRetrieve``, limit/offset. Ties come back in insertion order, not by id, as a
+real engine gives no tie order. Errors use Marqo's ``{message, code, type, link}`` shape.
+
+``cloud=True`` adds Marqo Cloud's control plane (``/api/v2/indexes``) where a new index is
+``CREATING`` for ``creating_polls`` listings before it is ``READY``. An ``api_key`` makes
+every call require the ``x-api-key`` header. It records every request and can fail the next
+ones (status, malformed JSON, delay) on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from typing import Any
+
+from lookalike.api.surfaces import marqo_filter
+from lookalike.errors import BadRequest
+from lookalike.filters import And, Filter, Not, Or, Range, Term
+from tests.loopback import LoopbackServer
+
+MAX_LIMIT = 1000
+
+
+def _error(status: int, code: str, message: str) -> tuple[int, Any]:
+    kind = "invalid_request" if status < 500 else "internal"
+    return status, {"message": message, "code": code, "type": kind, "link": ""}
+
+
+def _equal(stored: Any, value: str | bool) -> bool:
+    """Marqo's equality term: bool, short string, string-list member, or number."""
+    if isinstance(value, bool):
+        return isinstance(stored, bool) and stored is value
+    if isinstance(stored, bool):
+        return False
+    if isinstance(stored, str):
+        return stored == value
+    if isinstance(stored, list):
+        return value in stored
+    if isinstance(stored, (int, float)):
+        try:
+            return stored == int(value)
+        except ValueError:
+            try:
+                return stored == float(value)
+            except ValueError:
+                return False
+    return False
+
+
+def _matches(node: Filter, doc: dict[str, Any], max_len: int) -> bool:
+    if isinstance(node, Term):
+        if node.field == "_id":
+            return doc["_id"] == node.value
+        stored = doc.get(node.field)
+        if isinstance(stored, str) and len(stored) > max_len:
+            return False  # a long string is not filterable
+        return _equal(stored, node.value)  # type: ignore[arg-type]
+    if isinstance(node, Range):
+        stored = doc.get(node.field)
+        if isinstance(stored, bool) or not isinstance(stored, (int, float)):
+            return False
+        return (node.lower is None or stored >= node.lower) and (node.upper is None or stored <= node.upper)
+    if isinstance(node, And):
+        return all(_matches(n, doc, max_len) for n in node.items)
+    if isinstance(node, Or):
+        return any(_matches(n, doc, max_len) for n in node.items)
+    if isinstance(node, Not):
+        return not _matches(node.item, doc, max_len)
+    raise TypeError(node)
+
+
+def _unit(v: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in v))
+    return [x / norm for x in v] if norm else v
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+class FakeMarqo(LoopbackServer):
+    def __init__(self, cloud: bool = False, api_key: str | None = None, creating_polls: int = 1) -> None:
+        super().__init__()
+        self.cloud = cloud
+        self.api_key = api_key
+        self.creating_polls = creating_polls
+        self.indexes: dict[str, dict[str, Any]] = {}
+        self.lock = threading.RLock()
+
+    def failure_body(self, status: int) -> Any:
+        return {"message": "injected failure", "code": "injected", "type": "internal", "link": ""}
+
+    def searches(self) -> list[dict[str, Any]]:
+        return [json.loads(r["body"]) for r in self.requests if r["path"].endswith("/search")]
+
+    # ------------------------------------------------------------ routing
+
+    def route(self, method: str, path: str, params: dict[str, str], headers: dict[str, str],
+              raw: bytes) -> tuple[int, Any]:
+        if self.api_key is not None and headers.get("x-api-key") != self.api_key:
+            return _error(401, "unauthorized", "Invalid API key")
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            return _error(400, "bad_request", "invalid JSON")
+        parts = [p for p in path.split("/") if p]
+        with self.lock:
+            if self.cloud and parts[:3] == ["api", "v2", "indexes"]:
+                return self._control(method, parts[3:], body)
+            if parts[:1] == ["indexes"]:
+                if len(parts) <= 2 and not self.cloud:
+                    return self._control(method, parts[1:], body)
+                if len(parts) >= 3:
+                    return self._data(method, parts[1], parts[2:], params, body)
+        return _error(404, "not_found", f"no route {method} {path}")
+
+    def _control(self, method: str, rest: list[str], body: Any) -> tuple[int, Any]:
+        if not rest and method == "GET":
+            rows = []
+            for name, index in sorted(self.indexes.items()):
+                if self.cloud:
+                    index["polls"] += 1
+                    status = "CREATING" if index["polls"] <= self.creating_polls else "READY"
+                    rows.append({"index_name": name, "index_status": status, "endpoint": self.url})
+                else:
+                    rows.append({"indexName": name})
+            return 200, {"results": rows}
+        if len(rest) != 1:
+            return _error(404, "not_found", "unknown route")
+        name = rest[0]
+        if method == "POST":
+            return self._create(name, body or {})
+        if method == "DELETE":
+            if self.indexes.pop(name, None) is None:
+                return _error(404, "index_not_found", f"Index {name} not found")
+            return 200, {"acknowledged": True}
+        return _error(405, "method_not_allowed", "method not allowed")
+
+    def _create(self, name: str, settings: dict[str, Any]) -> tuple[int, Any]:
+        if name in self.indexes:
+            return _error(409, "index_already_exists", f"Index {name} already exists")
+        if settings.get("type") != "unstructured" or settings.get("model") != "no_model":
+            return _error(400, "invalid_argument", "this fake serves unstructured no_model indexes only")
+        props = settings.get("modelProperties") or {}
+        if props.get("type") != "no_model" or not isinstance(props.get("dimensions"), int):
+            return _error(400, "invalid_argument", "no_model needs modelProperties.dimensions")
+        if (settings.get("annParameters") or {}).get("spaceType") != "prenormalized-angular":
+            return _error(400, "invalid_argument", "this fake scores prenormalized-angular only")
+        self.indexes[name] = {"settings": settings, "dimension": props["dimensions"], "docs": {}, "polls": 0,
+                              "max_len": int(settings.get("filterStringMaxLength", 50))}
+        return 200, {"acknowledged": True, "index": name}
+
+    def _ready(self, name: str) -> dict[str, Any] | None:
+        index = self.indexes.get(name)
+        if index is None or (self.cloud and index["polls"] <= self.creating_polls):
+            return None
+        return index
+
+    def _data(self, method: str, name: str, rest: list[str], params: dict[str, str],
+              body: Any) -> tuple[int, Any]:
+        index = self._ready(name)
+        if index is None:
+            return _error(404, "index_not_found", f"Index {name} not found")
+        if rest == ["stats"] and method == "GET":
+            docs = index["docs"].values()
+            return 200, {"numberOfDocuments": len(index["docs"]),
+                         "numberOfVectors": sum(1 for d in docs if "vector" in d)}
+        if rest == ["documents"] and method == "POST":
+            return self._add(index, body)
+        if rest == ["documents", "delete-batch"] and method == "POST":
+            if not isinstance(body, list):
+                return _error(400, "invalid_argument", "expected a list of ids")
+            items = []
+            for doc_id in body:
+                found = index["docs"].pop(doc_id, None) is not None
+                items.append({"_id": doc_id, "status": 200 if found else 404,
+                              "result": "deleted" if found else "not_found"})
+            return 200, {"index_name": name, "status": "succeeded", "type": "documentDeletion", "items": items}
+        if len(rest) == 2 and rest[0] == "documents" and method == "GET":
+            doc = index["docs"].get(rest[1])
+            if doc is None:
+                return _error(404, "document_not_found", f"Document {rest[1]} not found")
+            out = dict(doc["fields"])
+            if params.get("expose_facets") == "true" and "vector" in doc:
+                out["_tensor_facets"] = [{doc["vector_field"]: "", "_embedding": doc["vector"]}]
+            return 200, out
+        if rest == ["search"] and method == "POST":
+            return self._search(index, body or {})
+        return _error(404, "not_found", "unknown route")
+
+    # ------------------------------------------------------------ documents
+
+    def _add(self, index: dict[str, Any], body: Any) -> tuple[int, Any]:
+        documents = (body or {}).get("documents")
+        if not isinstance(documents, list):
+            return _error(400, "invalid_argument", "documents must be a list")
+        if len(documents) > 128:
+            return _error(400, "invalid_argument", "Number of docs in add documents request (129) exceeds limit")
+        mappings = body.get("mappings") or {}
+        tensor_fields = body.get("tensorFields") or []
+        items = []
+        for doc in documents:
+            problem = self._validate(index, doc, mappings, tensor_fields)
+            if problem:
+                items.append({"_id": doc.get("_id"), "status": 400, "message": problem, "code": "invalid_argument"})
+                continue
+            stored: dict[str, Any] = {"fields": {}}
+            for key, value in doc.items():
+                if mappings.get(key, {}).get("type") == "custom_vector" and key in tensor_fields:
+                    stored["vector"] = _unit([float(x) for x in value["vector"]])
+                    stored["vector_field"] = key
+                else:
+                    stored["fields"][key] = value
+            stored["seq"] = index.setdefault("seq", 0)
+            index["seq"] += 1
+            index["docs"][doc["_id"]] = stored
+            items.append({"_id": doc["_id"], "status": 200})
+        return 200, {"errors": any(i["status"] != 200 for i in items), "items": items, "processingTimeMs": 1}
+
+    @staticmethod
+    def _validate(index: dict[str, Any], doc: Any, mappings: dict[str, Any], tensor_fields: list[str]) -> str:
+        if not isinstance(doc, dict) or not isinstance(doc.get("_id"), str) or not doc["_id"]:
+            return "every document needs a string _id"
+        for key, value in doc.items():
+            if key == "_id":
+                continue
+            if key.startswith("__") or "::" in key or key in ("_tensor_facets", "_highlights", "_score", "_found"):
+                return f"invalid field name {key}"
+            if mappings.get(key, {}).get("type") == "custom_vector":
+                vector = value.get("vector") if isinstance(value, dict) else None
+                if not isinstance(vector, list) or len(vector) != index["dimension"]:
+                    return f"custom vector of {key} must have {index['dimension']} dimensions"
+            elif isinstance(value, list):
+                if not all(isinstance(v, str) for v in value):
+                    return "Unstructured Marqo index only supports string lists"
+            elif not isinstance(value, (str, int, float, bool)):
+                return f"Field content of type {type(value).__name__} is not of valid content type"
+        return ""
+
+    # ------------------------------------------------------------ search
+
+    def _search(self, index: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
+        limit, offset = int(body.get("limit", 10)), int(body.get("offset", 0))
+        if not 1 <= limit <= MAX_LIMIT or offset < 0 or limit + offset > 10000:
+            return _error(400, "invalid_argument", "limit must be 1-1000 and limit + offset at most 10000")
+        if body.get("searchMethod", "TENSOR") == "TENSOR" and "efSearch" in body and body["efSearch"] <= limit:
+            return _error(400, "invalid_argument", "efSearch must be greater than limit")
+        candidates = index["docs"].items()
+        if body.get("filter"):
+            try:
+                node = marqo_filter.parse(body["filter"])
+            except BadRequest as exc:
+                return _error(400, "invalid_argument", f"Error parsing filter string: {exc}")
+            candidates = [(i, d) for i, d in candidates
+                          if _matches(node, {"_id": i, **d["fields"]}, index["max_len"])]
+        scored: list[tuple[float, int, str, dict[str, Any]]] = []
+        if body.get("searchMethod", "TENSOR") == "TENSOR":
+            tensor = (body.get("context") or {}).get("tensor") or []
+            if not tensor or body.get("q"):
+                return _error(400, "invalid_argument", "this fake searches with context.tensor only")
+            query = [0.0] * index["dimension"]
+            for part in tensor:
+                if len(part["vector"]) != index["dimension"]:
+                    return _error(400, "invalid_argument", "context vector has the wrong dimension")
+                query = [q + part.get("weight", 1) * float(x) for q, x in zip(query, part["vector"], strict=True)]
+            query = _unit(query)
+            for doc_id, doc in candidates:
+                if "vector" in doc:
+                    cos = sum(a * b for a, b in zip(query, doc["vector"], strict=True))
+                    scored.append((1.0 / (2.0 - cos), doc["seq"], doc_id, doc))
+        elif body.get("searchMethod") == "LEXICAL":
+            words = set(_words(str(body.get("q") or "")))
+            for doc_id, doc in candidates:
+                text = [w for v in doc["fields"].values() for s in (v if isinstance(v, list) else [v])
+                        if isinstance(s, str) for w in _words(s)]
+                score = sum(text.count(w) for w in words) / (1 + len(text)) ** 0.5
+                if score > 0:
+                    scored.append((score, doc["seq"], doc_id, doc))
+        else:
+            return _error(400, "invalid_argument", "searchMethod must be TENSOR or LEXICAL")
+        scored.sort(key=lambda row: (-row[0], row[1]))  # ties in insertion order
+        wanted = body.get("attributesToRetrieve")
+        hits = []
+        for score, _, doc_id, doc in scored[offset:offset + limit]:
+            fields = doc["fields"] if wanted is None else {k: v for k, v in doc["fields"].items() if k in wanted}
+            hits.append({**fields, "_id": doc_id, "_score": score, "_highlights": []})
+        return 200, {"hits": hits, "limit": limit, "offset": offset, "processingTimeMs": 1}
