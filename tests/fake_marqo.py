@@ -56,7 +56,7 @@ def _equal(stored: Any, value: str | bool) -> bool:
     return False
 
 
-def _matches(node: Filter, doc: dict[str, Any], max_len: int) -> bool:
+def matches(node: Filter, doc: dict[str, Any], max_len: int) -> bool:
     if isinstance(node, Term):
         if node.field == "_id":
             return doc["_id"] == node.value
@@ -70,11 +70,11 @@ def _matches(node: Filter, doc: dict[str, Any], max_len: int) -> bool:
             return False
         return (node.lower is None or stored >= node.lower) and (node.upper is None or stored <= node.upper)
     if isinstance(node, And):
-        return all(_matches(n, doc, max_len) for n in node.items)
+        return all(matches(n, doc, max_len) for n in node.items)
     if isinstance(node, Or):
-        return any(_matches(n, doc, max_len) for n in node.items)
+        return any(matches(n, doc, max_len) for n in node.items)
     if isinstance(node, Not):
-        return not _matches(node.item, doc, max_len)
+        return not matches(node.item, doc, max_len)
     raise TypeError(node)
 
 
@@ -261,7 +261,7 @@ class FakeMarqo(LoopbackServer):
             except BadRequest as exc:
                 return _error(400, "invalid_argument", f"Error parsing filter string: {exc}")
             candidates = [(i, d) for i, d in candidates
-                          if _matches(node, {"_id": i, **d["fields"]}, index["max_len"])]
+                          if matches(node, {"_id": i, **d["fields"]}, index["max_len"])]
         scored: list[tuple[float, int, str, dict[str, Any]]] = []
         if body.get("searchMethod", "TENSOR") == "TENSOR":
             tensor = (body.get("context") or {}).get("tensor") or []

@@ -1,7 +1,8 @@
-"""Two tenants on different search backends, served by the same deployed handlers."""
+"""Tenants on different search backends, served by the same deployed handlers."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from lookalike.api.request import service
 from tests.conftest import load_event, write_deployment
+from tests.fake_marqo import FakeMarqo
 from tests.fake_opensearch import FakeOpenSearch
 from tests.functional.test_events import invoke
 
@@ -20,29 +22,49 @@ def opensearch() -> Iterator[FakeOpenSearch]:
     server.stop()
 
 
+@pytest.fixture()
+def marqo() -> Iterator[FakeMarqo]:
+    server = FakeMarqo(api_key="initech-marqo-key")
+    yield server
+    server.stop()
+
+
 def as_tenant(event: dict, key: str) -> dict:
     event["headers"]["Authorization"] = f"Bearer {key}"
     event["multiValueHeaders"]["Authorization"] = [f"Bearer {key}"]
     return event
 
 
-def test_same_handlers_two_backends(deployment: Path, opensearch: FakeOpenSearch) -> None:
+def test_same_handlers_three_backends(deployment: Path, opensearch: FakeOpenSearch, marqo: FakeMarqo,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INITECH_MARQO_KEY", "initech-marqo-key")
+
+    def key(raw: bytes) -> list[dict[str, str]]:
+        return [{"sha256": hashlib.sha256(raw).hexdigest()}]
+
     write_deployment(deployment, {"tenants": {
-        "demo": {"api_keys": [{"sha256": __import__("hashlib").sha256(b"demo-key").hexdigest()}]},
-        "globex": {"api_keys": [{"sha256": __import__("hashlib").sha256(b"globex-key").hexdigest()}],
+        "demo": {"api_keys": key(b"demo-key")},
+        "globex": {"api_keys": key(b"globex-key"),
                    "search": {"name": "opensearch", "options": {"url": opensearch.url, "refresh": "true"}}},
+        "initech": {"api_keys": key(b"initech-key"),
+                    "search": {"name": "marqo", "options": {"url": marqo.url, "api_key_env": "INITECH_MARQO_KEY"}}},
     }})
-    for key in ("demo-key", "globex-key"):
-        assert invoke("taxonomy", as_tenant(load_event("taxonomy_create_collection"), key))[0] == 201
-        status, item = invoke("upload", as_tenant(load_event("upload_put_item"), key))
+    for api_key in ("demo-key", "globex-key", "initech-key"):
+        assert invoke("taxonomy", as_tenant(load_event("taxonomy_create_collection"), api_key))[0] == 201
+        status, item = invoke("upload", as_tenant(load_event("upload_put_item"), api_key))
         assert status == 200 and item["id"] == "shoe-1"
-        status, body = invoke("reverse_search", as_tenant(load_event("reverse_search"), key))
+        status, body = invoke("reverse_search", as_tenant(load_event("reverse_search"), api_key))
         assert status == 200 and [h["id"] for h in body["hits"]] == ["shoe-1"]
-        status, body = invoke("generate", as_tenant(load_event("generate_text_search"), key))
-        assert status == 200 and body["hits"][0]["id"] == "shoe-1"
+        status, body = invoke("generate", as_tenant(load_event("generate_text_search"), api_key))
+        assert status == 200 and body["hits"][0]["id"] == "shoe-1", (api_key, body)
     app = service()
     assert type(app.tenant("demo").search_backend).__name__ == "LocalIndex"
     assert type(app.tenant("globex").search_backend).__name__ == "OpenSearchBackend"
-    # globex's documents went to OpenSearch, demo's did not.
+    assert type(app.tenant("initech").search_backend).__name__ == "MarqoBackend"
+    # Each tenant's documents went to its own backend only.
     bulk_bodies = [r["body"] for r in opensearch.requests if r["path"] == "/_bulk"]
     assert len(bulk_bodies) == 1 and '"shoe-1"' in bulk_bodies[0]
+    added = [r["body"] for r in marqo.requests if r["path"].endswith("/documents") and r["method"] == "POST"]
+    assert sum('"shoe-1"' in b for b in added) == 1
+    # Marqo keeps one vector space per index: initech's collection holds no caption vectors.
+    assert app.tenant("initech").collection("clothing").text_model_id is None

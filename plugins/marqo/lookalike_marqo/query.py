@@ -5,7 +5,9 @@ Marqo's unstructured indexes filter on top-level fields: strings (up to the inde
 stored as ``m_<name>`` (or ``x_<hash>`` when the name has characters Marqo's DSL cannot
 write), so it cannot collide with Lookalike's own fields. An equality term in Marqo matches
 a boolean, a string, a member of a string list or, when the value reads as a number, a
-number: the same typed semantics as ``lookalike.filters.matches``.
+number. A number term compiles to a one-point range, which matches numbers only, so filters
+keep the typed semantics of ``lookalike.filters.matches``; the one difference left is that
+a boolean term also matches the text "true" / "false".
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def compile_filter(node: Filter) -> str:
         if isinstance(value, bool):
             return f"{field}:{'true' if value else 'false'}"
         if isinstance(value, (int, float)):
-            return f"{field}:{escape(_number(value))}"
+            # A degenerate range: Marqo's equality would also match the text "50".
+            return f"{field}:[{_number(value)} TO {_number(value)}]"
         return f"{field}:{escape(value)}"
     if isinstance(node, Range):
         lower = "*" if node.lower is None else _number(node.lower)
