@@ -123,8 +123,15 @@ def test_ingest_events_against_s3_over_http(deployment: Path, moto_server: str,
     status, body = invoke("taxonomy", load_event("taxonomy_list_collections"))
     assert body["collections"][0]["item_count"] == 1
 
+    # A removal event whose object still exists (it came back) keeps the item ...
     assert function("ingest").lambda_handler(load_event("ingest_object_removed"), LocalContext()) == {
         "batchItemFailures": []}
+    assert invoke("taxonomy", _get_item_event("shoe-2"))[0] == 200
+    # ... and once the object is really gone, the item is too.
+    s3.delete_object(Bucket="lookalike-catalog", Key="demo/clothing/shoe-2.jpg")
+    removed = json.loads(json.dumps(load_event("ingest_object_removed")).replace("0062E99A88DC407460",
+                                                                                 "0062E99A88DC407461"))
+    assert function("ingest").lambda_handler(removed, LocalContext()) == {"batchItemFailures": []}
     status, _ = invoke("taxonomy", _get_item_event("shoe-2"))
     assert status == 404
 
@@ -148,7 +155,9 @@ def test_ingest_events_against_s3_over_http(deployment: Path, moto_server: str,
         return real_upsert(tenant, collection, items)
 
     monkeypatch.setattr(backend, "upsert", flaky_upsert)
-    batch = load_event("ingest_object_created")
+    s3.put_object(Bucket="lookalike-catalog", Key="demo/clothing/shoe-2.jpg", Body=image)  # uploaded again
+    batch = json.loads(json.dumps(load_event("ingest_object_created")).replace("0062E99A88DC407460",
+                                                                               "0062E99A88DC407470"))
     third = json.loads(json.dumps(batch["Records"][0]).replace("shoe-2.jpg", "shoe-3.jpg"))
     third["messageId"] = "third"
     batch["Records"].append(third)

@@ -1,4 +1,4 @@
-"""Ingestion shared by the CLI (folders, JSONL manifests) and the S3-event Lambda.
+"""Ingestion shared by the CLI (folders, JSONL manifests, a watched folder) and the S3-event Lambda.
 
 Catalog bucket layout: ``<tenant>/<collection>/<item_id>.<jpg|jpeg|png|webp|gif|bmp|tif|tiff>``.
 Metadata comes from the object's user metadata (``x-amz-meta-*``) overlaid by an optional
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
 from lookalike.errors import BadRequest, LookalikeError, NotFound
 from lookalike.fetch import fetch
+from lookalike.idempotency import OnceOnly
 from lookalike.service import ImageRef, IngestReport, Lookalike, TenantService
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -175,8 +177,126 @@ def parse_catalog_key(key: str) -> CatalogKey | None:
     return CatalogKey(parts[0], parts[1], item_id_for(path))
 
 
-def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any) -> str:
-    """Apply one S3 event record; returns what was done. Raises to ask for a retry."""
+class PoisonObject(BadRequest):
+    """A catalog object no retry can fix: raised, so its message ends in the DLQ with the reason."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    data: bytes
+    metadata: dict[str, Any]
+
+
+class ObjectSource(Protocol):
+    """Where catalog objects live: the S3 catalog bucket, or a watched folder."""
+
+    def read(self, key: str, max_bytes: int) -> StoredObject | None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+def _sidecar_key(key: str) -> str:
+    return key.rsplit(".", 1)[0] + ".json"
+
+
+def _overlay(metadata: dict[str, Any], sidecar: bytes | None) -> dict[str, Any]:
+    if sidecar is None:
+        return metadata
+    try:
+        extra = json.loads(sidecar)
+    except ValueError:
+        raise PoisonObject("refused: sidecar metadata is not valid JSON") from None
+    if not isinstance(extra, dict):
+        raise PoisonObject("refused: sidecar metadata must be a JSON object")
+    return {**metadata, **extra}
+
+
+class S3Objects:
+    def __init__(self, s3: Any, bucket: str) -> None:
+        self.s3, self.bucket = s3, bucket
+
+    def _get(self, key: str) -> Any:
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key)
+        except self.s3.exceptions.NoSuchKey:
+            return None
+
+    def read(self, key: str, max_bytes: int) -> StoredObject | None:
+        obj = self._get(key)
+        if obj is None:
+            return None
+        if obj.get("ContentLength", 0) > max_bytes:
+            raise PoisonObject("refused: image exceeds the size limit")
+        data = obj["Body"].read()
+        sidecar = self._get(_sidecar_key(key))
+        metadata = dict(obj.get("Metadata") or {})
+        return StoredObject(data, _overlay(metadata, sidecar["Body"].read() if sidecar else None))
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+
+class FolderObjects:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def read(self, key: str, max_bytes: int) -> StoredObject | None:
+        path = self.root / key
+        try:
+            if path.stat().st_size > max_bytes:
+                raise PoisonObject("refused: image exceeds the size limit")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        sidecar = self.root / _sidecar_key(key)
+        return StoredObject(data, _overlay({}, sidecar.read_bytes() if sidecar.is_file() else None))
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
+
+def converge(tenant: TenantService, where: CatalogKey, objects: ObjectSource, key: str) -> str:
+    """Make the index agree with the object as it is *now*.
+
+    Every event for a key, whatever its kind and in whatever order it arrives, re-reads the
+    object: present -> indexed with its current bytes and metadata; gone -> deleted. So a
+    late ObjectRemoved cannot delete a newer object, nor a late ObjectCreated resurrect a
+    deleted one.
+    """
+    obj = objects.read(key, tenant.limits.max_image_bytes)
+    if obj is None:
+        tenant.delete_item(where.collection, where.item_id)
+        return "deleted"
+    try:
+        tenant.put_item(where.collection, where.item_id, ImageRef(data=obj.data), obj.metadata)
+    except PoisonObject:
+        raise
+    except BadRequest as exc:
+        raise PoisonObject(f"refused: {exc.message}") from exc
+    if not objects.exists(key):  # removed while it was being embedded
+        tenant.delete_item(where.collection, where.item_id)
+        return "deleted"
+    return "indexed"
+
+
+def event_identity(record: dict[str, Any]) -> dict[str, str]:
+    """What makes two deliveries the same S3 event: bucket, key, version/eTag and sequencer."""
+    obj = record["s3"]["object"]
+    return {"bucket": record["s3"]["bucket"]["name"], "key": obj["key"],
+            "version": str(obj.get("versionId") or obj.get("eTag") or ""),
+            "sequencer": str(obj.get("sequencer") or ""), "event": str(record.get("eventName", ""))}
+
+
+def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: OnceOnly | None = None) -> str:
+    """Apply one S3 event record; returns what was done. Raises to ask for a retry (or the DLQ)."""
     bucket = record["s3"]["bucket"]["name"]
     key = unquote_plus(record["s3"]["object"]["key"])
     where = parse_catalog_key(key)
@@ -190,29 +310,51 @@ def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any) -> str:
         tenant.collection(where.collection)
     except NotFound:
         return "refused: unknown collection"
-    event_name = record.get("eventName", "")
-    if event_name.startswith("ObjectRemoved"):
-        tenant.delete_item(where.collection, where.item_id)
-        return "deleted"
-    try:
-        obj = s3.get_object(Bucket=bucket, Key=key)
-    except s3.exceptions.NoSuchKey:
-        return "skipped: object no longer exists"  # its ObjectRemoved event follows
-    if obj.get("ContentLength", 0) > tenant.limits.max_image_bytes:
-        return "refused: image exceeds the size limit"
-    data = obj["Body"].read()
-    metadata: dict[str, Any] = dict(obj.get("Metadata") or {})
-    sidecar_key = key.rsplit(".", 1)[0] + ".json"
-    try:
-        sidecar = json.loads(s3.get_object(Bucket=bucket, Key=sidecar_key)["Body"].read())
-        if isinstance(sidecar, dict):
-            metadata.update(sidecar)
-    except s3.exceptions.NoSuchKey:
-        pass
-    except ValueError:
-        return "refused: sidecar metadata is not valid JSON"
-    try:
-        tenant.put_item(where.collection, where.item_id, ImageRef(data=data), metadata)
-    except BadRequest as exc:
-        return f"refused: {exc.message}"  # bad input does not get better with retries
-    return "indexed"
+
+    def apply(identity: dict[str, str]) -> str:
+        return converge(tenant, where, S3Objects(s3, bucket), key)
+
+    identity = event_identity(record)
+    return once.run(identity, apply) if once else apply(identity)
+
+
+# ---------------------------------------------------------------- folder watcher
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for path in folder.iterdir():
+        if path.is_file() and (path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() == ".json"):
+            stat = path.stat()
+            out[path.name] = (stat.st_mtime_ns, stat.st_size)
+    return out
+
+
+def watch_folder(tenant: TenantService, collection: str, folder: Path, *, interval: float = 2.0,
+                 polls: int | None = None, on_change: Any = None) -> None:
+    """Keep ``collection`` in step with ``folder``: new or changed images (or sidecars) are
+    indexed, removed ones deleted, through the same ``converge`` as S3 events. Polls, so it
+    needs no OS notification API; ``polls`` bounds it (None: until interrupted)."""
+    tenant.collection(collection)
+    objects = FolderObjects(folder)
+    seen: dict[str, tuple[int, int]] = {}
+    n = 0
+    while polls is None or n < polls:
+        now = _snapshot(folder)
+        changed = {name for name in now.keys() | seen.keys() if now.get(name) != seen.get(name)}
+        images = {name for name in changed if Path(name).suffix.lower() in IMAGE_SUFFIXES}
+        for name in changed - images:  # a sidecar changed: re-index its image
+            images |= {img for img in now if Path(img).suffix.lower() in IMAGE_SUFFIXES
+                       and _sidecar_key(img) == name}
+        for name in sorted(images):
+            where = CatalogKey(tenant.id, collection, item_id_for(Path(name)))
+            try:
+                outcome = converge(tenant, where, objects, name)
+            except LookalikeError as exc:
+                outcome = f"failed: {exc.message}"
+            if on_change:
+                on_change(name, outcome)
+        seen = now
+        n += 1
+        if polls is None or n < polls:
+            time.sleep(interval)
