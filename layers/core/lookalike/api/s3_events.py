@@ -18,7 +18,8 @@ from lookalike.errors import BadRequest, LookalikeError
 from lookalike.idempotency import OnceOnly, default_once_only
 from lookalike.ingest import handle_s3_record
 
-processor = BatchProcessor(event_type=EventType.SQS)
+# A batch whose every record failed is reported record by record too, rather than raised.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @cache
