@@ -173,3 +173,30 @@ def _get_item_event(item_id: str) -> dict:
                  resource="/v1/collections/{collection}/items/{item_id}",
                  pathParameters={"collection": "clothing", "item_id": item_id})
     return event
+
+
+def test_folder_watcher_uses_the_same_ingestion_path(deployment: Path, tmp_path: Path) -> None:
+    """Without AWS, a watched folder drives the same convergence as S3 events do."""
+    from lookalike.api.request import service
+    from lookalike.ingest import FolderWatcher
+
+    tenant = service().tenant("demo")
+    tenant.create_collection("watched")
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    shoes = sorted((FIXTURES / "images" / "shoes").iterdir())
+    (folder / "a.jpg").write_bytes(shoes[0].read_bytes())
+    (folder / "b.jpg").write_bytes(shoes[1].read_bytes())
+    (folder / "b.json").write_text(json.dumps({"brand": "acme"}))
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    watcher = FolderWatcher(tenant, "watched", folder)
+    assert dict(watcher.poll()) == {"a.jpg": "indexed", "b.jpg": "indexed",
+                                    "broken.jpg": "failed: refused: Invalid image format"}
+    assert watcher.poll() == []  # nothing changed, nothing done
+    (folder / "a.jpg").unlink()
+    (folder / "b.json").write_text(json.dumps({"brand": "globex", "price": 5}))
+    assert dict(watcher.poll()) == {"a.jpg": "deleted", "b.jpg": "indexed"}
+    assert tenant.search_backend.get_item("demo", "watched", "a") is None
+    metadata = tenant.search_backend.get_item("demo", "watched", "b").metadata
+    assert (metadata["brand"], metadata["price"]) == ("globex", 5)
+    assert tenant.collection("watched").item_count == 1

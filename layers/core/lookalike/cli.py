@@ -152,6 +152,26 @@ def ingest(source: Path, collection: str, tenant: str | None, threads: int, upda
 
 
 @main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--collection", required=True)
+@click.option("--tenant")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between scans of the folder.")
+@click.option("--polls", type=int, help="Stop after this many scans (default: until Ctrl-C).")
+def watch(folder: Path, collection: str, tenant: str | None, interval: float, polls: int | None) -> None:
+    """Keep COLLECTION in step with FOLDER: new or changed images (or their .json sidecars)
+    are indexed, deleted ones removed, through the same path as S3 events."""
+    from lookalike.ingest import watch_folder
+
+    service = _tenant(_service(), tenant)
+    click.echo(f"watching {folder} -> {service.id}/{collection} (Ctrl-C to stop)")
+    try:
+        watch_folder(service, collection, folder, interval=interval, polls=polls,
+                     on_change=lambda name, outcome: click.echo(f"{name}: {outcome}"))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--collection", required=True)
 @click.option("--tenant")

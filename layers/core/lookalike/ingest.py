@@ -330,31 +330,45 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def watch_folder(tenant: TenantService, collection: str, folder: Path, *, interval: float = 2.0,
-                 polls: int | None = None, on_change: Any = None) -> None:
-    """Keep ``collection`` in step with ``folder``: new or changed images (or sidecars) are
-    indexed, removed ones deleted, through the same ``converge`` as S3 events. Polls, so it
-    needs no OS notification API; ``polls`` bounds it (None: until interrupted)."""
-    tenant.collection(collection)
-    objects = FolderObjects(folder)
-    seen: dict[str, tuple[int, int]] = {}
-    n = 0
-    while polls is None or n < polls:
-        now = _snapshot(folder)
-        changed = {name for name in now.keys() | seen.keys() if now.get(name) != seen.get(name)}
+class FolderWatcher:
+    """Keeps ``collection`` in step with ``folder``: new or changed images (or sidecars) are
+    indexed, removed ones deleted, through the same ``converge`` as S3 events. It polls, so
+    it needs no OS notification API."""
+
+    def __init__(self, tenant: TenantService, collection: str, folder: Path) -> None:
+        tenant.collection(collection)
+        self.tenant, self.collection, self.objects = tenant, collection, FolderObjects(folder)
+        self.seen: dict[str, tuple[int, int]] = {}
+
+    def poll(self) -> list[tuple[str, str]]:
+        """One scan; returns (file name, outcome) for each image it acted on."""
+        now = _snapshot(self.objects.root)
+        changed = {name for name in now.keys() | self.seen.keys() if now.get(name) != self.seen.get(name)}
         images = {name for name in changed if Path(name).suffix.lower() in IMAGE_SUFFIXES}
         for name in changed - images:  # a sidecar changed: re-index its image
             images |= {img for img in now if Path(img).suffix.lower() in IMAGE_SUFFIXES
                        and _sidecar_key(img) == name}
+        done = []
         for name in sorted(images):
-            where = CatalogKey(tenant.id, collection, item_id_for(Path(name)))
+            where = CatalogKey(self.tenant.id, self.collection, item_id_for(Path(name)))
             try:
-                outcome = converge(tenant, where, objects, name)
+                outcome = converge(self.tenant, where, self.objects, name)
             except LookalikeError as exc:
                 outcome = f"failed: {exc.message}"
+            done.append((name, outcome))
+        self.seen = now
+        return done
+
+
+def watch_folder(tenant: TenantService, collection: str, folder: Path, *, interval: float = 2.0,
+                 polls: int | None = None, on_change: Any = None) -> None:
+    """Poll ``folder`` every ``interval`` seconds, ``polls`` times (None: until interrupted)."""
+    watcher = FolderWatcher(tenant, collection, folder)
+    n = 0
+    while polls is None or n < polls:
+        for name, outcome in watcher.poll():
             if on_change:
                 on_change(name, outcome)
-        seen = now
         n += 1
         if polls is None or n < polls:
             time.sleep(interval)

@@ -1,0 +1,129 @@
+"""Ingestion throughput: images per second from S3 event to searchable.
+
+    .venv/bin/python bench/ingest.py [--limit 3068] [--batch 10]
+
+1. Starts moto's S3 and SQS servers on loopback and uploads the 3,068 catalog photos of
+   ../shared/data/clothing/train under ``bench/clothing/<id>.jpg`` (not timed).
+2. Sends one S3 ObjectCreated notification per photo to the SQS queue, as the bucket's
+   notification configuration would, and starts the clock.
+3. Plays Lambda's SQS event source mapping: receives batches of ``--batch`` messages, hands
+   them to the deployed ingest handler (functions/ingest/app.py: S3 GET, sidecar lookup,
+   decode, EfficientNet-Lite0, once-only record, upsert into the embedded index), deletes
+   what succeeded; stops the clock when the queue is empty and every photo is searchable.
+
+One process on this machine, the embedded default (local index, SQLite idempotency).
+Writes bench/results/ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "clothing"
+RESULTS = ROOT / "bench" / "results"
+BUCKET = "bench-catalog"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=0, help="photos to ingest (0: all)")
+    parser.add_argument("--batch", type=int, default=10, help="SQS batch size (the template's BatchSize)")
+    args = parser.parse_args()
+    paths = sorted((DATA / "train").rglob("*.jpg"))
+    if not paths:
+        sys.exit(f"no photos under {DATA / 'train'}")
+    paths = paths[: args.limit or None]
+
+    home = Path(tempfile.mkdtemp(prefix="lookalike-bench-ingest-"))
+    (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {"bench": {"api_keys": []}},
+                                                      "defaults": {"text_embedder": {"name": "none"}}}))
+    for name, value in {"LOOKALIKE_HOME": str(home), "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                        "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true",
+                        "POWERTOOLS_LOG_LEVEL": "WARNING"}.items():
+        os.environ[name] = value
+    os.environ.pop("LOOKALIKE_IDEMPOTENCY_TABLE", None)
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{server._server.server_port}"  # type: ignore[attr-defined]
+    os.environ["LOOKALIKE_S3_ENDPOINT_URL"] = endpoint
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    sqs = boto3.client("sqs", endpoint_url=endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+    queue = sqs.create_queue(QueueName="ingest")["QueueUrl"]
+    for path in paths:
+        s3.put_object(Bucket=BUCKET, Key=f"bench/clothing/{path.stem}.jpg", Body=path.read_bytes())
+
+    spec = importlib.util.spec_from_file_location("ingest_app", ROOT / "functions" / "ingest" / "app.py")
+    assert spec and spec.loader
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    from lookalike.api.request import service
+    from lookalike.contracts import VectorQuery
+    from lookalike.lambda_context import LocalContext
+
+    tenant = service().tenant("bench")
+    tenant.create_collection("clothing")
+    tenant.embedder.embed_images([tenant.decode(paths[0].read_bytes()).image])  # load the model first
+
+    started = time.perf_counter()
+    for start in range(0, len(paths), 10):
+        sqs.send_message_batch(QueueUrl=queue, Entries=[{"Id": str(n), "MessageBody": json.dumps({"Records": [{
+            "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": BUCKET}, "object": {"key": f"bench/clothing/{p.stem}.jpg",
+                                                          "sequencer": f"{start + n:018X}"}}}]})}
+            for n, p in enumerate(paths[start:start + 10])])
+    context = LocalContext(function_name="ingest")
+    failures = 0
+    empty = 0
+    while empty < 2:
+        got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=args.batch, VisibilityTimeout=60
+                                  ).get("Messages", [])
+        if not got:
+            empty += 1
+            continue
+        empty = 0
+        event = {"Records": [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                              "attributes": {}, "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+                              "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:0:ingest",
+                              "awsRegion": "us-east-1"} for m in got]}
+        failed = {f["itemIdentifier"] for f in app.lambda_handler(event, context)["batchItemFailures"]}
+        failures += len(failed)
+        sqs.delete_message_batch(QueueUrl=queue, Entries=[
+            {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(got)
+            if m["MessageId"] not in failed])
+    info = tenant.collection("clothing")
+    last = tenant.search_backend.get_item("bench", "clothing", paths[-1].stem)
+    assert last is not None
+    hit = tenant.search_backend.search("bench", "clothing", VectorQuery(vector=last.vector, limit=1)).hits[0]
+    elapsed = time.perf_counter() - started
+    server.stop()
+
+    report = {
+        "images": len(paths), "indexed": info.item_count, "failures": failures, "seconds": round(elapsed, 2),
+        "images_per_second": round(info.item_count / elapsed, 1), "batch": args.batch,
+        "last_image_searchable": hit.id == paths[-1].stem,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ingest.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
