@@ -91,21 +91,22 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
             self._db.execute("DELETE FROM records WHERE id = ?", (data_record.idempotency_key,))
 
 
+def _call(identity: dict[str, str], fn: Callable[[dict[str, str]], str]) -> str:
+    return fn(identity)
+
+
 class OnceOnly:
     """Runs ``fn(identity)`` at most once per distinct ``identity`` (until it expires)."""
 
     def __init__(self, persistence: BasePersistenceLayer, key_prefix: str = "lookalike-s3") -> None:
         self.persistence = persistence
         self.config = IdempotencyConfig(expires_after_seconds=EXPIRES_AFTER_SECONDS, raise_on_no_idempotency_key=True)
-        self.key_prefix = key_prefix
+        # Decorated once; only ``identity`` is hashed into the key, ``fn`` rides along.
+        self._once = idempotent_function(_call, data_keyword_argument="identity", persistence_store=persistence,
+                                         config=self.config, key_prefix=key_prefix)
 
     def run(self, identity: dict[str, str], fn: Callable[[dict[str, str]], str]) -> str:
-        def apply(identity: dict[str, str]) -> str:
-            return fn(identity)
-
-        wrapped = idempotent_function(apply, data_keyword_argument="identity", persistence_store=self.persistence,
-                                      config=self.config, key_prefix=self.key_prefix)
-        return str(wrapped(identity=identity))
+        return str(self._once(identity=identity, fn=fn))
 
 
 def default_once_only(home: Path) -> OnceOnly:

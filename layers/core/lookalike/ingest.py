@@ -277,8 +277,6 @@ def converge(tenant: TenantService, where: CatalogKey, objects: ObjectSource, ke
         return "deleted"
     try:
         tenant.put_item(where.collection, where.item_id, ImageRef(data=obj.data), obj.metadata)
-    except PoisonObject:
-        raise
     except BadRequest as exc:
         raise PoisonObject(f"refused: {exc.message}") from exc
     if not objects.exists(key):  # removed while it was being embedded

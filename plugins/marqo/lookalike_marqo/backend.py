@@ -66,6 +66,7 @@ VECTOR_FIELD = "lookalike_vector"
 ITEM_FIELD = "lookalike_item"
 KIND_FIELD = "lookalike_kind"
 MAX_BATCH = 128  # Marqo's largest add-documents batch
+SERVING = ("READY", "MODIFYING")  # Marqo Cloud index states that answer requests
 
 
 class MarqoOptions(BaseModel):
@@ -189,7 +190,7 @@ class MarqoBackend(SearchBackend):
             endpoint = self._endpoints.get(index)
         if endpoint is None:
             status, endpoint = self._indexes().get(index, ("", ""))
-            if status not in ("READY", "MODIFYING") or not endpoint:
+            if status not in SERVING or not endpoint:
                 raise NotFound("Collection not found")
             with self._lock:
                 self._endpoints[index] = endpoint
@@ -217,7 +218,7 @@ class MarqoBackend(SearchBackend):
         deadline = time.monotonic() + self.options.create_timeout_seconds
         while True:
             status, _ = self._indexes().get(index, ("", ""))
-            if status in ("READY", "MODIFYING"):
+            if status in SERVING:
                 return
             if time.monotonic() + self.options.poll_seconds > deadline:
                 raise BackendUnavailable("Marqo is still creating this collection's index; retry in a few minutes")
@@ -225,16 +226,19 @@ class MarqoBackend(SearchBackend):
 
     # ------------------------------------------------------------ collections
 
-    def _record(self, tenant: str, name: str) -> dict[str, Any] | None:
-        index = self.index_name(tenant, name)
+    def _index_record(self, index: str) -> dict[str, Any] | None:
+        """The collection record kept in ``index``, or None (no such index, or not one of ours)."""
         try:
             doc = self._request("GET", f"{self._data(index)}/documents/{quote(RECORD_ID, safe='')}", missing_ok=True)
         except NotFound:
             return None
         if not doc or doc.get(KIND_FIELD) != "collection":
             return None
-        record = json.loads(doc["lookalike_record"])
-        return record if (record.get("tenant"), record.get("name")) == (tenant, name) else None
+        return dict(json.loads(doc["lookalike_record"]))
+
+    def _record(self, tenant: str, name: str) -> dict[str, Any] | None:
+        record = self._index_record(self.index_name(tenant, name))
+        return record if record and (record.get("tenant"), record.get("name")) == (tenant, name) else None
 
     def _require(self, tenant: str, name: str) -> dict[str, Any]:
         record = self._record(tenant, name)
@@ -259,15 +263,13 @@ class MarqoBackend(SearchBackend):
         if spec.text_dimension:
             raise BadRequest("the marqo backend keeps one vector space per collection: caption/prompt vectors "
                              "are not supported (set text_embedder: {name: none})")
+        if self._record(tenant, spec.name) is not None:
+            raise Conflict(f"Collection {spec.name!r} already exists")
         index = self.index_name(tenant, spec.name)
-        if index in self._indexes():
-            if self._record(tenant, spec.name) is not None:
-                raise Conflict(f"Collection {spec.name!r} already exists")
-        else:
-            try:
-                self._request("POST", self._control(index), self._index_settings(spec.dimension))
-            except Conflict:
-                pass  # created meanwhile (or still being created): the record decides below
+        try:
+            self._request("POST", self._control(index), self._index_settings(spec.dimension))
+        except Conflict:
+            pass  # an index without its record: half-created earlier, or still being created
         self._wait_ready(index)
         record = {"tenant": tenant, "name": spec.name, "model_id": spec.model_id, "dimension": spec.dimension,
                   "settings": dict(spec.settings), "status": "READY", "created_at": time.time()}
@@ -282,17 +284,14 @@ class MarqoBackend(SearchBackend):
         prefix = f"{self.options.index_prefix}-"
         out = []
         for index, (status, endpoint) in self._indexes().items():
-            if not index.startswith(prefix) or status not in ("READY", "MODIFYING"):
+            if not index.startswith(prefix) or status not in SERVING:
                 continue
             if self.cloud:
                 with self._lock:
                     self._endpoints[index] = endpoint
-            doc = self._request("GET", f"{self._data(index)}/documents/{quote(RECORD_ID, safe='')}",
-                                missing_ok=True)
-            if doc and doc.get(KIND_FIELD) == "collection":
-                record = json.loads(doc["lookalike_record"])
-                if record.get("tenant") == tenant:
-                    out.append(self._info(record, self._count(tenant, record["name"])))
+            record = self._index_record(index)
+            if record and record.get("tenant") == tenant:
+                out.append(self._info(record, self._count(tenant, record["name"])))
         return sorted(out, key=lambda c: c.name)
 
     def delete_collection(self, tenant: str, name: str) -> bool:

@@ -39,8 +39,8 @@ def filter_fields(metadata: dict[str, Any]) -> dict[str, Any]:
             if math.isfinite(value):
                 out[marqo_field(name)] = value
         elif isinstance(value, list):
-            # Marqo lists hold strings only; a number in a list is kept as its text, which an
-            # equality term on that number still matches.
+            # Marqo lists hold strings only: a number in a list is kept as its text, so a text
+            # term ("5") matches it but a number term (5, a one-point range) does not.
             texts = [v if isinstance(v, str) else _number_text(v) for v in value
                      if isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool))]
             out[marqo_field(name)] = [t for t in texts if t is not None]
