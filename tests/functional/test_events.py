@@ -50,6 +50,36 @@ def test_every_template_function_has_events_and_code() -> None:
         assert d.split("_")[0] in event_prefixes or d == "reverse_search", f"no sample event for {d}"
 
 
+def _statements(template: dict, policy: object) -> list[dict]:
+    """The IAM statements behind one entry of a function's Policies."""
+    if isinstance(policy, dict) and "Ref" in policy:
+        return template["Resources"][policy["Ref"]]["Properties"]["PolicyDocument"]["Statement"]
+    assert isinstance(policy, dict) and set(policy) == {"Statement"}, f"SAM policy template {policy}: name the actions"
+    return policy["Statement"]
+
+
+def test_template_grants_least_privilege() -> None:
+    """Explicit actions on named resources; each function only what its code does."""
+    template = load_template(ROOT / "template.yaml")
+    grants: dict[str, set[tuple[str, str]]] = {}
+    for name, spec in template["Resources"].items():
+        if spec["Type"] != "AWS::Serverless::Function":
+            continue
+        grants[name] = set()
+        for policy in spec["Properties"]["Policies"]:
+            for statement in _statements(template, policy):
+                assert statement["Effect"] == "Allow" and statement["Resource"] != "*", statement
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                assert all("*" not in a for a in actions), statement
+                grants[name] |= {(a, json.dumps(statement["Resource"])) for a in actions}
+    writers = {n for n, g in grants.items() if any(a in ("s3:PutObject", "s3:DeleteObject") for a, _ in g)}
+    assert writers == {"UploadFunction", "IngestFunction"}
+    catalog_readers = {n for n, g in grants.items() if any("CatalogBucket" in r for _, r in g)}
+    assert catalog_readers == {"IngestFunction"}
+    assert not any(a.startswith("s3:") for a, _ in grants["GenerateFunction"])
+    assert {n for n, g in grants.items() if any(a.startswith("dynamodb:") for a, _ in g)} == {"IngestFunction"}
+
+
 def _handler_routes(app: object) -> list[tuple[str, str]]:
     """(method, example path) of every route a Powertools resolver serves."""
     routes = app._static_routes + app._dynamic_routes  # type: ignore[attr-defined]

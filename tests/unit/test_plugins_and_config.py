@@ -169,6 +169,15 @@ def test_file_source_rereads_after_change(tmp_path: Path) -> None:
         ConfigSource(Settings(home=tmp_path / "none")).get()
 
 
+def test_stack_bucket_is_the_default_blob_store_unless_the_document_picks_one(tmp_path: Path) -> None:
+    write_deployment(tmp_path)
+    on_stack = ConfigSource(Settings(home=tmp_path, blobs_bucket="stack-anchors")).get()
+    assert on_stack.blobs_for("demo").model_dump() == {"name": "s3", "options": {"bucket": "stack-anchors"}}
+    write_deployment(tmp_path, {"defaults": {"blobs": {"name": "filesystem", "options": {}}}})
+    assert ConfigSource(Settings(home=tmp_path, blobs_bucket="stack-anchors")).get().blobs_for("demo").name == "filesystem"
+    assert ConfigSource(Settings(home=tmp_path)).get().blobs_for("demo").name == "filesystem"
+
+
 def test_ssm_source_over_http(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """On AWS the same document comes from SSM through Powertools parameters, with a TTL."""
     import boto3

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     config_appconfig: str | None = None  # "application/environment/profile"
     config_ttl: int = 60  # seconds a fetched config is trusted before re-reading
     allow_loopback_urls: bool = False  # let image URLs point at 127.0.0.1 (development only)
+    blobs_bucket: str | None = None  # the stack's bucket: the default blob store when the document names none
 
     @property
     def config_path(self) -> Path:
@@ -221,7 +222,7 @@ class ConfigSource:
                 # Powertools caches for max_age itself; parse only when the document changed.
                 raw = self._fetch_remote()
                 if self._config is None or raw != self._stamp:
-                    self._config, self._stamp = parse_config(raw), raw
+                    self._config, self._stamp = self._with_stack_defaults(parse_config(raw)), raw
                 return self._config
             path = s.config_path
             try:
@@ -231,9 +232,17 @@ class ConfigSource:
                     f"no configuration at {path}: run `lookalike init` or set LOOKALIKE_CONFIG"
                 ) from None
             if self._config is None or stamp != self._stamp:
-                self._config = parse_config(path.read_text(encoding="utf-8"))
+                self._config = self._with_stack_defaults(parse_config(path.read_text(encoding="utf-8")))
                 self._stamp = stamp
             return self._config
+
+    def _with_stack_defaults(self, config: DeploymentConfig) -> DeploymentConfig:
+        """On the SAM stack, images default to its bucket unless the document picks a blob store."""
+        bucket = self.settings.blobs_bucket
+        if not bucket or "blobs" in config.defaults.model_fields_set:
+            return config
+        defaults = config.defaults.model_copy(update={"blobs": BackendChoice(name="s3", options={"bucket": bucket})})
+        return config.model_copy(update={"defaults": defaults})
 
     def _fetch_remote(self) -> str:
         from aws_lambda_powertools.utilities import parameters

@@ -258,7 +258,8 @@ class TenantService:
     def _anchor_key(self, anchor_id: str) -> str:
         if not _ANCHOR_ID.match(anchor_id):
             raise NotFound("Anchor not found")
-        return f"{self.id}/anchors/{anchor_id}"
+        # Under one anchors/ prefix so the anchors bucket's lifecycle rule can expire them all.
+        return f"anchors/{self.id}/{anchor_id}"
 
     def stage_anchor(self, ref: ImageRef, region: tuple[float, float, float, float] | None = None) -> Anchor:
         """Store a query image and its embedding; paging by anchor never re-embeds.
