@@ -174,7 +174,8 @@ def test_stack_bucket_is_the_default_blob_store_unless_the_document_picks_one(tm
     on_stack = ConfigSource(Settings(home=tmp_path, blobs_bucket="stack-anchors")).get()
     assert on_stack.blobs_for("demo").model_dump() == {"name": "s3", "options": {"bucket": "stack-anchors"}}
     write_deployment(tmp_path, {"defaults": {"blobs": {"name": "filesystem", "options": {}}}})
-    assert ConfigSource(Settings(home=tmp_path, blobs_bucket="stack-anchors")).get().blobs_for("demo").name == "filesystem"
+    explicit = ConfigSource(Settings(home=tmp_path, blobs_bucket="stack-anchors")).get()
+    assert explicit.blobs_for("demo").name == "filesystem"
     assert ConfigSource(Settings(home=tmp_path)).get().blobs_for("demo").name == "filesystem"
 
 
