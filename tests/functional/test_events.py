@@ -194,6 +194,24 @@ def test_ingest_events_against_s3_over_http(deployment: Path, moto_server: str,
     assert function("ingest").lambda_handler(batch, LocalContext()) == {"batchItemFailures": [
         {"itemIdentifier": "third"}]}
     assert invoke("taxonomy", _get_item_event("shoe-2"))[0] == 200
+    monkeypatch.setattr(backend, "upsert", real_upsert)
+
+    # Replaced while it was being indexed: the record is retried, and the retry indexes the new object.
+    newer = sorted((FIXTURES / "images" / "shoes").iterdir())[1].read_bytes()
+
+    def upload_meanwhile(tenant, collection, items):  # type: ignore[no-untyped-def]
+        s3.put_object(Bucket="lookalike-catalog", Key="demo/clothing/shoe-3.jpg", Body=newer)
+        return real_upsert(tenant, collection, items)
+
+    monkeypatch.setattr(backend, "upsert", upload_meanwhile)
+    assert function("ingest").lambda_handler({"Records": [third]}, LocalContext()) == {"batchItemFailures": [
+        {"itemIdentifier": "third"}]}
+    monkeypatch.setattr(backend, "upsert", real_upsert)
+    assert function("ingest").lambda_handler({"Records": [third]}, LocalContext()) == {"batchItemFailures": []}
+    tenant = service().tenant("demo")
+    stored = backend.get_item("demo", "clothing", "shoe-3")
+    expected = tenant.embedder.embed_images([tenant.decode(newer).image])[0]
+    assert stored is not None and float(stored.vector @ expected) > 0.999
     s3_client.cache_clear()
 
 

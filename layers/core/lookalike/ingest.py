@@ -7,19 +7,22 @@ sidecar JSON object with the same stem (``<tenant>/<collection>/<item_id>.json``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
-from lookalike.errors import BadRequest, LookalikeError, NotFound
+from lookalike.errors import BadRequest, Conflict, LookalikeError, NotFound
 from lookalike.fetch import fetch
 from lookalike.idempotency import OnceOnly
-from lookalike.service import ImageRef, IngestReport, Lookalike, TenantService
+from lookalike.service import ImageRef, IngestReport, Lookalike, PreparedImage, TenantService
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 MAX_MANIFEST_LINE = 64 * 1024
@@ -181,10 +184,15 @@ class PoisonObject(BadRequest):
     """A catalog object no retry can fix: raised, so its message ends in the DLQ with the reason."""
 
 
+class ObjectChanged(Conflict):
+    """The object was replaced while it was being indexed: retried, so the index gets the new one."""
+
+
 @dataclass(frozen=True)
 class StoredObject:
     data: bytes
     metadata: dict[str, Any]
+    version: str  # S3's ETag; a file's mtime and size
 
 
 class ObjectSource(Protocol):
@@ -192,7 +200,8 @@ class ObjectSource(Protocol):
 
     def read(self, key: str, max_bytes: int) -> StoredObject | None: ...
 
-    def exists(self, key: str) -> bool: ...
+    def version(self, key: str) -> str | None:
+        """The object's current version; None when it is gone."""
 
 
 def _sidecar_key(key: str) -> str:
@@ -230,18 +239,17 @@ class S3Objects:
         data = obj["Body"].read()
         sidecar = self._get(_sidecar_key(key))
         metadata = dict(obj.get("Metadata") or {})
-        return StoredObject(data, _overlay(metadata, sidecar["Body"].read() if sidecar else None))
+        return StoredObject(data, _overlay(metadata, sidecar["Body"].read() if sidecar else None), obj.get("ETag", ""))
 
-    def exists(self, key: str) -> bool:
+    def version(self, key: str) -> str | None:
         from botocore.exceptions import ClientError
 
         try:
-            self.s3.head_object(Bucket=self.bucket, Key=key)
+            return str(self.s3.head_object(Bucket=self.bucket, Key=key).get("ETag", ""))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
             raise
-        return True
 
 
 class FolderObjects:
@@ -251,37 +259,87 @@ class FolderObjects:
     def read(self, key: str, max_bytes: int) -> StoredObject | None:
         path = self.root / key
         try:
-            if path.stat().st_size > max_bytes:
+            st = path.stat()
+            if st.st_size > max_bytes:
                 raise PoisonObject("refused: image exceeds the size limit")
             data = path.read_bytes()
         except FileNotFoundError:
             return None
         sidecar = self.root / _sidecar_key(key)
-        return StoredObject(data, _overlay({}, sidecar.read_bytes() if sidecar.is_file() else None))
+        return StoredObject(data, _overlay({}, sidecar.read_bytes() if sidecar.is_file() else None),
+                            f"{st.st_mtime_ns}:{st.st_size}")
 
-    def exists(self, key: str) -> bool:
-        return (self.root / key).is_file()
+    def version(self, key: str) -> str | None:
+        try:
+            st = (self.root / key).stat()
+        except FileNotFoundError:
+            return None
+        return f"{st.st_mtime_ns}:{st.st_size}"
 
 
-def converge(tenant: TenantService, where: CatalogKey, objects: ObjectSource, key: str) -> str:
+@dataclass
+class Prefetched:
+    """An object read, decoded and embedded ahead of its once-only step, or why that failed."""
+
+    obj: StoredObject | None = None
+    image: PreparedImage | None = None
+    error: Exception | None = None
+
+
+def prefetch(tenant: TenantService, objects: ObjectSource, keys: Sequence[str], pool: ThreadPoolExecutor,
+             ) -> dict[str, Prefetched]:
+    """Read ``keys`` concurrently, then decode and embed them together: the SQS batch's I/O and
+    model time, paid once for the batch instead of once per record. A failure here is kept and
+    raised in that record's own step, so it is retried or parked like any other."""
+
+    def read(key: str) -> Prefetched:
+        try:
+            return Prefetched(obj=objects.read(key, tenant.limits.max_image_bytes))
+        except Exception as exc:  # noqa: BLE001 - raised again in the record's own step
+            return Prefetched(error=exc)
+
+    out = dict(zip(keys, pool.map(read, keys), strict=True))
+    present = [p for p in out.values() if p.obj is not None]
+    try:
+        images = tenant.prepare_images([p.obj.data for p in present if p.obj], pool)
+    except Exception as exc:  # noqa: BLE001 - the model failed for the batch: each record retries
+        for p in present:
+            p.error = exc
+        return out
+    for p, image in zip(present, images, strict=True):
+        if isinstance(image, BadRequest):
+            p.error = PoisonObject(f"refused: {image.message}")
+        else:
+            p.image = image
+    return out
+
+
+def converge(tenant: TenantService, where: CatalogKey, objects: ObjectSource, key: str,
+             prefetched: Prefetched | None = None) -> str:
     """Make the index agree with the object as it is *now*.
 
     Every event for a key, whatever its kind and in whatever order it arrives, re-reads the
     object: present -> indexed with its current bytes and metadata; gone -> deleted. So a
     late ObjectRemoved cannot delete a newer object, nor a late ObjectCreated resurrect a
-    deleted one.
+    deleted one. If the object changed while it was indexed, the record is retried.
     """
-    obj = objects.read(key, tenant.limits.max_image_bytes)
+    if prefetched is not None and prefetched.error is not None:
+        raise prefetched.error
+    obj = prefetched.obj if prefetched is not None else objects.read(key, tenant.limits.max_image_bytes)
     if obj is None:
         tenant.delete_item(where.collection, where.item_id)
         return "deleted"
     try:
-        tenant.put_item(where.collection, where.item_id, ImageRef(data=obj.data), obj.metadata)
+        tenant.put_item(where.collection, where.item_id, ImageRef(data=obj.data), obj.metadata,
+                        prepared=prefetched.image if prefetched is not None else None)
     except BadRequest as exc:
         raise PoisonObject(f"refused: {exc.message}") from exc
-    if not objects.exists(key):  # removed while it was being embedded
+    now = objects.version(key)
+    if now is None:  # removed while it was being embedded
         tenant.delete_item(where.collection, where.item_id)
         return "deleted"
+    if now != obj.version:
+        raise ObjectChanged("the object was replaced while it was indexed; retried")
     return "indexed"
 
 
@@ -293,11 +351,9 @@ def event_identity(record: dict[str, Any]) -> dict[str, str]:
             "sequencer": str(obj.get("sequencer") or ""), "event": str(record.get("eventName", ""))}
 
 
-def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: OnceOnly | None = None) -> str:
-    """Apply one S3 event record; returns what was done. Raises to ask for a retry (or the DLQ)."""
-    bucket = record["s3"]["bucket"]["name"]
-    key = unquote_plus(record["s3"]["object"]["key"])
-    where = parse_catalog_key(key)
+def locate(app: Lookalike, record: dict[str, Any]) -> tuple[TenantService, CatalogKey] | str:
+    """The tenant and catalog key an S3 record is about, or why it is not ingested."""
+    where = parse_catalog_key(unquote_plus(record["s3"]["object"]["key"]))
     if where is None:
         return "ignored: key outside <tenant>/<collection>/<id>.<image ext>"
     try:
@@ -308,13 +364,54 @@ def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: Once
         tenant.collection(where.collection)
     except NotFound:
         return "refused: unknown collection"
+    return tenant, where
+
+
+@dataclass
+class EventBatch:
+    """One delivery of S3 records (an SQS batch), prefetched together; records of the same key
+    are applied one at a time, in any order, since each converges on the object's state."""
+
+    prefetched: dict[tuple[str, str], Prefetched] = field(default_factory=dict)
+    locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, app: Lookalike, records: Sequence[dict[str, Any]], s3: Any,
+                pool: ThreadPoolExecutor) -> EventBatch:
+        batch = cls()
+        groups: dict[tuple[str, str, str], dict[str, None]] = {}
+        for record in records:
+            found = locate(app, record)
+            if isinstance(found, str):
+                continue
+            tenant, where = found
+            bucket, key = record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])
+            groups.setdefault((bucket, tenant.id, where.collection), {})[key] = None
+            batch.locks.setdefault((bucket, key), threading.Lock())
+        for (bucket, tenant_id, _), keys in groups.items():
+            fetched = prefetch(app.tenant(tenant_id), S3Objects(s3, bucket), list(keys), pool)
+            batch.prefetched.update({(bucket, key): p for key, p in fetched.items()})
+        return batch
+
+
+def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: OnceOnly | None = None,
+                     batch: EventBatch | None = None) -> str:
+    """Apply one S3 event record; returns what was done. Raises to ask for a retry (or the DLQ)."""
+    found = locate(app, record)
+    if isinstance(found, str):
+        return found
+    tenant, where = found
+    bucket, key = record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])
+    ref = (bucket, key)
 
     def apply(identity: dict[str, str]) -> str:
-        return converge(tenant, where, S3Objects(s3, bucket), key)
+        # Used once: a retry of this record, or a second record for the key, reads afresh.
+        prefetched = batch.prefetched.pop(ref, None) if batch else None
+        return converge(tenant, where, S3Objects(s3, bucket), key, prefetched)
 
-    identity = event_identity(record)
-    return once.run(identity, apply) if once else apply(identity)
-
+    with (batch.locks.get(ref) if batch else None) or contextlib.nullcontext():
+        identity = event_identity(record)
+        return once.run(identity, apply) if once else apply(identity)
 
 # ---------------------------------------------------------------- folder watcher
 

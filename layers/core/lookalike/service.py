@@ -126,6 +126,14 @@ def check_item_id(item_id: str) -> str:
     return item_id
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image decoded and embedded, ready to be stored."""
+
+    decoded: images.DecodedImage
+    vector: np.ndarray
+
+
 def _chunks(entries: Iterable[Any], size: int) -> Iterable[list[Any]]:
     it = iter(entries)
     while chunk := list(islice(it, size)):
@@ -305,41 +313,60 @@ class TenantService:
 
     # ------------------------------------------------------------ items
 
-    def put_item(self, collection: str, item_id: str, ref: ImageRef, metadata: Any = None) -> Item:
+    def put_item(self, collection: str, item_id: str, ref: ImageRef, metadata: Any = None,
+                 prepared: PreparedImage | None = None) -> Item:
+        """Add or replace one item; ``prepared`` is its image already decoded and embedded."""
         info = self._searchable(collection)
         check_item_id(item_id)
         meta = validate_metadata(metadata)
         data, _ = self.image_bytes(ref, collection)
-        decoded = self.decode(data)
-        vector = self.embedder.embed_images([decoded.image])[0]
-        return self._store(info.name, [(item_id, data, decoded, vector, meta)])[0]
+        if prepared is None:
+            decoded = self.decode(data)
+            prepared = PreparedImage(decoded, self.embedder.embed_images([decoded.image])[0])
+        return self._store(info.name, [(item_id, data, prepared.decoded, prepared.vector, meta)])[0]
+
+    def prepare_images(self, datas: Sequence[bytes], pool: ThreadPoolExecutor) -> list[PreparedImage | BadRequest]:
+        """Decode ``datas`` on ``pool`` and embed the decodable ones in batches: the costly part of
+        ingestion, done for many images at once. An undecodable image gets its BadRequest."""
+
+        def decode(data: bytes) -> images.DecodedImage | BadRequest:
+            try:
+                return self.decode(data)
+            except BadRequest as exc:
+                return exc
+
+        decoded = list(pool.map(decode, datas))
+        ok = [n for n, d in enumerate(decoded) if not isinstance(d, BadRequest)]
+        out: list[PreparedImage | BadRequest] = list(decoded)  # type: ignore[arg-type]
+        for chunk in _chunks(ok, self.embedder.batch_size):
+            vectors = self.embedder.embed_images([decoded[n].image for n in chunk])  # type: ignore[union-attr]
+            for n, vector in zip(chunk, vectors, strict=True):
+                out[n] = PreparedImage(decoded[n], vector)  # type: ignore[arg-type]
+        return out
 
     def put_items(self, collection: str, entries: Iterable[tuple[str, bytes, Any]], threads: int = 2) -> IngestReport:
         """Batch ingestion: decode in ``threads`` threads, embed a batch at a time, upsert per batch."""
         info = self._searchable(collection)
         report = IngestReport()
-
-        def prepare(entry: tuple[str, bytes, Any]) -> tuple[str, bytes, images.DecodedImage, dict] | tuple[str, str]:
-            item_id, data, metadata = entry
-            try:
-                check_item_id(item_id)
-                return item_id, data, self.decode(data), validate_metadata(metadata)
-            except BadRequest as exc:
-                return item_id, exc.message
-
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             for chunk in _chunks(entries, self.embedder.batch_size):
+                rows = []
+                for item_id, data, metadata in chunk:
+                    try:
+                        check_item_id(item_id)
+                        rows.append((item_id, data, validate_metadata(metadata)))
+                    except BadRequest as exc:
+                        report.failed.append((item_id, exc.message))
+                prepared = self.prepare_images([data for _, data, _ in rows], pool) if rows else []
                 ready = []
-                for result in pool.map(prepare, chunk):
-                    if len(result) == 2:
-                        report.failed.append(result)  # type: ignore[arg-type]
+                for (item_id, data, meta), image in zip(rows, prepared, strict=True):
+                    if isinstance(image, BadRequest):
+                        report.failed.append((item_id, image.message))
                     else:
-                        ready.append(result)
-                if not ready:
-                    continue
-                vectors = self.embedder.embed_images([r[2].image for r in ready])
-                self._store(info.name, [(i, data, d, v, m) for (i, data, d, m), v in zip(ready, vectors, strict=True)])
-                report.indexed.extend(r[0] for r in ready)
+                        ready.append((item_id, data, image.decoded, image.vector, meta))
+                if ready:
+                    self._store(info.name, ready)
+                    report.indexed.extend(r[0] for r in ready)
         return report
 
     def _store(self, collection: str,
