@@ -101,6 +101,9 @@ def test_data_urls() -> None:
     "127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "169.254.1.1", "0.0.0.0",
     "224.0.0.1", "100.64.0.1", "::1", "fe80::1", "fc00::1", "fd00:ec2::254", "::ffff:10.0.0.1",
     "::ffff:169.254.169.254", "::ffff:127.0.0.1", "240.0.0.1",
+    # IPv4 carried inside IPv6: 6to4, NAT64 (well-known and local-use prefixes), Teredo.
+    "2002:a9fe:a9fe::", "2002:a00:1::", "64:ff9b::a9fe:a9fe", "64:ff9b::10.0.0.1", "64:ff9b:1::a00:1",
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",
 ])
 def test_forbidden_addresses(address: str) -> None:
     assert not address_allowed(address, FetchPolicy())
