@@ -96,6 +96,8 @@ SECURITY: dict[str, dict[str, Any]] = {
     "accessToken": {"type": "apiKey", "in": "header", "name": "access_token"},
     "pixlabKey": {"type": "apiKey", "in": "query", "name": "key"},
 }
+#: Routes that answer success with another status than 200.
+CREATED = {("post", "/v1/collections"), ("post", "/v1/anchors")}
 ERRORS = {"400": "Bad request", "401": "Unauthorized", "404": "Not found", "409": "Conflict",
           "413": "Payload too large"}
 
@@ -129,6 +131,8 @@ def document() -> dict[str, Any]:
                 op.setdefault("parameters", []).append({"name": name, "in": "query", "schema": definition})
             responses = op.setdefault("responses", {})
             responses.pop("422", None)  # validation errors are answered 400 with the error shape
+            if (method, path) in CREATED and "200" in responses:
+                responses["201"] = responses.pop("200")
             for status, text in ERRORS.items():
                 responses.setdefault(status, {"description": text, "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
