@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,8 +32,10 @@ def lookalike(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 @contextmanager
 def running_server(env: dict[str, str]) -> Iterator[str]:
     port = free_port()
+    # Logs go to a file: a pipe nobody reads would fill up and stall the server.
+    log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port)], env=env,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     try:
@@ -42,9 +45,11 @@ def running_server(env: dict[str, str]) -> Iterator[str]:
                 break
             except requests.ConnectionError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
+                    log.seek(0)
+                    pytest.fail(f"server did not start: {log.read()[-4000:]}")
                 time.sleep(0.2)
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        log.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -63,7 +64,14 @@ def build_handler(*routers: Router) -> tuple[APIGatewayRestResolver, Any]:
     @tracer.capture_lambda_handler(capture_response=False)
     @metrics.log_metrics
     def handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        return app.resolve(event, context)
+        started = time.perf_counter()
+        result = app.resolve(event, context)
+        # One structured line per request: the route template (not the path's values), never the
+        # query string, headers or body (keys travel in headers and query strings, images in bodies).
+        logger.info("request", extra={"method": event.get("httpMethod"), "route": event.get("resource"),
+                                      "status": result.get("statusCode"),
+                                      "ms": round((time.perf_counter() - started) * 1000, 1)})
+        return result
 
     return app, with_metrics_cleared(handle)
 
