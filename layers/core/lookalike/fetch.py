@@ -40,9 +40,9 @@ class FetchError(BadRequest):
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """IPv4 addresses an IPv6 address carries: mapped, 6to4, Teredo and NAT64 forms."""
-    out = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+def _tunnelled_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address routes to: 6to4, Teredo and NAT64 forms."""
+    out = [ip.sixtofour] if ip.sixtofour is not None else []
     if ip.teredo is not None:
         out.append(ip.teredo[1])
     if any(ip in net for net in _NAT64):
@@ -53,10 +53,9 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
 def address_allowed(address: str, policy: FetchPolicy) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(ip)
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        elif embedded and not all(address_allowed(str(a), policy) for a in embedded):
+        elif not all(address_allowed(str(a), policy) for a in _tunnelled_ipv4(ip)):
             return False
     if ip in _METADATA_HOSTS:
         return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import threading
 import time
@@ -267,14 +268,17 @@ class FolderObjects:
             return None
         sidecar = self.root / _sidecar_key(key)
         return StoredObject(data, _overlay({}, sidecar.read_bytes() if sidecar.is_file() else None),
-                            f"{st.st_mtime_ns}:{st.st_size}")
+                            _file_version(st))
 
     def version(self, key: str) -> str | None:
         try:
-            st = (self.root / key).stat()
+            return _file_version((self.root / key).stat())
         except FileNotFoundError:
             return None
-        return f"{st.st_mtime_ns}:{st.st_size}"
+
+
+def _file_version(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}:{st.st_size}"
 
 
 @dataclass
@@ -351,9 +355,17 @@ def event_identity(record: dict[str, Any]) -> dict[str, str]:
             "sequencer": str(obj.get("sequencer") or ""), "event": str(record.get("eventName", ""))}
 
 
-def locate(app: Lookalike, record: dict[str, Any]) -> tuple[TenantService, CatalogKey] | str:
+def _object_ref(record: dict[str, Any]) -> tuple[str, str]:
+    """(bucket, key) of an S3 event record, the key URL-decoded as S3 events encode it."""
+    return record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])
+
+
+Located = tuple[TenantService, CatalogKey] | str
+
+
+def locate(app: Lookalike, record: dict[str, Any]) -> Located:
     """The tenant and catalog key an S3 record is about, or why it is not ingested."""
-    where = parse_catalog_key(unquote_plus(record["s3"]["object"]["key"]))
+    where = parse_catalog_key(_object_ref(record)[1])
     if where is None:
         return "ignored: key outside <tenant>/<collection>/<id>.<image ext>"
     try:
@@ -369,9 +381,10 @@ def locate(app: Lookalike, record: dict[str, Any]) -> tuple[TenantService, Catal
 
 @dataclass
 class EventBatch:
-    """One delivery of S3 records (an SQS batch), prefetched together; records of the same key
-    are applied one at a time, in any order, since each converges on the object's state."""
+    """One delivery of S3 records (an SQS batch), located and prefetched together; records of
+    the same key are applied one at a time, in any order, since each converges on the object's state."""
 
+    located: dict[tuple[str, str], Located] = field(default_factory=dict)
     prefetched: dict[tuple[str, str], Prefetched] = field(default_factory=dict)
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
 
@@ -379,17 +392,18 @@ class EventBatch:
     def prepare(cls, app: Lookalike, records: Sequence[dict[str, Any]], s3: Any,
                 pool: ThreadPoolExecutor) -> EventBatch:
         batch = cls()
-        groups: dict[tuple[str, str, str], dict[str, None]] = {}
+        groups: dict[tuple[str, str], tuple[TenantService, list[str]]] = {}
         for record in records:
-            found = locate(app, record)
-            if isinstance(found, str):
+            ref = _object_ref(record)
+            if ref in batch.located:
                 continue
-            tenant, where = found
-            bucket, key = record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])
-            groups.setdefault((bucket, tenant.id, where.collection), {})[key] = None
-            batch.locks.setdefault((bucket, key), threading.Lock())
-        for (bucket, tenant_id, _), keys in groups.items():
-            fetched = prefetch(app.tenant(tenant_id), S3Objects(s3, bucket), list(keys), pool)
+            batch.located[ref] = found = locate(app, record)
+            batch.locks[ref] = threading.Lock()
+            if not isinstance(found, str):
+                bucket, key = ref
+                groups.setdefault((bucket, found[0].id), (found[0], []))[1].append(key)
+        for (bucket, _), (tenant, keys) in groups.items():
+            fetched = prefetch(tenant, S3Objects(s3, bucket), keys, pool)
             batch.prefetched.update({(bucket, key): p for key, p in fetched.items()})
         return batch
 
@@ -397,12 +411,13 @@ class EventBatch:
 def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: OnceOnly | None = None,
                      batch: EventBatch | None = None) -> str:
     """Apply one S3 event record; returns what was done. Raises to ask for a retry (or the DLQ)."""
-    found = locate(app, record)
+    ref = bucket, key = _object_ref(record)
+    found = batch.located.get(ref) if batch else None
+    if found is None:
+        found = locate(app, record)
     if isinstance(found, str):
         return found
     tenant, where = found
-    bucket, key = record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])
-    ref = (bucket, key)
 
     def apply(identity: dict[str, str]) -> str:
         # Used once: a retry of this record, or a second record for the key, reads afresh.
@@ -412,6 +427,7 @@ def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: Once
     with (batch.locks.get(ref) if batch else None) or contextlib.nullcontext():
         identity = event_identity(record)
         return once.run(identity, apply) if once else apply(identity)
+
 
 # ---------------------------------------------------------------- folder watcher
 

@@ -336,13 +336,13 @@ class TenantService:
                 return exc
 
         decoded = list(pool.map(decode, datas))
-        ok = [n for n, d in enumerate(decoded) if not isinstance(d, BadRequest)]
-        out: list[PreparedImage | BadRequest] = list(decoded)  # type: ignore[arg-type]
+        out: dict[int, PreparedImage | BadRequest] = {
+            n: d for n, d in enumerate(decoded) if isinstance(d, BadRequest)}
+        ok = [(n, d) for n, d in enumerate(decoded) if not isinstance(d, BadRequest)]
         for chunk in _chunks(ok, self.embedder.batch_size):
-            vectors = self.embedder.embed_images([decoded[n].image for n in chunk])  # type: ignore[union-attr]
-            for n, vector in zip(chunk, vectors, strict=True):
-                out[n] = PreparedImage(decoded[n], vector)  # type: ignore[arg-type]
-        return out
+            vectors = self.embedder.embed_images([d.image for _, d in chunk])
+            out.update({n: PreparedImage(d, v) for (n, d), v in zip(chunk, vectors, strict=True)})
+        return [out[n] for n in range(len(decoded))]
 
     def put_items(self, collection: str, entries: Iterable[tuple[str, bytes, Any]], threads: int = 2) -> IngestReport:
         """Batch ingestion: decode in ``threads`` threads, embed a batch at a time, upsert per batch."""
