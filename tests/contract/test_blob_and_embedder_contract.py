@@ -49,6 +49,17 @@ def test_blob_roundtrip(store: BlobStore) -> None:
         store.get("t/anchors/a1")
 
 
+def test_blob_keys_take_the_longest_item_id(store: BlobStore) -> None:
+    """Item ids go to 256 characters, past a file name's 255 bytes; neighbours stay apart."""
+    long_a, long_b = "t/items/" + "i" * 256, "t/items/" + "i" * 255 + "j"
+    store.put(long_a, b"a", "image/png", {"item_id": "i" * 256})
+    store.put(long_b, b"b", "image/png")
+    assert store.get(long_a).data == b"a" and store.get(long_b).data == b"b"
+    assert dict(store.get(long_a).metadata) == {"item_id": "i" * 256}
+    store.delete(long_a)
+    assert not store.exists(long_a) and store.exists(long_b)
+
+
 def test_filesystem_keys_cannot_escape_root(tmp_path: Path) -> None:
     store = FilesystemBlobStore(context=BackendContext(home=tmp_path))
     for key in ("../x", "a/../../x", "/etc/passwd", "a//b", "", "a/./b", "x.meta.json"):

@@ -14,7 +14,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -70,8 +70,10 @@ class ApiKey(BaseModel):
 class CollectionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reverse_search_enabled: bool = True  # off: the Marqo surface answers 404 as its document says
-    keyword_fields: list[str] = Field(default_factory=list)  # facet fields beyond the defaults
-    marqo_index_id: str | None = None  # the x-marqo-index-id clients must send (default: any)
+    # facet fields beyond the defaults; each a filter field name
+    keyword_fields: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]] = Field(
+        default_factory=list, max_length=64)
+    marqo_index_id: str | None = Field(default=None, max_length=256)  # the x-marqo-index-id clients must send
 
 
 class Limits(BaseModel):

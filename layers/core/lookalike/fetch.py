@@ -19,6 +19,7 @@ import urllib3
 from lookalike.errors import BadRequest, PayloadTooLarge
 
 MAX_REDIRECTS = 3
+MAX_URL_CHARS = 4096
 USER_AGENT = "Lookalike/0.1 (+image fetch)"
 # Cloud metadata endpoints that are not covered by the private/link-local ranges.
 _METADATA_HOSTS = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("169.254.169.254")}
@@ -77,6 +78,8 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> tuple[bytes, str]:
     policy = policy or FetchPolicy()
     started = time.monotonic()
     for _ in range(MAX_REDIRECTS + 1):
+        if len(url) > MAX_URL_CHARS:  # a redirect's Location too
+            raise FetchError(f"Image URL exceeds {MAX_URL_CHARS} characters")
         try:
             parts = urlsplit(url)
             explicit_port = parts.port

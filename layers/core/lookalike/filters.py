@@ -52,6 +52,7 @@ class Not:
 Filter = Term | Range | And | Or | Not
 
 MAX_FILTER_NODES = 256
+MAX_FILTER_VALUE_CHARS = 1024
 FIELD_NAME_MAX = 64
 
 
@@ -101,6 +102,8 @@ def from_json(spec: Mapping[str, Any] | None) -> Filter | None:
 
 
 def _is_scalar(v: Any) -> bool:
+    if isinstance(v, str) and len(v) > MAX_FILTER_VALUE_CHARS:
+        raise BadRequest(f"filter values are limited to {MAX_FILTER_VALUE_CHARS} characters")
     return isinstance(v, (str, int, float, bool))
 
 

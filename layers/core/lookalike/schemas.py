@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lookalike.config import NAME_PATTERN, CollectionSettings
 from lookalike.contracts import CollectionInfo, Hit, Item
+from lookalike.fetch import MAX_URL_CHARS
 
 MAX_LIMIT = 100
 
@@ -19,7 +20,7 @@ class Strict(BaseModel):
 class ImageInput(Strict):
     """One image, by exactly one of these fields."""
 
-    image_url: str | None = Field(default=None, max_length=4096)
+    image_url: str | None = Field(default=None, max_length=MAX_URL_CHARS)
     data_url: str | None = Field(default=None, max_length=8 * 1024 * 1024)
     image_base64: str | None = Field(default=None, max_length=8 * 1024 * 1024)
 

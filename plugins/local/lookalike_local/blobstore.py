@@ -3,10 +3,13 @@
 Keys are S3-style paths (``tenant/anchors/abc.jpg``); a key is checked so it can never
 escape the root. Each blob's content type and metadata sit in a ``.meta.json`` sidecar.
 Writes go through a temporary file and ``os.replace`` so readers never see half a blob.
+A key segment too long for a file name (item ids go to 256 characters, file names to 255
+bytes) is stored under a prefix of it plus its SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -19,6 +22,14 @@ from lookalike.contracts import BackendContext, Blob, BlobStore
 from lookalike.errors import BadRequest, NotFound
 
 _META = ".meta.json"
+_MAX_SEGMENT_BYTES = 255 - len(_META)  # a file name and its sidecar's both fit in 255 bytes
+
+
+def _file_name(segment: str) -> str:
+    if len(segment.encode()) <= _MAX_SEGMENT_BYTES:
+        return segment
+    # "~" never appears in tenant, collection, item or anchor names, so this cannot collide with one.
+    return f"{segment[:64]}~{hashlib.sha256(segment.encode()).hexdigest()}"
 
 
 class FilesystemOptions(BaseModel):
@@ -40,7 +51,7 @@ class FilesystemBlobStore(BlobStore):
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or key.endswith(_META) \
                 or "\\" in key or "\x00" in key:
             raise BadRequest("invalid blob key")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*(_file_name(p) for p in parts))
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
             metadata: Mapping[str, str] | None = None) -> None:

@@ -20,6 +20,7 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a 5 MB image, base64-encoded, plus fields
 MAX_JSON_DEPTH = 32
+MAX_FORM_PARTS = 32
 
 _service: Lookalike | None = None
 
@@ -82,18 +83,29 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
-def json_object(event: APIGatewayProxyEvent) -> dict[str, Any]:
-    data = body_bytes(event)
-    if not data.strip():
-        raise BadRequest("request body must be a JSON object")
+def json_value(data: bytes | str, what: str = "request body") -> Any:
+    """Parse JSON from a client, refusing documents nested deeper than ``MAX_JSON_DEPTH``."""
     try:
         value = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest("request body is not valid JSON") from exc
+    except RecursionError:  # nesting too deep for the parser itself
+        raise BadRequest(f"{what} is nested too deeply") from None
+    except ValueError:
+        raise BadRequest(f"{what} is not valid JSON") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise BadRequest(f"{what} is nested too deeply")
+    return value
+
+
+def json_object(event: APIGatewayProxyEvent, empty: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is ``empty`` when given, else an error."""
+    data = body_bytes(event)
+    if not data.strip():
+        if empty is not None:
+            return empty
+        raise BadRequest("request body must be a JSON object")
+    value = json_value(data)
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise BadRequest("request body is nested too deeply")
     return value
 
 
@@ -126,7 +138,7 @@ def multipart_form(event: APIGatewayProxyEvent, max_part_bytes: int = MAX_BODY_B
     form = Form()
     try:
         parser = MultipartParser(io.BytesIO(data), options["boundary"], content_length=len(data),
-                                 part_limit=32, partsize_limit=max_part_bytes + 1,
+                                 part_limit=MAX_FORM_PARTS, partsize_limit=max_part_bytes + 1,
                                  memory_limit=MAX_BODY_BYTES + 1, spool_limit=MAX_BODY_BYTES + 1)
         for part in parser:
             if part.filename is not None:
@@ -135,6 +147,8 @@ def multipart_form(event: APIGatewayProxyEvent, max_part_bytes: int = MAX_BODY_B
             else:
                 form.fields.setdefault(part.name, part.value)
     except ParserLimitReached as exc:
+        if "count" in str(exc):
+            raise PayloadTooLarge(f"multipart body has more than {MAX_FORM_PARTS} parts") from exc
         raise PayloadTooLarge("multipart part exceeds the size limit") from exc
     except MultipartError as exc:
         raise BadRequest("malformed multipart/form-data body") from exc

@@ -6,7 +6,6 @@ similarity, higher is closer. Routers are grouped by the Lambda function that se
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -17,7 +16,15 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from lookalike import filters, media
 from lookalike.api.app import metrics
-from lookalike.api.request import content_type, json_object, multipart_form, service, tenant_from_bearer, validate
+from lookalike.api.request import (
+    content_type,
+    json_object,
+    json_value,
+    multipart_form,
+    service,
+    tenant_from_bearer,
+    validate,
+)
 from lookalike.contracts import SearchPage
 from lookalike.errors import BadRequest, NotFound
 from lookalike.schemas import (
@@ -65,7 +72,7 @@ def _image_request(event: Any) -> tuple[dict[str, Any], ImageRef | None]:
         for name, value in form.fields.items():
             try:
                 if name in FORM_JSON_FIELDS:
-                    data[name] = json.loads(value)
+                    data[name] = json_value(value, name)
                 elif name in FORM_INT_FIELDS:
                     data[name] = int(value)
                 elif name in FORM_FLOAT_FIELDS:

@@ -9,14 +9,13 @@ clamped to 1-10; ``filter`` is Marqo's DSL; ``attributesToRetrieve`` picks field
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from lookalike.api.request import bearer_token, body_bytes, header, service
+from lookalike.api.request import bearer_token, header, json_object, service
 from lookalike.api.surfaces.marqo_filter import parse
 from lookalike.errors import BadRequest, NotFound, Unauthorized
 from lookalike.service import ImageRef
@@ -25,6 +24,7 @@ router = Router()
 URL_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".avif")
 Q_ERROR = "q must be an image URL or base64 data URI"
 NOT_ENABLED = "reverse image search is not enabled for this index"
+MAX_ATTRIBUTES = 256
 
 
 def _query_image(q: Any) -> ImageRef:
@@ -69,20 +69,18 @@ def reverse_image_search(index_name: str) -> dict[str, Any]:
         raise Unauthorized()
     if not info.settings.get("reverse_search_enabled", True):
         raise NotFound(NOT_ENABLED)
-    try:
-        body = json.loads(body_bytes(event) or b"{}")
-    except ValueError:
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
+    body = json_object(event, empty={})
     ref = _query_image(body.get("q"))
     flt = body.get("filter")
     if flt is not None and not isinstance(flt, str):
         raise BadRequest("filter must be a string")
     attributes = body.get("attributesToRetrieve")
-    if attributes is not None and (not isinstance(attributes, list)
-                                   or not all(isinstance(a, str) for a in attributes)):
-        raise BadRequest("attributesToRetrieve must be an array of strings")
+    if attributes is not None:
+        if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):
+            raise BadRequest("attributesToRetrieve must be an array of strings")
+        if len(attributes) > MAX_ATTRIBUTES:
+            raise BadRequest(f"attributesToRetrieve takes at most {MAX_ATTRIBUTES} names")
+        attributes = set(attributes)
     limit = _limit(body.get("limit"))
     page = tenant.search(index_name, ref, limit=limit, filter=parse(flt) if flt and flt.strip() else None)
     hits = []

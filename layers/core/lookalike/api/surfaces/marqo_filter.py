@@ -81,7 +81,7 @@ def _term(kind: str, raw: str) -> Filter:
 
 def parse(text: str) -> Filter:
     if len(text) > MAX_FILTER_CHARS:
-        raise FilterSyntaxError("filter is too long")
+        raise FilterSyntaxError(f"filter exceeds {MAX_FILTER_CHARS} characters")
     tokens = _tokens(text)
     if not tokens:
         raise FilterSyntaxError("filter is empty")
