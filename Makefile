@@ -18,8 +18,11 @@ export AWS_DEFAULT_REGION ?= us-east-1
 SAM_BUILD := .aws-sam/build/template.yaml
 # What the Lambda python3.11 runtime provides beside the layers (tests/e2e/test_sam_build.py).
 LAMBDA_RUNTIME := $(SAM_VENV)/lambda-runtime
+# Debian's Chromium for the search page's browser tests (Playwright drives it: no browser download).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test lint bench serve clean sam-build
+.PHONY: setup demo test lint bench serve clean sam-build screenshots
 
 $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m venv $(VENV)
@@ -50,7 +53,8 @@ $(SAM):
 
 # Rebuilt whenever anything that goes into a function or layer changes.
 $(SAM_BUILD): $(SAM) template.yaml Makefile pyproject.toml layers/requirements-lambda.txt layers/requirements-lambda-nodeps.txt \
-		$(shell find layers/core functions plugins -name '*.py' -o -name pyproject.toml -o -name '*.json' | grep -v __pycache__)
+		$(shell find layers/core functions plugins -name '*.py' -o -name pyproject.toml -o -name '*.json' | grep -v __pycache__) \
+		$(wildcard layers/core/lookalike/web/*)
 	$(SAM) build --no-cached --build-in-source
 	touch $@
 
@@ -61,8 +65,16 @@ lint: $(BIN)/.installed $(SAM)
 	$(BIN)/cfn-lint template.yaml
 	$(SAM) validate --lint
 
-test: setup lint sam-build
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
+
+test: setup $(CHROMIUM) lint sam-build
 	$(BIN)/pytest
+
+# The README's screenshots of the search page (docs/screenshots/), from the demo photos.
+screenshots: setup $(CHROMIUM)
+	$(BIN)/python docs/screenshots.py
 
 bench: setup
 	$(BIN)/python bench/search_latency.py

@@ -116,6 +116,7 @@ def ingest_sources(tenant: TenantService, collection: str, sources: list[Source]
         _ingest(tenant, collection, sources, report, skip_existing, threads, progress)
     finally:
         tenant.search_backend.set_status(tenant.id, collection, "READY")
+        tenant.note_ingest_failures(collection, report.failed)
     return report
 
 
@@ -325,8 +326,18 @@ def converge(tenant: TenantService, where: CatalogKey, objects: ObjectSource, ke
     Every event for a key, whatever its kind and in whatever order it arrives, re-reads the
     object: present -> indexed with its current bytes and metadata; gone -> deleted. So a
     late ObjectRemoved cannot delete a newer object, nor a late ObjectCreated resurrect a
-    deleted one. If the object changed while it was indexed, the record is retried.
+    deleted one. If the object changed while it was indexed, the record is retried. An object
+    that can never be indexed is noted in the collection's recent ingest failures.
     """
+    try:
+        return _converge(tenant, where, objects, key, prefetched)
+    except PoisonObject as exc:
+        tenant.note_ingest_failures(where.collection, [(where.item_id, exc.message)])
+        raise
+
+
+def _converge(tenant: TenantService, where: CatalogKey, objects: ObjectSource, key: str,
+              prefetched: Prefetched | None) -> str:
     if prefetched is not None and prefetched.error is not None:
         raise prefetched.error
     obj = prefetched.obj if prefetched is not None else objects.read(key, tenant.limits.max_image_bytes)

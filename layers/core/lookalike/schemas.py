@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lookalike.clustering import CUTOFFS
 from lookalike.config import NAME_PATTERN, CollectionSettings
 from lookalike.contracts import CollectionInfo, Hit, Item
 from lookalike.fetch import MAX_URL_CHARS
@@ -65,6 +66,34 @@ class OneImage(ImageInput):
         return self
 
 
+class BoundingBox(Strict):
+    """A region of an image, as fractions of its width and height (the Visual Layer form)."""
+
+    x: float = Field(ge=0, le=1)
+    y: float = Field(ge=0, le=1)
+    width: float = Field(gt=0, le=1)
+    height: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _inside(self) -> BoundingBox:
+        if self.x + self.width > 1.0001 or self.y + self.height > 1.0001:
+            raise ValueError("bounding_box must lie inside the image")
+        return self
+
+    def region(self) -> tuple[float, float, float, float]:
+        return self.x, self.y, self.width, self.height
+
+
+class StageAnchor(OneImage):
+    bounding_box: BoundingBox | None = Field(default=None, description="search by this region of the image only")
+
+
+class AnchorOptions(Strict):
+    """The multipart form of staging an anchor takes only these besides the file."""
+
+    bounding_box: BoundingBox | None = None
+
+
 class EmbedOptions(Strict):
     dimension: Literal[512, 1024] | None = Field(default=None, description="project to 512 or 1024 dimensions")
 
@@ -103,6 +132,8 @@ class SearchOptions(Strict):
     offset: int = Field(default=0, ge=0, le=10_000)
     filter: dict[str, Any] | None = None
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+    threshold: int | None = Field(default=None, ge=0, le=len(CUTOFFS) - 1, description=(
+        "group near-identical hits on the page (the Visual Layer threshold: 0 only copies, 4 close variants)"))
 
 
 class SearchRequest(SearchOptions, ImageInput):
@@ -120,7 +151,11 @@ class HitOut(BaseModel):
     id: str
     score: float = Field(description="cosine similarity, higher is closer")
     metadata: dict[str, Any]
-    image_url: str
+    image_url: str = Field(description="the image, with the API key")
+    thumbnail_url: str = Field(description="a signed, expiring link to a thumbnail, for <img src>")
+    full_image_url: str = Field(description="a signed, expiring link to the image, for <img src>")
+    cluster: str | None = Field(default=None, description="with threshold: the id of the hit leading its group")
+    cluster_size: int | None = Field(default=None, description="with threshold: hits in its group on this page")
 
 
 class SearchResponse(BaseModel):
@@ -168,6 +203,18 @@ class EmbedResponse(BaseModel):
     model_id: str
     dimension: int
     embedding: list[float]
+
+
+class IngestFailure(BaseModel):
+    id: str
+    reason: str
+    at: float
+
+
+class IngestStatus(BaseModel):
+    status: Literal["READY", "INDEXING"]
+    item_count: int
+    recent_failures: list[IngestFailure] = Field(description="newest first, at most 50")
 
 
 class FacetValue(BaseModel):

@@ -57,6 +57,7 @@ _ITEM_ID = re.compile(ITEM_ID_PATTERN)
 _ANCHOR_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_KEYS = 64
+MAX_FAILURES_KEPT = 50
 DEFAULT_FACET_FIELDS = ("category", "character", "model", "style", "brand", "color")
 
 
@@ -199,6 +200,31 @@ class TenantService:
     def delete_collection(self, name: str) -> None:
         self.collection(name)
         self.search_backend.delete_collection(self.id, name)
+        self.blobs.delete(self._failures_key(name))
+
+    # ------------------------------------------------------------ ingest failures
+
+    def _failures_key(self, collection: str) -> str:
+        return f"{self.id}/collections/{collection}/ingest/failures.json"
+
+    def ingest_failures(self, collection: str) -> list[dict[str, Any]]:
+        """The latest images ingestion refused, newest first: ``{"id", "reason", "at"}``."""
+        self.collection(collection)
+        try:
+            return list(json.loads(self.blobs.get(self._failures_key(collection)).data))
+        except (NotFound, ValueError):
+            return []
+
+    def note_ingest_failures(self, collection: str, failures: Sequence[tuple[str, str]]) -> None:
+        """Keep the newest ``MAX_FAILURES_KEPT`` refusals, so an overview can show them. Concurrent
+        writers may drop each other's entries: this is a recent-failures feed, not an audit log
+        (the DLQ and the logs keep every failure)."""
+        if not failures:
+            return
+        now = time.time()
+        fresh = [{"id": item_id, "reason": reason[:300], "at": now} for item_id, reason in reversed(failures)]
+        kept = (fresh + self.ingest_failures(collection))[:MAX_FAILURES_KEPT]
+        self.blobs.put(self._failures_key(collection), json.dumps(kept).encode(), "application/json")
 
     def _searchable(self, name: str) -> CollectionInfo:
         info = self.collection(name)

@@ -39,9 +39,8 @@ def _model(model: type[BaseModel]) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-IMAGE_FORM = _form(image=BINARY)
 SEARCH_FORM = _form(image=BINARY, limit={"type": "integer"}, offset={"type": "integer"}, filter=JSON_TEXT,
-                    min_score={"type": "number"})
+                    min_score={"type": "number"}, threshold={"type": "integer", "minimum": 0, "maximum": 4})
 MARQO_BODY = {"type": "object", "required": ["q"], "properties": {
     "q": {"type": "string", "description": "image URL (.jpg .jpeg .png .webp .tiff .avif) or data:image/... URL"},
     "limit": {"type": "integer", "default": 10, "description": "clamped to 1-10"},
@@ -57,7 +56,8 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/collections"): {"application/json": schemas.CreateCollection},
     ("put", "/v1/collections/{collection}/items/{item_id}"): {
         "application/json": schemas.PutItem, "multipart/form-data": _form(image=BINARY, metadata=JSON_TEXT)},
-    ("post", "/v1/anchors"): {"application/json": schemas.OneImage, "multipart/form-data": IMAGE_FORM},
+    ("post", "/v1/anchors"): {"application/json": schemas.StageAnchor,
+                              "multipart/form-data": _form(image=BINARY, bounding_box=JSON_TEXT)},
     ("post", "/v1/collections/{collection}/search"): {
         "application/json": schemas.SearchRequest, "multipart/form-data": SEARCH_FORM},
     ("post", "/v1/collections/{collection}/search/text"): {"application/json": schemas.TextSearchRequest},

@@ -25,9 +25,11 @@ from lookalike.api.request import (
     tenant_from_bearer,
     validate,
 )
-from lookalike.contracts import SearchPage
+from lookalike.clustering import cluster
+from lookalike.contracts import Hit, SearchPage
 from lookalike.errors import BadRequest, NotFound
 from lookalike.schemas import (
+    AnchorOptions,
     AnchorOut,
     CollectionList,
     CollectionOut,
@@ -41,16 +43,18 @@ from lookalike.schemas import (
     GenerateRequest,
     GenerateResponse,
     HitOut,
+    IngestFailure,
+    IngestStatus,
     ItemOut,
-    OneImage,
     PutItem,
     SearchOptions,
     SearchRequest,
     SearchResponse,
+    StageAnchor,
     TextSearchRequest,
     image_path,
 )
-from lookalike.service import ImageRef
+from lookalike.service import ImageRef, TenantService
 
 catalog = Router()  # taxonomy function: collections, facets, item reads
 items = Router()  # upload function: item writes and query-image anchors
@@ -58,8 +62,8 @@ search = Router()  # reverse_search function: search by image
 text = Router()  # generate function: text search and single best match
 embedding = Router()  # embed function
 
-FORM_JSON_FIELDS = ("filter", "metadata")
-FORM_INT_FIELDS = ("limit", "offset", "dimension")
+FORM_JSON_FIELDS = ("filter", "metadata", "bounding_box")
+FORM_INT_FIELDS = ("limit", "offset", "dimension", "threshold")
 FORM_FLOAT_FIELDS = ("min_score",)
 
 
@@ -97,16 +101,29 @@ def _ref(body: Any, upload: ImageRef | None) -> ImageRef:
                     anchor_id=getattr(body, "anchor_id", None), item_id=getattr(body, "item_id", None))
 
 
-def _page(collection: str, page: SearchPage, limit: int, offset: int, started: float) -> SearchResponse:
+def _hit(tenant: TenantService, collection: str, hit: Hit, base: str) -> HitOut:
+    return HitOut(id=hit.id, score=round(hit.score, 6), metadata=dict(hit.metadata),
+                  image_url=image_path(collection, hit.id),
+                  thumbnail_url=tenant.media_url(base, collection, hit.id, "thumb"),
+                  full_image_url=tenant.media_url(base, collection, hit.id, "full"))
+
+
+def _page(tenant: TenantService, collection: str, page: SearchPage, options: SearchOptions | TextSearchRequest,
+          event: Any, started: float) -> SearchResponse:
+    base = media.base_url(event)
+    hits = [_hit(tenant, collection, h, base) for h in page.hits]
+    threshold = getattr(options, "threshold", None)
+    if threshold is not None and page.hits:
+        # Groups are formed within the page, so every page stands alone.
+        by_id = {h.id: h for h in hits}
+        for group in cluster(page.hits, tenant.item_vectors(collection, list(by_id)), threshold):
+            for member in group.members:
+                by_id[member.id].cluster, by_id[member.id].cluster_size = group.leader.id, len(group.members)
     took = (time.perf_counter() - started) * 1000
     metrics.add_metric(name="SearchLatency", unit=MetricUnit.Milliseconds, value=took)
-    end = offset + len(page.hits)
-    return SearchResponse(
-        hits=[HitOut(id=h.id, score=round(h.score, 6), metadata=dict(h.metadata),
-                     image_url=image_path(collection, h.id)) for h in page.hits],
-        total=page.total, limit=limit, offset=offset,
-        next_offset=end if end < page.total and page.hits else None, took_ms=round(took, 2),
-    )
+    end = options.offset + len(page.hits)
+    return SearchResponse(hits=hits, total=page.total, limit=options.limit, offset=options.offset,
+                          next_offset=end if end < page.total and page.hits else None, took_ms=round(took, 2))
 
 
 # ---------------------------------------------------------------- catalog (taxonomy)
@@ -155,6 +172,15 @@ def facets(
     return FacetsResponse(facets={k: [FacetValue(value=v, count=n) for v, n in vals] for k, vals in result.items()})
 
 
+@catalog.get("/v1/collections/<collection>/ingest")
+def ingest_status(collection: str) -> IngestStatus:
+    """Whether the collection is being indexed, and the latest images ingestion refused."""
+    tenant = tenant_from_bearer(catalog.current_event)
+    info = tenant.collection(collection)
+    return IngestStatus(status=info.status, item_count=info.item_count,
+                        recent_failures=[IngestFailure(**f) for f in tenant.ingest_failures(collection)])
+
+
 @catalog.get("/v1/collections/<collection>/items/<item_id>")
 def get_item(collection: str, item_id: str) -> ItemOut:
     tenant = tenant_from_bearer(catalog.current_event)
@@ -200,8 +226,12 @@ def delete_item(collection: str, item_id: str) -> Deleted:
 def stage_anchor() -> Response[AnchorOut]:
     tenant = tenant_from_bearer(items.current_event)
     data, upload = _image_request(items.current_event)
-    ref = upload if upload is not None else _ref(validate(OneImage, data), None)
-    anchor = tenant.stage_anchor(ref)
+    if upload is not None:
+        box, ref = validate(AnchorOptions, data).bounding_box, upload
+    else:
+        body = validate(StageAnchor, data)
+        box, ref = body.bounding_box, _ref(body, None)
+    anchor = tenant.stage_anchor(ref, box.region() if box else None)
     body = AnchorOut(anchor_id=anchor.id, model_id=anchor.model_id, expires_at=anchor.expires_at)
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=body.model_dump(mode="json"))
 
@@ -217,7 +247,7 @@ def search_by_image(collection: str) -> SearchResponse:
     body: SearchOptions = validate(SearchOptions if upload is not None else SearchRequest, data)
     page = tenant.search(collection, _ref(body, upload), limit=body.limit, offset=body.offset,
                          filter=filters.from_json(body.filter), min_score=body.min_score)
-    return _page(collection, page, body.limit, body.offset, started)
+    return _page(tenant, collection, page, body, search.current_event, started)
 
 
 # ---------------------------------------------------------------- text (generate)
@@ -230,7 +260,7 @@ def search_by_text(collection: str) -> SearchResponse:
     body = validate(TextSearchRequest, json_object(text.current_event))
     page = tenant.text_search(collection, body.query, fields=body.fields, limit=body.limit, offset=body.offset,
                               filter=filters.from_json(body.filter), min_score=body.min_score, mode=body.mode)
-    return _page(collection, page, body.limit, body.offset, started)
+    return _page(tenant, collection, page, body, text.current_event, started)
 
 
 @text.post("/v1/collections/<collection>/generate")
@@ -241,9 +271,7 @@ def generate(collection: str) -> GenerateResponse:
                               filter=filters.from_json(body.filter), min_score=body.min_score)
     if not page.hits:
         raise NotFound("No match found")
-    hit = page.hits[0]
-    return GenerateResponse(item=HitOut(id=hit.id, score=round(hit.score, 6), metadata=dict(hit.metadata),
-                                        image_url=image_path(collection, hit.id)))
+    return GenerateResponse(item=_hit(tenant, collection, page.hits[0], media.base_url(text.current_event)))
 
 
 # ---------------------------------------------------------------- embed

@@ -15,7 +15,7 @@ import uuid
 from typing import Any, Literal
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lookalike import media
 from lookalike.api.request import bearer_token, content_type, multipart_form, service, validate
@@ -23,6 +23,7 @@ from lookalike.clustering import CUTOFFS, cluster
 from lookalike.contracts import CollectionInfo, Hit
 from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.jwt_auth import tenant_for_token
+from lookalike.schemas import BoundingBox
 from lookalike.service import ImageRef, TenantService
 
 upload_router = Router()  # upload function
@@ -32,20 +33,6 @@ PAGE_SIZE = 100
 MAX_RESULTS = 1000  # ranked results that are clustered for paging
 PREVIEWS = 10
 ENTITY_TYPES = ("IMAGES", "OBJECTS")
-
-
-class BoundingBox(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    x: float = Field(ge=0, le=1)
-    y: float = Field(ge=0, le=1)
-    width: float = Field(gt=0, le=1)
-    height: float = Field(gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _inside(self) -> BoundingBox:
-        if self.x + self.width > 1.0001 or self.y + self.height > 1.0001:
-            raise ValueError("bounding_box must lie inside the image")
-        return self
 
 
 class UploadParams(BaseModel):
@@ -108,7 +95,7 @@ def search_image_similarity(dataset_id: str) -> dict[str, str]:
             box = BoundingBox.model_validate(json.loads(params.bounding_box))
         except (ValueError, ValidationError):
             raise BadRequest("bounding_box must be JSON {x, y, width, height} with fractions 0-1") from None
-        region = (box.x, box.y, box.width, box.height)
+        region = box.region()
     anchor = tenant.stage_anchor(ImageRef(data=upload.data), region)
     return {"anchor_media_id": str(uuid.UUID(anchor.id)), "anchor_type": "UPLOAD"}
 
