@@ -105,6 +105,36 @@ def test_more_like_this_filters_and_cutoff(server: str) -> None:
     assert cut["total"] == 0 and cut["hits"] == []
 
 
+def test_hits_link_signed_images_group_copies_and_search_regions(server: str) -> None:
+    """What the search page builds on: links for <img src>, groups, regions, ingest status."""
+    shoes = data_url(query_image("shoes"))
+    hits = search(server, data_url=shoes, limit=3).json()["hits"]
+    for hit in hits:
+        for link, kind in ((hit["thumbnail_url"], "image/jpeg"), (hit["full_image_url"], "image/")):
+            r = requests.get(link, timeout=30)  # no key: the signature is the credential
+            assert r.status_code == 200 and r.headers["Content-Type"].startswith(kind)
+        assert hit["cluster"] is None
+    # Threshold 4 groups close variants: every hit names its group's leader, which leads itself.
+    grouped = search(server, data_url=shoes, limit=12, threshold=4).json()["hits"]
+    leaders = {h["cluster"] for h in grouped}
+    assert all(h["cluster"] in {g["id"] for g in grouped} for h in grouped)
+    assert all(next(g for g in grouped if g["id"] == leader)["cluster"] == leader for leader in leaders)
+    assert sum(h["cluster_size"] for h in grouped if h["cluster"] == h["id"]) == len(grouped)
+    assert len(leaders) < len(grouped)
+    # A region of the photo is its own query: staged once, searched by anchor.
+    whole = requests.post(f"{server}/v1/anchors", headers=DEMO, json={"data_url": shoes}, timeout=30).json()
+    part = requests.post(f"{server}/v1/anchors", headers=DEMO, timeout=30, json={
+        "data_url": shoes, "bounding_box": {"x": 0.0, "y": 0.5, "width": 0.5, "height": 0.5}}).json()
+    scores = [search(server, anchor_id=a["anchor_id"], limit=1).json()["hits"][0]["score"] for a in (whole, part)]
+    assert scores[0] != scores[1]
+    outside = requests.post(f"{server}/v1/anchors", headers=DEMO, timeout=30, json={
+        "data_url": shoes, "bounding_box": {"x": 0.8, "y": 0, "width": 0.5, "height": 1}})
+    assert outside.status_code == 400 and "inside the image" in outside.json()["error"]
+    status = requests.get(f"{server}/v1/collections/clothing/ingest", headers=DEMO, timeout=30).json()
+    assert status["status"] == "READY" and status["item_count"] >= 12
+    assert [f["id"] for f in status["recent_failures"]][:1] == ["broken"]
+
+
 def test_items_text_search_generate_facets_and_delete(server: str) -> None:
     put = requests.put(f"{server}/v1/collections/clothing/items/red-sneaker", headers=DEMO, timeout=30, json={
         "data_url": data_url(query_image("shoes")),

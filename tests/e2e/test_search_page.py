@@ -22,6 +22,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (
 
 KEY = "demo-key"
 PAGE = 6
+DASH = "\u2013"  # the page writes ranges with an en dash
 CAPTIONS = {"hat": "a woven sun hat", "pants": "a pair of trousers", "shoes": "a pair of running sneakers"}
 
 
@@ -88,7 +89,7 @@ def test_search_by_photo_filter_page_and_more_like_this(site: str, page: sync_ap
 
     # Upload a real photo: ranked thumbnails, shoes first, best score first.
     page.locator("#file-input").set_input_files(str(query_image("shoes")))
-    wait_for_results(page, f"1–{PAGE} of 13 results")
+    wait_for_results(page, f"1{DASH}{PAGE} of 13 results")
     first = results(page)
     assert len(first) == PAGE
     assert "shoes" in first[0]["tags"] and "shoes" in first[1]["tags"], first
@@ -101,7 +102,7 @@ def test_search_by_photo_filter_page_and_more_like_this(site: str, page: sync_ap
 
     # Next page: the following ranks, none repeated.
     page.get_by_role("button", name="Next").click()
-    wait_for_results(page, f"{PAGE + 1}–{2 * PAGE} of 13 results")
+    wait_for_results(page, f"{PAGE + 1}{DASH}{2 * PAGE} of 13 results")
     sync_api.expect(page.locator("#page-info")).to_have_text("Page 2 of 3")
     second = results(page)
     assert not {r["id"] for r in first} & {r["id"] for r in second}
@@ -111,7 +112,7 @@ def test_search_by_photo_filter_page_and_more_like_this(site: str, page: sync_ap
     wait_for_results(page, "of 4 results")
     assert {r["tags"] for r in results(page)} == {"hat"}
     page.get_by_role("checkbox", name="hat").uncheck()
-    wait_for_results(page, f"1–{PAGE} of 13 results")
+    wait_for_results(page, f"1{DASH}{PAGE} of 13 results")
 
     # Grouping: the shoe and its copy become one stack.
     page.locator("#group").select_option("0")
@@ -127,7 +128,7 @@ def test_search_by_photo_filter_page_and_more_like_this(site: str, page: sync_ap
     sync_api.expect(dialog.locator("#detail-title")).to_have_text(hat["id"])
     page.get_by_role("button", name="More like this").click()
     sync_api.expect(dialog).to_be_hidden()
-    wait_for_results(page, f"1–{PAGE} of 12 results")
+    wait_for_results(page, f"1{DASH}{PAGE} of 12 results")
     similar = results(page)
     assert hat["id"] not in {r["id"] for r in similar}
     assert [r["tags"] for r in similar[:2]] == ["hat"] * 2, similar

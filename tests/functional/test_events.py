@@ -240,6 +240,8 @@ def test_folder_watcher_uses_the_same_ingestion_path(deployment: Path, tmp_path:
     watcher = FolderWatcher(tenant, "watched", folder)
     assert dict(watcher.poll()) == {"a.jpg": "indexed", "b.jpg": "indexed",
                                     "broken.jpg": "failed: refused: Invalid image format"}
+    assert [(f["id"], f["reason"]) for f in tenant.ingest_failures("watched")] == [
+        ("broken", "refused: Invalid image format")]
     assert watcher.poll() == []  # nothing changed, nothing done
     (folder / "a.jpg").unlink()
     (folder / "b.json").write_text(json.dumps({"brand": "globex", "price": 5}))

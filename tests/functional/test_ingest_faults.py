@@ -191,6 +191,10 @@ def test_500_objects_with_faults_duplicates_and_reordering(deployment: Path, mot
     drain(sqs, queue_url, queue_arn, context)
     still_parked = {json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"] for m in dead_letters()}
     assert still_parked == set(poison)  # only what no retry can fix stays there
+    # ... and the collection's overview lists them among its recent ingest failures.
+    failures = tenant.ingest_failures("faults")
+    assert {Path(k).stem for k in poison} <= {f["id"] for f in failures}
+    assert {f["reason"] for f in failures} == {"refused: Invalid image format"}
 
     # Every live object is indexed exactly once, every deleted one is gone.
     live = keys[DELETED:]

@@ -61,6 +61,8 @@ AIMED: dict[tuple[str, str], Probe] = {
         f"{s}/v1/collections/{t['collection']}/facets", headers=bearer(GLOBEX), timeout=30),
     ("GET", "/v1/collections/{collection}"): lambda s, t: requests.get(
         f"{s}/v1/collections/{t['collection']}", headers=bearer(GLOBEX), timeout=30),
+    ("GET", "/v1/collections/{collection}/ingest"): lambda s, t: requests.get(
+        f"{s}/v1/collections/{t['collection']}/ingest", headers=bearer(GLOBEX), timeout=30),
     ("DELETE", "/v1/collections/{collection}"): lambda s, t: requests.delete(
         f"{s}/v1/collections/{t['collection']}", headers=bearer(GLOBEX), timeout=30),
     ("GET", "/v1/collections/{collection}/items/{item_id}"): lambda s, t: requests.get(
@@ -113,6 +115,8 @@ OWN: dict[tuple[str, str], Probe] = {
     ("POST", "/v1/embed"): lambda s, _: requests.post(
         f"{s}/v1/embed", headers=bearer(GLOBEX), json={"data_url": DATA_URL}, timeout=30),
     ("GET", "/openapi.json"): lambda s, _: requests.get(f"{s}/openapi.json", timeout=30),
+    ("GET", "/ui"): lambda s, _: requests.get(f"{s}/ui", timeout=30),  # the search page: static files
+    ("GET", "/ui/{asset}"): lambda s, _: requests.get(f"{s}/ui/app.js", timeout=30),
 }
 
 

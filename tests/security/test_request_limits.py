@@ -212,6 +212,10 @@ LIMITS: list[Limit] = [
     Limit(("DELETE", "/v1/collections/{collection}"), "collection (path)",
           lambda s, n: requests.delete(f"{s}/v1/collections/{'c' * n}", headers=V1, timeout=30),
           None, 129, 404, r"^Collection not found"),
+    Limit(("GET", "/v1/collections/{collection}/ingest"), "collection (path)",
+          get(lambda n: f"/v1/collections/{'c' * n}/ingest", V1), None, 129, 404, r"^Collection not found"),
+    Limit(("GET", "/ui/{asset}"), "asset (path)", get(lambda n: f"/ui/{'a' * n}.js", {}), None, 1024, 404,
+          r"^Not found"),
     Limit(("GET", "/v1/collections/{collection}/facets"), "fields",
           get(lambda n: f"{COLLECTION}/facets", V1, lambda n: {"fields": ("category," * n)[:n]}),
           1024, 1025, 400, r"^fields: String should have at most 1024 characters"),
@@ -353,6 +357,7 @@ LIMITS: list[Limit] = [
 NO_BOUNDED_INPUT = {
     ("GET", "/v1/collections"): "a listing of the caller's own collections",
     ("GET", "/openapi.json"): "a static document",
+    ("GET", "/ui"): "the static search page",
     ("GET", "/api/characters"): "a listing of the default collection's values",
     ("GET", "/api/models"): "a listing of the default collection's values",
     ("GET", "/api/styles"): "a listing of the default collection's values",

@@ -58,8 +58,10 @@ class MediaRef:
 
 
 def sign(home: Path, ref: MediaRef, ttl: int = TTL_SECONDS) -> str:
-    body = json.dumps([ref.tenant, ref.collection, ref.item_id, ref.size, int(time.time()) + ttl],
-                      separators=(",", ":")).encode()
+    # Expiry rounded up to the hour: the same image keeps the same link for an hour, so
+    # browsers reuse their cached copy across searches.
+    expires = -(-(int(time.time()) + ttl) // 3600) * 3600
+    body = json.dumps([ref.tenant, ref.collection, ref.item_id, ref.size, expires], separators=(",", ":")).encode()
     mac = hmac.new(_secret(str(home)), body, hashlib.sha256).digest()[:20]
     return f"{_b64(body)}.{_b64(mac)}"
 

@@ -58,6 +58,7 @@ _ANCHOR_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_KEYS = 64
 MAX_FAILURES_KEPT = 50
+_FAILURES_LOCK = threading.Lock()  # an SQS batch notes its records' failures from several threads
 DEFAULT_FACET_FIELDS = ("category", "character", "model", "style", "brand", "color")
 
 
@@ -223,8 +224,9 @@ class TenantService:
             return
         now = time.time()
         fresh = [{"id": item_id, "reason": reason[:300], "at": now} for item_id, reason in reversed(failures)]
-        kept = (fresh + self.ingest_failures(collection))[:MAX_FAILURES_KEPT]
-        self.blobs.put(self._failures_key(collection), json.dumps(kept).encode(), "application/json")
+        with _FAILURES_LOCK:
+            kept = (fresh + self.ingest_failures(collection))[:MAX_FAILURES_KEPT]
+            self.blobs.put(self._failures_key(collection), json.dumps(kept).encode(), "application/json")
 
     def _searchable(self, name: str) -> CollectionInfo:
         info = self.collection(name)
