@@ -77,6 +77,8 @@ def main() -> None:
         "taxonomy_create_collection": api_event(gw, "POST", "/v1/collections", json_body={"name": "clothing"}),
         "taxonomy_list_collections": api_event(gw, "GET", "/v1/collections"),
         "taxonomy_facets": api_event(gw, "GET", "/v1/collections/clothing/facets?fields=category"),
+        "taxonomy_ingest_status": api_event(gw, "GET", "/v1/collections/clothing/ingest"),
+        "taxonomy_search_page": api_event(gw, "GET", "/ui"),
         "upload_put_item": api_event(gw, "PUT", "/v1/collections/clothing/items/shoe-1", form=multipart(
             {"metadata": json.dumps({"category": "shoes", "caption": "a pair of leather shoes"})},
             {"image": catalog_shoe})),

@@ -201,6 +201,9 @@ def test_built_functions_serve_the_sample_events(stack: tuple[dict[str, Function
     body = _body(taxonomy.invoke("taxonomy_list_collections"))
     assert body["collections"][0]["item_count"] == 2
     assert _body(taxonomy.invoke("taxonomy_facets"))["facets"]["category"] == [{"value": "shoes", "count": 2}]
+    assert _body(taxonomy.invoke("taxonomy_ingest_status"))["item_count"] == 2
+    page = taxonomy.invoke("taxonomy_search_page")  # the page's files travel in the built CoreLayer
+    assert page["statusCode"] == 200 and '<script type="module" src="app.js">' in page["body"]
     generate = fns["GenerateFunction"]
     assert _body(generate.invoke("generate_text_search"))["hits"][0]["id"] == "shoe-1"
     assert _body(generate.invoke("generate"))["item"]["id"] == "shoe-1"

@@ -4,6 +4,7 @@ filter by a facet, page, group near-identical results, open "more like this"."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from collections.abc import Iterator
@@ -162,6 +163,37 @@ def test_text_search_and_region(site: str, page: sync_api.Page) -> None:
     sync_api.expect(page.get_by_role("button", name="Whole photo")).to_be_enabled()
     page.wait_for_function("s => document.querySelector('#results .score').textContent !== s", arg=whole[0])
     assert [r["score"] for r in results(page)] != whole, "the region is what was searched"
+
+
+GIVE_FILE = """([kind, name, b64]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], name, { type: "image/jpeg" }));
+  const target = kind === "drop" ? document.getElementById("drop-zone") : document;
+  const event = kind === "drop" ? new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true })
+                                : new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+  target.dispatchEvent(event);
+}"""
+
+
+def test_drop_paste_and_keyboard(site: str, page: sync_api.Page) -> None:
+    sign_in(page, site)
+    for kind, photo, expected in (("drop", "hat", "hat"), ("paste", "pants", "pants")):
+        data = base64.b64encode(query_image(photo).read_bytes()).decode()
+        with page.expect_response(lambda r: r.url.endswith("/v1/anchors") and r.status == 201):
+            page.evaluate(GIVE_FILE, [kind, f"{photo}.jpg", data])
+        wait_for_results(page, "of 13 results")
+        page.wait_for_function("t => document.querySelector('#results .tags').textContent === t", arg=expected)
+    # Keyboard only: the drop zone opens the file picker; a result opens with Enter, closes with Escape.
+    page.locator("#drop-zone").focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    assert chooser.value.element.get_attribute("id") == "file-input"
+    page.locator("#results .card button.open").first.focus()
+    page.keyboard.press("Enter")
+    sync_api.expect(page.locator("#detail")).to_be_visible()
+    page.keyboard.press("Escape")
+    sync_api.expect(page.locator("#detail")).to_be_hidden()
 
 
 def test_client_side_checks_and_a_wrong_key(site: str, page: sync_api.Page, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ CSS and a JavaScript module, readable as an example of calling the public /v1 AP
 
 from __future__ import annotations
 
+import html
 from functools import cache
 from importlib import resources
 
@@ -35,8 +36,10 @@ def _asset(name: str) -> str:
 @router.get("/ui", include_in_schema=False, enable_validation=False)
 def page() -> Response[str]:
     # <base> is where the page's files and the API live: behind API Gateway that includes the stage.
-    html = _asset("index.html").replace("{{BASE}}", f"{media.base_url(router.current_event)}/ui/")
-    return Response(status_code=200, content_type="text/html; charset=utf-8", body=html, headers=SECURITY_HEADERS)
+    base = html.escape(f"{media.base_url(router.current_event)}/ui/")  # from the Host header: escaped
+    page_html = _asset("index.html").replace("{{BASE}}", base)
+    return Response(status_code=200, content_type="text/html; charset=utf-8", body=page_html,
+                    headers=SECURITY_HEADERS)
 
 
 @router.get("/ui/<asset>", include_in_schema=False, enable_validation=False)

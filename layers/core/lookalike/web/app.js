@@ -160,7 +160,7 @@ function takeFile(file) {
   searchByPhoto();
 }
 
-async function searchByPhoto() {
+async function searchByPhoto(restaged = false) {
   if (!state.file) return;
   const form = new FormData();
   form.append("image", state.file, state.file.name || "query.jpg");
@@ -174,7 +174,7 @@ async function searchByPhoto() {
     say(err.message);
     return;
   }
-  await runSearch(0);
+  await runSearch(0, restaged);
 }
 
 function setRegion(region) {
@@ -218,7 +218,7 @@ function regionSelection() {
 
 function pageSize() { return Number($("page-size").value); }
 
-async function runSearch(offset) {
+async function runSearch(offset, restaged = false) {
   const base = `v1/collections/${encodeURIComponent(state.collection)}`;
   const paging = { limit: pageSize(), offset, filter: filterJson() };
   const group = $("group").value;
@@ -235,9 +235,8 @@ async function runSearch(offset) {
     say("");
     renderResults(page);
   } catch (err) {
-    if (err.status === 404 && state.query.anchor_id && state.file) { // the staged photo expired: stage it again
-      state.query = null;
-      return searchByPhoto();
+    if (err.message === "Anchor not found" && state.file && !restaged) { // the staged photo expired (24 h)
+      return searchByPhoto(true);
     }
     status("");
     say(err.message);
