@@ -89,9 +89,9 @@ def from_json(spec: Mapping[str, Any] | None) -> Filter | None:
         elif isinstance(value, list):
             if not value or not all(_is_scalar(v) for v in value):
                 raise BadRequest("filter value lists must be non-empty lists of strings or numbers")
-            clauses.append(Or(tuple(Term(field, v) for v in value)))
+            clauses.append(Or(tuple(Term(field, _bounded(v)) for v in value)))
         elif _is_scalar(value):
-            clauses.append(Term(field, value))
+            clauses.append(Term(field, _bounded(value)))
         else:
             raise BadRequest("filter values must be strings, numbers, booleans, lists or ranges")
     if count_nodes(And(tuple(clauses))) > MAX_FILTER_NODES:
@@ -102,9 +102,13 @@ def from_json(spec: Mapping[str, Any] | None) -> Filter | None:
 
 
 def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool))
+
+
+def _bounded(v: Any) -> Any:
     if isinstance(v, str) and len(v) > MAX_FILTER_VALUE_CHARS:
         raise BadRequest(f"filter values are limited to {MAX_FILTER_VALUE_CHARS} characters")
-    return isinstance(v, (str, int, float, bool))
+    return v
 
 
 def count_nodes(node: Filter) -> int:

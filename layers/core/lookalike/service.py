@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike import images, media
+from lookalike.clustering import Cluster, cluster
 from lookalike.config import (
     BackendChoice,
     CollectionSettings,
@@ -209,8 +210,8 @@ class TenantService:
         return f"{self.id}/collections/{collection}/ingest/failures.json"
 
     def ingest_failures(self, collection: str) -> list[dict[str, Any]]:
-        """The latest images ingestion refused, newest first: ``{"id", "reason", "at"}``."""
-        self.collection(collection)
+        """The latest images ingestion refused in this tenant's ``collection`` (looked up by the
+        caller), newest first: ``{"id", "reason", "at"}``."""
         try:
             return list(json.loads(self.blobs.get(self._failures_key(collection)).data))
         except (NotFound, ValueError):
@@ -490,6 +491,10 @@ class TenantService:
         page = self.search_backend.search(self.id, collection, VectorQuery(
             vector=vector, limit=limit, offset=offset, filter=filter, min_score=min_score, exclude_ids=exclude))
         return page, vector
+
+    def cluster_hits(self, collection: str, hits: Sequence[Hit], threshold: int) -> list[Cluster]:
+        """Group ranked ``hits`` of near-identical images by their stored vectors (threshold 0-4)."""
+        return cluster(hits, self.item_vectors(collection, [h.id for h in hits]), threshold)
 
     def item_vectors(self, collection: str, ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of ``ids`` (rows in that order)."""

@@ -25,7 +25,6 @@ from lookalike.api.request import (
     tenant_from_bearer,
     validate,
 )
-from lookalike.clustering import cluster
 from lookalike.contracts import Hit, SearchPage
 from lookalike.errors import BadRequest, NotFound
 from lookalike.schemas import (
@@ -116,7 +115,7 @@ def _page(tenant: TenantService, collection: str, page: SearchPage, options: Sea
     if threshold is not None and page.hits:
         # Groups are formed within the page, so every page stands alone.
         by_id = {h.id: h for h in hits}
-        for group in cluster(page.hits, tenant.item_vectors(collection, list(by_id)), threshold):
+        for group in tenant.cluster_hits(collection, page.hits, threshold):
             for member in group.members:
                 by_id[member.id].cluster, by_id[member.id].cluster_size = group.leader.id, len(group.members)
     took = (time.perf_counter() - started) * 1000

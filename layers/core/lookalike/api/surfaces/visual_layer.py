@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lookalike import media
 from lookalike.api.request import bearer_token, content_type, multipart_form, service, validate
-from lookalike.clustering import CUTOFFS, cluster
+from lookalike.clustering import CUTOFFS
 from lookalike.contracts import CollectionInfo, Hit
 from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.jwt_auth import tenant_for_token
@@ -130,8 +130,7 @@ def explore(dataset_id: str) -> dict[str, Any]:
         ref = ImageRef(item_id=params.anchor_media_id)
     page, _ = tenant.search_with_vector(dataset_id, ref, limit=min(MAX_RESULTS, max(1, info.item_count)),
                                         max_limit=MAX_RESULTS)
-    vectors = tenant.item_vectors(dataset_id, [h.id for h in page.hits])
-    groups = cluster(page.hits, vectors, params.threshold)
+    groups = tenant.cluster_hits(dataset_id, page.hits, params.threshold)
     start = params.page_number * PAGE_SIZE
     base = media.base_url(event)
     clusters = []
