@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from lookalike.api import request as api_request
-from lookalike.server import Gateway, make_server
+from lookalike.server import Gateway, InProcessPool, LocalServer, ServerOptions
 from tests.conftest import ROOT, catalog_images, free_port, write_deployment
 
 JWT_SECRETS = {"demo": "demo-jwt-secret-" + "d" * 40, "globex": "globex-jwt-secret-" + "g" * 40}
@@ -69,15 +69,16 @@ def site(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[
                                                    "caption": f"{t.name} {p.parent.name}"})
                 for n, p in enumerate(chosen)])
             assert not report.failed
-        server = make_server(Gateway(ROOT / "template.yaml"), port=free_port())
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        gateway = Gateway(ROOT / "template.yaml")
+        server = LocalServer(gateway, ServerOptions(port=free_port(), workers=1), pool=InProcessPool(gateway))
+        thread = threading.Thread(target=server.serve, daemon=True)
         thread.start()
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+        base = f"http://127.0.0.1:{server.port}"
         try:
             yield base
         finally:
-            server.shutdown()
-            server.server_close()
+            server.stop()
+            thread.join(30)
             api_request.set_service(None)
 
 

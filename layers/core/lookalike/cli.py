@@ -231,26 +231,34 @@ def default_template() -> Path:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True)
 @click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def serve(host: str, port: int, template: Path | None) -> None:
-    """Serve the API on 127.0.0.1, routed by template.yaml to the Lambda handlers."""
-    from lookalike.server import Gateway, make_server
+@click.option("--workers", type=click.IntRange(0, 64), default=lambda: int(os.environ.get("LOOKALIKE_WORKERS", "0")),
+              help="Worker processes, each answering one request at a time [default: twice the CPUs, at least 2].")
+@click.option("--connection-limit", type=click.IntRange(1, 10_000), default=512, show_default=True,
+              help="Open connections at most; more wait in the listen backlog.")
+@click.option("--idle-timeout", type=click.IntRange(1, 3600), default=30, show_default=True,
+              help="Seconds before an idle or stalled connection is closed.")
+def serve(host: str, port: int, template: Path | None, workers: int, connection_limit: int,
+          idle_timeout: int) -> None:
+    """Serve the API on 127.0.0.1, routed by template.yaml to the Lambda handlers.
+
+    SIGTERM or Ctrl-C stops it gracefully: requests in flight are answered first."""
+    from lookalike.server import Gateway, LocalServer, ServerOptions
 
     # Locally there is no CloudWatch or X-Ray to receive them; set these to "false" to see them.
+    # Set before the workers start: they inherit the environment.
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise click.UsageError("the local server binds to loopback only; deploy with `sam deploy` to serve others")
-    gateway = Gateway(template or default_template())
+    gateway = Gateway((template or default_template()).resolve())
     _service().config()  # fail now, not at the first request, when there is no configuration
-    server = make_server(gateway, host, port)
-    click.echo(f"Lookalike serving {len(gateway.routes)} routes on http://{host}:{server.server_address[1]}")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    options = ServerOptions(host=host, port=port, workers=workers, connection_limit=connection_limit,
+                            channel_timeout_s=idle_timeout)
+    server = LocalServer(gateway, options)
+    click.echo(f"Lookalike serving {len(gateway.routes)} routes on http://{host}:{server.port}"
+               f" with {options.worker_count()} workers")
+    server.run()
 
 
 if __name__ == "__main__":

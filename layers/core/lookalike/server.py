@@ -1,8 +1,19 @@
 """``lookalike serve``: API Gateway on 127.0.0.1, routed by template.yaml itself.
 
-The routes, the function that serves each one and the binary media types are read from
-the SAM template, and each request is handed to that function's Lambda handler as an API
-Gateway (REST, proxy) event, so there is no second routing table to drift.
+The routes, the function that serves each one, its timeout and the binary media types are
+read from the SAM template, and each request is handed to that function's Lambda handler as
+an API Gateway (REST, proxy) event, so there is no second routing table to drift.
+
+Two parts, as on AWS:
+- the front is waitress: it reads whole requests on its event loop (so a slow client holds a
+  socket, never a worker), answers ``Expect: 100-continue`` at once, caps connections, header
+  and body sizes, and closes idle connections;
+- the handlers run in worker processes, **one request at a time per process**, like Lambda
+  execution environments. Powertools keeps the current request in process-wide state
+  (``BaseRouter.current_event`` is a class attribute shared by every resolver), so two
+  requests in flight in one process would read each other's data; one process per request in
+  flight rules that out by construction. A worker that crashes or runs past its function's
+  timeout is replaced.
 """
 
 from __future__ import annotations
@@ -11,14 +22,18 @@ import base64
 import fnmatch
 import importlib.util
 import json
+import logging
+import multiprocessing
+import os
+import queue
 import re
-import socket
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,6 +44,9 @@ import yaml
 from lookalike.lambda_context import LocalContext
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_TIMEOUT_S = 30.0  # a function without a Timeout in the template (SAM's default is 3 s; ours is 30)
+_LOG = logging.getLogger("lookalike.server")
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -58,6 +76,7 @@ class Route:
     code_uri: Path
     handler: str  # module.function
     pattern: re.Pattern[str]
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 def _compile(path: str) -> re.Pattern[str]:
@@ -80,11 +99,13 @@ def routes_from_template(template: dict[str, Any], root: Path) -> list[Route]:
         props = resource.get("Properties", {})
         code_uri = root / str(props.get("CodeUri", globals_fn.get("CodeUri", ".")))
         handler = str(props.get("Handler", globals_fn.get("Handler", "app.lambda_handler")))
+        timeout = float(props.get("Timeout", globals_fn.get("Timeout", DEFAULT_TIMEOUT_S)))
         for event in (props.get("Events") or {}).values():
             if event.get("Type") != "Api":
                 continue
             ep = event["Properties"]
-            routes.append(Route(ep["Method"].upper(), ep["Path"], logical_id, code_uri, handler, _compile(ep["Path"])))
+            routes.append(Route(ep["Method"].upper(), ep["Path"], logical_id, code_uri, handler,
+                                _compile(ep["Path"]), timeout))
     # Literal paths before parameterised ones, as API Gateway prefers the most specific match.
     routes.sort(key=lambda r: (r.path.count("{"), -len(r.path)))
     return routes
@@ -100,33 +121,31 @@ def binary_media_types(template: dict[str, Any]) -> list[str]:
 
 
 class Gateway:
-    """Matches requests to template routes and invokes the functions' handlers."""
+    """Matches requests to template routes, builds their events and loads their handlers."""
 
     def __init__(self, template_path: Path) -> None:
+        self.template_path = template_path
         self.root = template_path.parent
         template = load_template(template_path)
         self.routes = routes_from_template(template, self.root)
         self.binary_types = binary_media_types(template)
         self._modules: dict[str, ModuleType] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._import_lock = threading.Lock()
 
-    def handler_for(self, route: Route) -> tuple[Callable[..., dict[str, Any]], threading.Lock]:
-        with self._import_lock:
-            if route.function not in self._modules:
-                module_name, _, _ = route.handler.rpartition(".")
-                file = route.code_uri / f"{module_name.replace('.', '/')}.py"
-                spec = importlib.util.spec_from_file_location(f"lookalike_function_{route.function}", file)
-                if spec is None or spec.loader is None:
-                    raise RuntimeError(f"cannot load {file}")
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                self._modules[route.function] = module
-                # Powertools resolvers keep the current event on the app: like a Lambda
-                # execution environment, each function handles one request at a time.
-                self._locks[route.function] = threading.Lock()
-            fn = getattr(self._modules[route.function], route.handler.rpartition(".")[2])
-            return fn, self._locks[route.function]
+    def handler_for(self, route: Route) -> Callable[..., dict[str, Any]]:
+        """The function's Lambda handler, imported on first use (its cold start)."""
+        if route.function not in self._modules:
+            module_name, _, _ = route.handler.rpartition(".")
+            file = route.code_uri / f"{module_name.replace('.', '/')}.py"
+            spec = importlib.util.spec_from_file_location(f"lookalike_function_{route.function}", file)
+            if spec is None or spec.loader is None:
+                raise RuntimeError(f"cannot load {file}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self._modules[route.function] = module
+        return getattr(self._modules[route.function], route.handler.rpartition(".")[2])
+
+    def route(self, function: str) -> Route:
+        return next(r for r in self.routes if r.function == function)
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
         """(route, path parameters, whether the path exists under another method)."""
@@ -176,74 +195,375 @@ class Gateway:
         }
 
     def invoke(self, route: Route, event: dict[str, Any]) -> dict[str, Any]:
-        fn, lock = self.handler_for(route)
-        with lock:
-            return fn(event, LocalContext(function_name=route.function))
+        """Run the handler in this process (the worker's side, and in-process tests)."""
+        return self.handler_for(route)(event, LocalContext(function_name=route.function,
+                                                           timeout_seconds=route.timeout_s))
 
 
-def _json_error(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
-    return status, {"Content-Type": "application/json"}, json.dumps({"error": message}).encode()
+# ---------------------------------------------------------------- worker processes
 
 
-def make_server(gateway: Gateway, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "Lookalike"
-        sys_version = ""
-        protocol_version = "HTTP/1.1"
-        # Buffer the response so headers and body leave in one segment: two small writes
-        # meet Nagle's algorithm and the client's delayed ACK and cost ~40 ms per request.
-        wbufsize = 64 * 1024
+def _worker_main(conn: Connection, template_path: str) -> None:
+    """One execution environment: handles one event at a time until told to stop (None)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the front stops us
+    gateway = Gateway(Path(template_path))
+    for route in {r.function: r for r in gateway.routes}.values():
+        gateway.handler_for(route)  # import every function now: no cold start on the first request
+    conn.send(("ready", None))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        function, event = message
+        try:
+            result = gateway.invoke(gateway.route(function), event)
+            conn.send(("ok", result))
+        except Exception as exc:  # noqa: BLE001 - a crashed function is a 502 at API Gateway too
+            conn.send(("error", type(exc).__name__))
 
-        def setup(self) -> None:
-            super().setup()
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        def log_message(self, fmt: str, *args: Any) -> None:  # the access log without query strings
+class WorkerCrashed(Exception):
+    pass
+
+
+class WorkerTimedOut(Exception):
+    pass
+
+
+class _Worker:
+    def __init__(self, ctx: Any, template_path: Path) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, str(template_path)), daemon=True)
+        self.process.start()
+        child.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        if not self.conn.poll(timeout):
+            raise WorkerTimedOut("worker did not start")
+        status, _ = self.conn.recv()
+        if status != "ready":
+            raise WorkerCrashed(status)
+
+    def call(self, function: str, event: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.conn.send((function, event))
+        if not self.conn.poll(timeout):
+            raise WorkerTimedOut(function)
+        status, value = self.conn.recv()
+        if status != "ok":
+            raise WorkerCrashed(value)
+        return value
+
+    def stop(self, grace: float = 5.0) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
             pass
+        self.process.join(grace)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
 
-        def _handle(self) -> None:
-            status, headers, body = self._dispatch()
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
 
-        def _dispatch(self) -> tuple[int, dict[str, str], bytes]:
-            length = self.headers.get("Content-Length")
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                self.close_connection = True
-                return _json_error(411, "Content-Length required")
+class WorkerPool:
+    """``size`` worker processes; a request borrows one for its whole invocation."""
+
+    def __init__(self, template_path: Path, size: int, start_timeout: float = 120.0) -> None:
+        # spawn, not fork: the front runs threads, and a forked child would inherit their locks.
+        self._ctx = multiprocessing.get_context("spawn")
+        self._template = template_path
+        self._start_timeout = start_timeout
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        workers = [self._spawn() for _ in range(size)]
+        for worker in workers:
+            worker.wait_ready(start_timeout)
+            self._idle.put(worker)
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker(self._ctx, self._template)
+        with self._lock:
+            self._all.add(worker)
+        return worker
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill ``worker`` and start another in the background (requests keep using the rest)."""
+        with self._lock:
+            self._all.discard(worker)
+        worker.process.kill()
+        worker.process.join()
+        worker.conn.close()
+
+        def start() -> None:
+            if self._closed:
+                return
+            fresh = self._spawn()
             try:
-                size = int(length) if length else 0
-            except ValueError:
-                self.close_connection = True
-                return _json_error(400, "Bad Content-Length")
-            if size < 0 or size > MAX_REQUEST_BYTES:
-                self.close_connection = True
-                return _json_error(413, "Request body too large")
-            body = self.rfile.read(size) if size else b""
-            path = urlsplit(self.path).path
-            route, params, path_exists = gateway.match(self.command, unquote(path))
-            if route is None:
-                return _json_error(405 if path_exists else 404, "Method not allowed" if path_exists else "Not found")
-            event = gateway.event(route, params, self.command, self.path, list(self.headers.items()), body,
-                                  self.client_address[0])
-            try:
-                result = gateway.invoke(route, event)
-            except Exception:  # noqa: BLE001 - a crashed function is a 502 at API Gateway too
-                return _json_error(502, "Internal server error")
-            out_headers = dict(result.get("headers") or {})
-            for name, values in (result.get("multiValueHeaders") or {}).items():
-                out_headers[name] = ", ".join(values)
-            raw = result.get("body") or ""
-            data = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode("utf-8")
-            return int(result.get("statusCode", 200)), out_headers, data
+                fresh.wait_ready(self._start_timeout)
+            except (WorkerCrashed, WorkerTimedOut, EOFError, OSError):
+                _LOG.exception("a replacement worker failed to start")
+                self._replace(fresh)
+                return
+            self._idle.put(fresh)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+        threading.Thread(target=start, daemon=True, name="lookalike-respawn").start()
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    def invoke(self, function: str, event: dict[str, Any], timeout: float, wait: float) -> dict[str, Any]:
+        """The handler's result. Raises queue.Empty when no worker frees up within ``wait`` s,
+        WorkerTimedOut past ``timeout`` s, WorkerCrashed when the function raised or died."""
+        worker = self._idle.get(timeout=wait)
+        try:
+            result = worker.call(function, event, timeout)
+        except WorkerCrashed:
+            self._idle.put(worker)  # the function raised; the process is fine
+            raise
+        except (WorkerTimedOut, EOFError, OSError) as exc:
+            self._replace(worker)  # dead, or still busy: its state is unknown
+            raise exc if isinstance(exc, WorkerTimedOut) else WorkerCrashed("worker died") from exc
+        self._idle.put(worker)
+        return result
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            workers = list(self._all)
+        for worker in workers:
+            worker.stop()
+
+
+class InProcessPool:
+    """The handlers in the server's own process, one request at a time (a single execution
+    environment): for tests whose network guard must cover the handlers' own connections."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._lock = threading.Lock()
+
+    def invoke(self, function: str, event: dict[str, Any], timeout: float, wait: float) -> dict[str, Any]:
+        if not self._lock.acquire(timeout=wait):
+            raise queue.Empty
+        try:
+            return self.gateway.invoke(self.gateway.route(function), event)
+        except Exception as exc:
+            raise WorkerCrashed(type(exc).__name__) from exc
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- the HTTP front
+
+
+def json_error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    return status, [("Content-Type", "application/json")], json.dumps({"error": message}).encode()
+
+
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 301: "Moved Permanently",
+            302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
+            415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+
+
+RAW_HEADERS = "lookalike.raw_headers"  # the environ key with the header lines as sent
+
+
+def _request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
+    headers = environ.get(RAW_HEADERS)
+    if headers is None:  # another WSGI server: rebuild names from the environ
+        headers = [("-".join(p.capitalize() for p in k[5:].split("_")), v)
+                   for k, v in environ.items() if k.startswith("HTTP_")]
+        headers += [(n, environ[k]) for k, n in (("CONTENT_TYPE", "Content-Type"),
+                                                 ("CONTENT_LENGTH", "Content-Length")) if environ.get(k)]
+    # Header bytes arrive read as latin-1; API Gateway hands the handler UTF-8 text.
+    return [(n, v.encode("latin-1").decode("utf-8", "replace")) for n, v in headers]
+
+
+class Front:
+    """The WSGI application: template route -> event -> a worker -> the HTTP response."""
+
+    def __init__(self, gateway: Gateway, pool: WorkerPool | InProcessPool, queue_wait_s: float = 30.0) -> None:
+        self.gateway = gateway
+        self.pool = pool
+        self.queue_wait_s = queue_wait_s
+        self.active = 0  # requests being answered (a graceful stop waits for them)
+        self._count_lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with self._count_lock:
+            self.active += 1
+        try:
+            status, headers, body = self.respond(environ)
+        finally:
+            with self._count_lock:
+                self.active -= 1
+        if environ["REQUEST_METHOD"] == "HEAD":
+            headers = [*headers, ("Content-Length", str(len(body)))]
+            body = b""
+        start_response(f"{status} {_REASONS.get(status, 'Unknown')}", headers)
+        return [body]
+
+    def respond(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        method = environ["REQUEST_METHOD"]
+        raw_uri = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
+        route, params, path_exists = self.gateway.match(method, unquote(urlsplit(raw_uri).path))
+        if route is None:
+            return json_error(405, "Method not allowed") if path_exists else json_error(404, "Not found")
+        body = environ["wsgi.input"].read(MAX_REQUEST_BYTES + 1)
+        if len(body) > MAX_REQUEST_BYTES:
+            return json_error(413, "Request body too large")
+        event = self.gateway.event(route, params, method, raw_uri, _request_headers(environ), body,
+                                   environ.get("REMOTE_ADDR", "127.0.0.1"))
+        try:
+            result = self.pool.invoke(route.function, event, route.timeout_s, self.queue_wait_s)
+        except queue.Empty:
+            return json_error(503, "Server busy")
+        except WorkerTimedOut:
+            return json_error(504, "Endpoint request timed out")
+        except WorkerCrashed:
+            return json_error(502, "Internal server error")
+        out: dict[str, str] = dict(result.get("headers") or {})
+        for name, values in (result.get("multiValueHeaders") or {}).items():
+            out[name] = ", ".join(values)
+        raw = result.get("body") or ""
+        data = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode("utf-8")
+        return int(result.get("statusCode", 200)), list(out.items()), data
+
+
+def _channel_class() -> type:
+    """waitress's connection handler, made to pass headers as API Gateway does and to refuse
+    in our error shape.
+
+    WSGI upper-cases header names and folds '-' into '_', and waitress drops names that
+    contain '_' (they would be ambiguous in WSGI). API Gateway hands a handler the headers as
+    sent, and one surface needs exactly such a name (XGen's ``access_token``), so the parser
+    keeps the raw header lines and the task passes them on beside the WSGI environ.
+    """
+    from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser, get_header_lines
+    from waitress.rfc7230 import HEADER_FIELD_RE
+    from waitress.task import ErrorTask, WSGITask
+
+    class RawHeaderParser(HTTPRequestParser):
+        raw_headers: list[tuple[str, str]] = []
+
+        def parse_header(self, header_plus: bytes) -> None:
+            super().parse_header(header_plus)  # validates (and raises) first
+            lines = get_header_lines(header_plus[header_plus.find(b"\r\n") + 2:])
+            self.raw_headers = [(m.group("name").decode("latin-1"), m.group("value").strip(b" \t").decode("latin-1"))
+                                for line in lines if (m := HEADER_FIELD_RE.match(line))]
+
+    class RawHeaderTask(WSGITask):
+        def get_environment(self) -> dict[str, Any]:
+            environ = super().get_environment()
+            environ[RAW_HEADERS] = getattr(self.request, "raw_headers", [])
+            return environ
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self) -> None:
+            e = self.request.error
+            message = {413: "Request body too large", 431: "Request headers too large"}.get(e.code, e.reason)
+            status, headers, body = json_error(e.code, message)
+            self.status = f"{status} {e.reason}"
+            self.response_headers.extend(headers)
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class Channel(HTTPChannel):
+        parser_class = RawHeaderParser
+        task_class = RawHeaderTask
+        error_task_class = JsonErrorTask
+
+    return Channel
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 0  # 0: twice the CPUs, at least 2 (a slow image_url fetch holds one)
+    connection_limit: int = 512
+    channel_timeout_s: int = 30  # idle connections are closed after this
+    shutdown_grace_s: float = 20.0
+
+    def worker_count(self) -> int:
+        return self.workers or max(2, 2 * (os.cpu_count() or 1))
+
+
+class LocalServer:
+    """The front and its workers; ``run()`` serves until SIGTERM/SIGINT, then drains."""
+
+    def __init__(self, gateway: Gateway, options: ServerOptions,
+                 pool: WorkerPool | InProcessPool | None = None) -> None:
+        from waitress.server import create_server
+
+        self.options = options
+        self.pool = pool or WorkerPool(gateway.template_path, options.worker_count())
+
+        self.front = Front(gateway, self.pool)
+        self.server = create_server(
+            self.front, host=options.host, port=options.port,
+            threads=options.worker_count(),  # a thread waits on a worker: no more are useful
+            connection_limit=options.connection_limit, channel_timeout=options.channel_timeout_s,
+            cleanup_interval=max(1, options.channel_timeout_s // 3),
+            max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=MAX_REQUEST_BYTES,
+            asyncore_use_poll=True,  # select() stops at 1,024 descriptors
+            ident="Lookalike", expose_tracebacks=False, clear_untrusted_proxy_headers=True,
+        )
+        self.server.channel_class = _channel_class()
+        self._stopping = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.effective_port)
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT (main thread only), then drain."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self.serve()
+
+    def serve(self) -> None:
+        """Serve until ``stop()``."""
+        try:
+            self.server.run()  # returns once the drain below has closed every channel
+        finally:
+            self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=self.options.shutdown_grace_s)
+            self.pool.close()
+
+    def stop(self) -> None:
+        """Graceful stop, from any thread: no new connections; requests in flight finish (up to
+        the grace period); then ``serve()`` returns."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.server.trigger.pull_trigger(self._stop_listening)
+        threading.Thread(target=self._drain, daemon=True, name="lookalike-drain").start()
+
+    def _stop_listening(self) -> None:  # in the loop's thread
+        self.server.accepting = False
+        self.server.del_channel()
+        self.server.socket.close()
+
+    def _busy(self) -> bool:
+        channels = [c for c in list(self.server._map.values()) if hasattr(c, "total_outbufs_len")]
+        return bool(self.front.active or self.server.task_dispatcher.queue
+                    or any(c.total_outbufs_len or c.requests for c in channels))
+
+    def _drain(self) -> None:
+        from waitress import wasyncore
+
+        deadline = time.monotonic() + self.options.shutdown_grace_s
+        while self._busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Closing every channel (in the loop's own thread) empties the map, which ends run().
+        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))

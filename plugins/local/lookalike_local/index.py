@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE VIRTUAL TABLE IF NOT EXISTS items_text USING fts5(caption, prompt, tokenize='porter unicode61');
 CREATE TABLE IF NOT EXISTS text_vectors (
     pk INTEGER NOT NULL, field TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (pk, field));
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('revision', (SELECT coalesce(max(revision), 0) FROM collections));
 """
 # Columns added after the first release; databases created before get them on open.
 _MIGRATIONS = (
@@ -105,18 +107,20 @@ class LocalIndex(SearchBackend):
             if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(ddl)
         self._cache: dict[tuple[str, str], _Matrix] = {}
+        self._after_commit: Any = None
 
     # ------------------------------------------------------------ collections
 
     def create_collection(self, tenant: str, spec: CollectionSpec) -> CollectionInfo:
         with self._lock:
             try:
-                self._db.execute(
-                    "INSERT INTO collections (tenant, name, model_id, dimension, settings, status, created_at,"
-                    " text_model_id, text_dimension) VALUES (?, ?, ?, ?, ?, 'READY', ?, ?, ?)",
-                    (tenant, spec.name, spec.model_id, spec.dimension, json.dumps(dict(spec.settings)), time.time(),
-                     spec.text_model_id, spec.text_dimension),
-                )
+                with self._tx():
+                    self._db.execute(
+                        "INSERT INTO collections (tenant, name, model_id, dimension, settings, status, created_at,"
+                        " text_model_id, text_dimension, revision) VALUES (?, ?, ?, ?, ?, 'READY', ?, ?, ?, ?)",
+                        (tenant, spec.name, spec.model_id, spec.dimension, json.dumps(dict(spec.settings)),
+                         time.time(), spec.text_model_id, spec.text_dimension, self._next_revision()),
+                    )
             except sqlite3.IntegrityError:
                 raise Conflict(f"Collection {spec.name!r} already exists") from None
             info = self.get_collection(tenant, spec.name)
@@ -168,57 +172,66 @@ class LocalIndex(SearchBackend):
     def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
         if not items:
             return
-        with self._lock:
+        with self._lock, self._tx():
+            # The revision is read under the write lock: a write another process made before
+            # we got the lock is loaded first, never overwritten by our bump.
             dim, text_dim = self._dimensions(tenant, collection)
             rows = [(item, _checked(item.vector, dim, "vector"),
                      {f: _checked(v, text_dim, "text vector") for f, v in item.text_vectors.items()
                       if f in TEXT_FIELDS})
                     for item in items]
             matrix = self._matrix(tenant, collection)
-            with self._tx():
-                for item, v, texts in rows:
-                    cur = self._db.execute(
-                        "INSERT INTO items (tenant, collection, id, metadata, image_key, vector, updated_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, collection, id) DO UPDATE SET"
-                        " metadata = excluded.metadata, image_key = excluded.image_key,"
-                        " vector = excluded.vector, updated_at = excluded.updated_at RETURNING pk",
-                        (tenant, collection, item.id, json.dumps(item.metadata), item.image_key,
-                         v.tobytes(), item.updated_at),
-                    )
-                    pk = cur.fetchone()[0]
-                    self._db.execute("DELETE FROM items_text WHERE rowid = ?", (pk,))
-                    self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (pk,))
-                    text = [_text(item.metadata.get(f)) for f in TEXT_FIELDS]
-                    if any(text):
-                        self._db.execute("INSERT INTO items_text (rowid, caption, prompt) VALUES (?, ?, ?)",
-                                         (pk, *text))
-                    for field, tv in texts.items():
-                        self._db.execute("INSERT INTO text_vectors (pk, field, vector) VALUES (?, ?, ?)",
-                                         (pk, field, tv.tobytes()))
-                revision = self._bump(tenant, collection)
             for item, v, texts in rows:
-                _matrix_put(matrix, item.id, v, texts)
-            matrix.revision = revision
+                cur = self._db.execute(
+                    "INSERT INTO items (tenant, collection, id, metadata, image_key, vector, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, collection, id) DO UPDATE SET"
+                    " metadata = excluded.metadata, image_key = excluded.image_key,"
+                    " vector = excluded.vector, updated_at = excluded.updated_at RETURNING pk",
+                    (tenant, collection, item.id, json.dumps(item.metadata), item.image_key,
+                     v.tobytes(), item.updated_at),
+                )
+                pk = cur.fetchone()[0]
+                self._db.execute("DELETE FROM items_text WHERE rowid = ?", (pk,))
+                self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (pk,))
+                text = [_text(item.metadata.get(f)) for f in TEXT_FIELDS]
+                if any(text):
+                    self._db.execute("INSERT INTO items_text (rowid, caption, prompt) VALUES (?, ?, ?)",
+                                     (pk, *text))
+                for field, tv in texts.items():
+                    self._db.execute("INSERT INTO text_vectors (pk, field, vector) VALUES (?, ?, ?)",
+                                     (pk, field, tv.tobytes()))
+            revision = self._bump(tenant, collection)
+            # Applied to the cache only once the commit (the _tx exit) succeeded.
+            self._after_commit = lambda: self._apply_puts(matrix, rows, revision)
+
+    def _apply_puts(self, matrix: _Matrix, rows: list[tuple[Item, np.ndarray, dict[str, np.ndarray]]],
+                    revision: int) -> None:
+        for item, v, texts in rows:
+            _matrix_put(matrix, item.id, v, texts)
+        matrix.revision = revision
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
-        with self._lock:
+        with self._lock, self._tx():
             self._dimensions(tenant, collection)
             matrix = self._matrix(tenant, collection)
             removed = 0
-            with self._tx():
-                for item_id in ids:
-                    row = self._db.execute(
-                        "DELETE FROM items WHERE tenant = ? AND collection = ? AND id = ? RETURNING pk",
-                        (tenant, collection, item_id),
-                    ).fetchone()
-                    if row:
-                        self._db.execute("DELETE FROM items_text WHERE rowid = ?", (row[0],))
-                        self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (row[0],))
-                        removed += 1
-                revision = self._bump(tenant, collection) if removed else matrix.revision
             for item_id in ids:
-                _matrix_remove(matrix, item_id)
-            matrix.revision = revision
+                row = self._db.execute(
+                    "DELETE FROM items WHERE tenant = ? AND collection = ? AND id = ? RETURNING pk",
+                    (tenant, collection, item_id),
+                ).fetchone()
+                if row:
+                    self._db.execute("DELETE FROM items_text WHERE rowid = ?", (row[0],))
+                    self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (row[0],))
+                    removed += 1
+            revision = self._bump(tenant, collection) if removed else matrix.revision
+
+            def apply() -> None:
+                for item_id in ids:
+                    _matrix_remove(matrix, item_id)
+                matrix.revision = revision
+
+            self._after_commit = apply
             return removed
 
     def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None:
@@ -237,7 +250,7 @@ class LocalIndex(SearchBackend):
     # ------------------------------------------------------------ search
 
     def search(self, tenant: str, collection: str, query: VectorQuery) -> SearchPage:
-        with self._lock:
+        with self._lock, self._snapshot():
             dim, _ = self._dimensions(tenant, collection)
             q = _checked(query.vector, dim, "query vector")
             matrix = self._matrix(tenant, collection)
@@ -253,7 +266,7 @@ class LocalIndex(SearchBackend):
         columns = " ".join(f for f in TEXT_FIELDS if f in query.fields)
         match = "{" + columns + "}: (" + " OR ".join(f'"{t}"' for t in terms) + ")"
         where, params = self._where(tenant, collection, query.filter)
-        with self._lock:
+        with self._lock, self._snapshot():
             self._dimensions(tenant, collection)
             base = (f" FROM items_text JOIN items ON items.pk = items_text.rowid"
                     f" WHERE items_text MATCH ? AND {where}")
@@ -267,7 +280,7 @@ class LocalIndex(SearchBackend):
         return SearchPage(hits=hits, total=total)
 
     def _semantic_text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage:
-        with self._lock:
+        with self._lock, self._snapshot():
             _, text_dim = self._dimensions(tenant, collection)
             if text_dim is None:
                 raise BadRequest("this collection has no text embeddings")
@@ -329,17 +342,31 @@ class LocalIndex(SearchBackend):
 
     # ------------------------------------------------------------ internals
 
-    def _tx(self) -> Any:
-        db = self._db
+    def _tx(self, begin: str = "BEGIN IMMEDIATE") -> Any:
+        """A write transaction (or, with ``BEGIN``, a read snapshot); ``self._after_commit``,
+        when a step sets it, runs once the commit has succeeded (cache updates)."""
+        index = self
 
         class _Tx:
             def __enter__(self) -> None:
-                db.execute("BEGIN IMMEDIATE")
+                index._db.execute(begin)
+                index._after_commit = None
 
             def __exit__(self, exc_type: Any, *_: Any) -> None:
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
+                hook, index._after_commit = index._after_commit, None
+                if exc_type:
+                    index._db.execute("ROLLBACK")
+                    return
+                index._db.execute("COMMIT")
+                if hook is not None:
+                    hook()
 
         return _Tx()
+
+    def _snapshot(self) -> Any:
+        """One consistent view for a search: the revision check, the vectors it may reload,
+        the filter and the hits' metadata all read the same database state."""
+        return self._tx("BEGIN")
 
     def _dimensions(self, tenant: str, collection: str) -> tuple[int, int | None]:
         """(image dimension, text dimension or None); NotFound for an unknown collection."""
@@ -350,11 +377,17 @@ class LocalIndex(SearchBackend):
             raise NotFound("Collection not found")
         return int(row[0]), (int(row[1]) if row[1] is not None else None)
 
-    def _bump(self, tenant: str, collection: str) -> int:
+    def _next_revision(self) -> int:
+        # One counter for every collection, never reset: a collection deleted and created again
+        # never reuses a revision that a process still has cached for the old one.
         return self._db.execute(
-            "UPDATE collections SET revision = revision + 1 WHERE tenant = ? AND name = ? RETURNING revision",
-            (tenant, collection),
-        ).fetchone()[0]
+            "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value").fetchone()[0]
+
+    def _bump(self, tenant: str, collection: str) -> int:
+        revision = self._next_revision()
+        self._db.execute("UPDATE collections SET revision = ? WHERE tenant = ? AND name = ?",
+                         (revision, tenant, collection))
+        return revision
 
     def _matrix(self, tenant: str, collection: str) -> _Matrix:
         """The cached vectors, reloaded when another process changed the collection."""

@@ -1,0 +1,228 @@
+"""`lookalike serve` under concurrent requests: nothing crosses requests, tenants or functions.
+
+Powertools keeps the request in process-wide state; before the server ran one request per
+worker process, concurrent requests to different functions read each other's events (a PUT
+without a key stored by another tenant's PUT, a tenant reading another's item, spurious 400s).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, catalog_images, free_port, query_image, write_deployment
+from tests.e2e.conftest import cli_env, running_server
+from tests.e2e.isolation_load import Load, seed, stored_items_are_their_owners
+
+pytestmark = pytest.mark.e2e
+DEMO = {"Authorization": "Bearer demo-key"}
+GLOBEX = {"Authorization": "Bearer globex-key"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("concurrency") / "home"
+    write_deployment(home)
+    with running_server(cli_env(home, model_dir)) as base:
+        seed(base, catalog_images())
+        yield base
+
+
+def test_concurrent_mixed_requests_each_get_their_own_answer(server: str) -> None:
+    """Hundreds of requests to five functions for two tenants, 16 at a time, each checked."""
+    tally = Load(server, catalog_images(), seed_value=14).run(count=600, threads=16, time_limit_s=240)
+    assert tally.requests >= 300, f"only {tally.requests} requests ran in the time limit"
+    assert not tally.leaks, f"{len(tally.leaks)} of {tally.requests} answers belonged to another request: " \
+                            f"{tally.leaks[:5]}"
+    assert not tally.errors, f"{len(tally.errors)} of {tally.requests} failed: {tally.errors[:5]}"
+    assert not stored_items_are_their_owners(server)
+
+
+class _SlowOrigin(BaseHTTPRequestHandler):
+    delay_s = 6.0
+
+    def do_GET(self) -> None:
+        time.sleep(self.delay_s)
+        body = query_image("hat").read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_slow_image_url_does_not_stall_another_tenants_search(server: str) -> None:
+    origin = ThreadingHTTPServer(("127.0.0.1", 0), _SlowOrigin)
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{origin.server_address[1]}/slow.jpg"
+        slow = threading.Thread(target=lambda: requests.post(
+            f"{server}/v1/collections/iso/search", json={"image_url": url}, headers=DEMO, timeout=60))
+        slow.start()
+        time.sleep(0.5)  # the slow search is now waiting on its origin inside a worker
+        started = time.monotonic()
+        r = requests.post(f"{server}/v1/collections/iso/search", json={"item_id": "item-0"}, headers=GLOBEX,
+                          timeout=60)
+        took = time.monotonic() - started
+        assert r.status_code == 200, r.text
+        assert took < _SlowOrigin.delay_s - 2, f"another tenant's search waited {took:.1f} s for the slow origin"
+        slow.join(60)
+    finally:
+        origin.shutdown()
+
+
+def _raw(base: str, request: bytes, read_for_s: float = 10.0) -> bytes:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=read_for_s) as s:
+        s.sendall(request)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and b"Content-Length: 0" not in chunks[0]:
+                    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), None)
+                    if length is not None and len(body) >= length:
+                        break
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
+
+def test_protocol_edges_answer_in_the_error_shape(server: str) -> None:
+    # An unknown method on a known path: 405 in the error shape (not an HTML 501).
+    r = requests.request("PROPFIND", f"{server}/v1/collections", headers=DEMO, timeout=10)
+    assert r.status_code == 405 and r.json() == {"error": "Method not allowed"}
+    r = requests.request("BREW", f"{server}/nowhere", headers=DEMO, timeout=10)
+    assert r.status_code == 404 and r.json() == {"error": "Not found"}
+    # Headers past the bound: refused in the error shape, before any handler runs.
+    r = requests.get(f"{server}/v1/collections", headers={**DEMO, "X-Big": "a" * 70_000}, timeout=10)
+    assert r.status_code == 431 and "error" in r.json()
+    # A body past API Gateway's 10 MB: 413 from its Content-Length, the body is never read.
+    head = (b"PUT /v1/collections/iso/items/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer demo-key\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 20000000\r\n\r\n")
+    answer = _raw(server, head)
+    assert answer.startswith(b"HTTP/1.1 413") and b'"error"' in answer
+
+
+def test_expect_100_continue_is_answered_at_once(server: str) -> None:
+    """curl sends `Expect: 100-continue` with bodies over 1 MB and waits 1 s unless answered."""
+    body = b'{"name": "' + b"x" * 2_000_000 + b'"}'
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/collections HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer demo-key\r\n"
+                  b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        started = time.monotonic()
+        s.settimeout(0.5)
+        first = s.recv(100)
+        assert first.startswith(b"HTTP/1.1 100 Continue"), first
+        assert time.monotonic() - started < 0.5
+        s.settimeout(10)
+        s.sendall(body)
+        rest = s.recv(65536)
+        assert b"HTTP/1.1 400" in rest or b"HTTP/1.1 413" in rest, rest[:200]
+
+
+def test_slow_clients_do_not_starve_others(server: str) -> None:
+    """Connections that send half a request and stall hold a socket, never a worker."""
+    host, port = server.removeprefix("http://").split(":")
+    stalled = []
+    try:
+        for _ in range(40):  # far more than there are workers
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(b"POST /v1/collections/iso/search HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            stalled.append(s)
+        started = time.monotonic()
+        r = requests.post(f"{server}/v1/collections/iso/search", json={"item_id": "item-1"}, headers=DEMO,
+                          timeout=30)
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - started < 5
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_graceful_stop_answers_the_request_in_flight(tmp_path: Path, model_dir: Path) -> None:
+    home = tmp_path / "home"
+    write_deployment(home)
+    env = cli_env(home, model_dir)
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port), "--workers", "2"],
+                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{base}/v1/collections", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+                time.sleep(0.2)
+        origin = ThreadingHTTPServer(("127.0.0.1", 0), _SlowOrigin)
+        threading.Thread(target=origin.serve_forever, daemon=True).start()
+        answers: list[requests.Response] = []
+        url = f"http://127.0.0.1:{origin.server_address[1]}/slow.jpg"
+        in_flight = threading.Thread(target=lambda: answers.append(requests.post(
+            f"{base}/v1/embed", json={"image_url": url}, headers=DEMO, timeout=60)))
+        in_flight.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        in_flight.join(60)
+        assert answers and answers[0].status_code == 200, answers[0].text if answers else "no answer"
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{base}/v1/collections", timeout=2)
+        origin.shutdown()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        log.close()
+
+
+def test_a_crashed_worker_is_replaced(server: str) -> None:
+    """kill -9 of a worker mid-request: that request gets 502, the server carries on."""
+    workers = _worker_pids(server)
+    assert len(workers) >= 2
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    statuses = set()
+    while time.monotonic() < deadline:
+        r = requests.get(f"{server}/v1/collections", headers=DEMO, timeout=30)
+        statuses.add(r.status_code)
+        if r.status_code == 200 and len(_worker_pids(server)) == len(workers):
+            break
+        time.sleep(0.2)
+    assert statuses <= {200, 502}
+    assert len(_worker_pids(server)) == len(workers)
+    r = requests.post(f"{server}/v1/embed", headers=DEMO, timeout=30,
+                      json={"image_base64": base64.b64encode(query_image("hat").read_bytes()).decode()})
+    assert r.status_code == 200
+
+
+def _worker_pids(base: str) -> list[int]:
+    """The server's worker processes (children of the process listening on ``base``'s port)."""
+    port = int(base.rsplit(":", 1)[1])
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    server_pid = next(int(pid) for pid, _, args in rows if f"--port {port}" in args and "serve" in args)
+    return sorted(int(pid) for pid, ppid, args in rows if int(ppid) == server_pid and "spawn_main" in args)
