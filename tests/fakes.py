@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -190,10 +190,12 @@ class MemoryBlobStore(BlobStore):
 
     def __init__(self, options: object = None, context: object = None) -> None:
         self.blobs: dict[str, Blob] = {}
+        self.modified: dict[str, float] = {}
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
             metadata: Mapping[str, str] | None = None) -> None:
         self.blobs[key] = Blob(bytes(data), content_type, dict(metadata or {}))
+        self.modified[key] = time.time()
 
     def get(self, key: str) -> Blob:
         if key not in self.blobs:
@@ -202,9 +204,13 @@ class MemoryBlobStore(BlobStore):
 
     def delete(self, key: str) -> None:
         self.blobs.pop(key, None)
+        self.modified.pop(key, None)
 
     def exists(self, key: str) -> bool:
         return key in self.blobs
+
+    def list_keys(self, prefix: str) -> Iterator[tuple[str, float]]:
+        return iter([(k, self.modified[k]) for k in sorted(self.blobs) if k.startswith(prefix)])
 
 
 class TestPlugin:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +60,41 @@ def test_blob_keys_take_the_longest_item_id(store: BlobStore) -> None:
     assert dict(store.get(long_a).metadata) == {"item_id": "i" * 256}
     store.delete(long_a)
     assert not store.exists(long_a) and store.exists(long_b)
+
+
+def test_list_and_delete_a_prefix(store: BlobStore) -> None:
+    """A collection's images are listed (orphan sweeps) and removed with it, nothing else."""
+    long_id = "i" * 256
+    keys = ["t/collections/c/images/a/v1", f"t/collections/c/images/{long_id}/v2", "t/collections/c/ingest/f.json"]
+    for key in keys:
+        store.put(key, b"x", "image/jpeg", {"item_id": "a"})
+    store.put("t/collections/c2/images/a/v1", b"y")  # a neighbour whose name extends "c"
+    listed = dict(store.list_keys("t/collections/c/"))
+    assert sorted(listed) == sorted(keys)
+    assert all(abs(t - time.time()) < 120 for t in listed.values())
+    assert sorted(k for k, _ in store.list_keys("t/collections/c/images/")) == keys[:2]
+    assert store.delete_prefix("t/collections/c/") == 3
+    assert list(store.list_keys("t/collections/c/")) == [] and not store.exists(keys[1])
+    assert store.get("t/collections/c2/images/a/v1").data == b"y"
+    assert store.delete_prefix("t/collections/none/") == 0
+
+
+def test_filesystem_cleans_what_killed_writes_left(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(context=BackendContext(home=tmp_path))
+    store.put("t/collections/c/images/a/v1", b"kept")
+    folder = store.root / "t" / "collections" / "c" / "images" / "a"
+    stale_tmp, fresh_tmp = folder / ".tmp-abc", folder / ".tmp-def"
+    lone_sidecar = folder / "v0.meta.json"  # killed between the sidecar and the blob
+    for path in (stale_tmp, fresh_tmp, lone_sidecar):
+        path.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale_tmp, (old, old))
+    os.utime(lone_sidecar, (old, old))
+    assert store.clean_temporaries(older_than_s=600) == 2
+    assert not stale_tmp.exists() and not lone_sidecar.exists()
+    assert fresh_tmp.exists()  # may belong to a write in flight
+    assert store.get("t/collections/c/images/a/v1").data == b"kept"
+    assert [k for k, _ in store.list_keys("t/")] == ["t/collections/c/images/a/v1"]
 
 
 def test_filesystem_keys_cannot_escape_root(tmp_path: Path) -> None:

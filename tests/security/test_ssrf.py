@@ -27,6 +27,8 @@ FORBIDDEN = {  # fake DNS: name -> the addresses it resolves to
     "sixtofour.example": ["2002:a00:1::"],
     "linklocal6.example": ["fe80::1"],
     "multicast.example": ["224.0.0.1"],
+    "sitelocal6.example": ["fec0::1"],  # deprecated site-local: Python's ipaddress calls it global
+    "documentation6.example": ["3fff:123::1"],  # RFC 9637 documentation prefix, likewise
     "rebind.example": ["93.184.216.34", "10.0.0.1"],  # one good address does not excuse a bad one
 }
 LITERALS = ["http://169.254.169.254/latest/meta-data/x.jpg", "http://[fd00:ec2::254]/x.jpg",

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,9 @@ def ingest(source: Path, collection: str, tenant: str | None, threads: int, upda
     if not any(c.name == collection for c in t.list_collections()):
         t.create_collection(collection)
         click.echo(f"created collection {collection!r}")
+    else:
+        t.collection(collection)  # a status left INDEXING by a killed ingest recovers here
+        t.sweep(collection)
     skipped: list[tuple[str, str]] = []
     failed: list[tuple[str, str]] = []
     sources = manifest_sources(source, failed) if source.is_file() else folder_sources(source, skipped)
@@ -149,6 +153,20 @@ def ingest(source: Path, collection: str, tenant: str | None, threads: int, upda
         click.echo(f"  {reason}: {n}")
     if report.failed and not report.indexed:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--tenant", help="Only this tenant (default: every tenant).")
+@click.option("--older-than", type=click.FloatRange(0), default=600, show_default=True,
+              help="Spare files younger than this many seconds (they may belong to a write in flight).")
+def repair(tenant: str | None, older_than: float) -> None:
+    """Remove what killed or failed writes left: images no item refers to, temporary files;
+    reset an INDEXING status whose ingest is gone. `serve` and `ingest` do this on start."""
+    app = _service()
+    if tenant is not None:
+        _tenant(app, tenant)
+    done = app.repair([tenant] if tenant else None, older_than_s=older_than)
+    click.echo(f"removed {done['images']} unreferenced images, {done['temporaries']} temporary files")
 
 
 @main.command()
@@ -252,13 +270,23 @@ def serve(host: str, port: int, template: Path | None, workers: int, connection_
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise click.UsageError("the local server binds to loopback only; deploy with `sam deploy` to serve others")
     gateway = Gateway((template or default_template()).resolve())
-    _service().config()  # fail now, not at the first request, when there is no configuration
+    app = _service()
+    app.config()  # fail now, not at the first request, when there is no configuration
+    # What a killed process left behind, swept beside the serving (it only removes old, unreferenced files).
+    threading.Thread(target=_repair_quietly, args=(app,), daemon=True, name="lookalike-repair").start()
     options = ServerOptions(host=host, port=port, workers=workers, connection_limit=connection_limit,
                             channel_timeout_s=idle_timeout)
     server = LocalServer(gateway, options)
     click.echo(f"Lookalike serving {len(gateway.routes)} routes on http://{host}:{server.port}"
                f" with {options.worker_count()} workers")
     server.run()
+
+
+def _repair_quietly(app: Lookalike) -> None:
+    try:
+        app.repair()
+    except LookalikeError as exc:
+        click.echo(f"repair skipped: {exc.message}", err=True)
 
 
 if __name__ == "__main__":

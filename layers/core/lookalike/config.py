@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     config_ttl: int = 60  # seconds a fetched config is trusted before re-reading
     allow_loopback_urls: bool = False  # let image URLs point at 127.0.0.1 (development only)
     blobs_bucket: str | None = None  # the stack's bucket: the default blob store when the document names none
+    # The API's public base URL for the image links in answers (https://images.example.com).
+    # Unset: API Gateway's own domain name, or locally a validated Host header.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 
     @property
     def config_path(self) -> Path:
@@ -196,7 +199,8 @@ def _merge(default: BackendChoice, override: BackendChoice | None) -> BackendCho
 def hash_key(key: str) -> str:
     # API keys are long random tokens, so a fast unsalted hash is enough to make a leaked
     # config useless without making every request pay for a password KDF.
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    # surrogatepass: a key with a lone surrogate hashes (to nothing stored) instead of raising.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_config(document: str | bytes | dict[str, Any]) -> DeploymentConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -234,3 +234,19 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list_keys(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """(key, last modified as epoch seconds) of every blob whose key starts with ``prefix``."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every blob under ``prefix`` (a collection's images); the number deleted."""
+        n = 0
+        for key, _ in list(self.list_keys(prefix)):
+            self.delete(key)
+            n += 1
+        return n
+
+    def clean_temporaries(self, older_than_s: float) -> int:
+        """Remove what interrupted writes left behind (the filesystem's temporary files)."""
+        return 0

@@ -39,6 +39,9 @@ class FetchError(BadRequest):
 
 
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# Not global, yet Python 3.11's ipaddress calls them so: deprecated site-local (RFC 3879) and
+# the second documentation prefix (RFC 9637).
+_NOT_GLOBAL = (ipaddress.ip_network("fec0::/10"), ipaddress.ip_network("3fff::/20"))
 
 
 def _tunnelled_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -58,7 +61,7 @@ def address_allowed(address: str, policy: FetchPolicy) -> bool:
             ip = ip.ipv4_mapped
         elif not all(address_allowed(str(a), policy) for a in _tunnelled_ipv4(ip)):
             return False
-    if ip in _METADATA_HOSTS:
+    if ip in _METADATA_HOSTS or any(ip in net for net in _NOT_GLOBAL if ip.version == net.version):
         return False
     if ip.is_loopback:
         return policy.allow_loopback

@@ -17,12 +17,52 @@ from lookalike.errors import BadRequest
 Scalar = str | int | float | bool
 
 
+INT64_MAX = 2**63 - 1
+
+
+def filter_number(value: int | float) -> int | float:
+    """A number fit for every backend (SQLite binds 64-bit integers and finite doubles):
+    a larger integer compares as the float it rounds to; beyond a double's range, or NaN and
+    infinities, it is refused."""
+    if isinstance(value, int) and not -INT64_MAX <= value <= INT64_MAX:
+        try:
+            value = float(value)
+        except OverflowError:
+            raise BadRequest("filter number is out of range") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest("filter numbers must be finite")
+    return value
+
+
+def filter_text(value: str) -> str:
+    if not is_unicode_text(value):
+        raise BadRequest("filter values must be valid Unicode text")
+    return value
+
+
+def is_unicode_text(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8: JSON's ``"\\ud800"`` escapes decode to lone
+    surrogates, which no database, index or JSON encoder downstream can store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Every surface's parser builds these nodes, so their checks cover every surface and backend.
 @dataclass(frozen=True)
 class Term:
     """field equals value; on a list-valued field, any element equals value."""
 
     field: str
     value: Scalar
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, str):
+            filter_text(self.value)
+        elif not isinstance(self.value, bool):
+            object.__setattr__(self, "value", filter_number(self.value))
 
 
 @dataclass(frozen=True)
@@ -32,6 +72,12 @@ class Range:
     field: str
     lower: float | None = None
     upper: float | None = None
+
+    def __post_init__(self) -> None:
+        for side in ("lower", "upper"):
+            bound = getattr(self, side)
+            if bound is not None:
+                object.__setattr__(self, side, filter_number(bound))
 
 
 @dataclass(frozen=True)

@@ -110,12 +110,10 @@ def ingest_sources(tenant: TenantService, collection: str, sources: list[Source]
     """Index ``sources`` into ``collection``; progress is a tqdm-like object (``update(n)``)."""
     report = IngestReport()
     tenant.collection(collection)
-    # While it runs the collection is INDEXING (the Visual Layer surface answers 409 meanwhile).
-    tenant.search_backend.set_status(tenant.id, collection, "INDEXING")
     try:
-        _ingest(tenant, collection, sources, report, skip_existing, threads, progress)
+        with tenant.indexing(collection):
+            _ingest(tenant, collection, sources, report, skip_existing, threads, progress)
     finally:
-        tenant.search_backend.set_status(tenant.id, collection, "READY")
         tenant.note_ingest_failures(collection, report.failed)
     return report
 

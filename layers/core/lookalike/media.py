@@ -1,6 +1,6 @@
 """Signed, expiring media URLs: image links that work in an ``<img src>`` without a key.
 
-A token names (tenant, collection, item, size, the item's version, expiry) and carries an
+A token names (tenant, collection, item, size, the item's image version, expiry) and carries an
 HMAC-SHA256 over them. The secret comes from ``LOOKALIKE_MEDIA_SECRET``; without it, a
 random secret is created once in ``<LOOKALIKE_HOME>/media.secret`` (local use).
 """
@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -46,7 +47,18 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Only the one spelling ``_b64`` writes: other encodings of the same bytes (padding,
+    the standard alphabet, stray bits in the last character) are not the same token."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("non-canonical base64")
+    return data
+
+
+def version_of(image_key: str | None) -> str:
+    """A short fingerprint of the item's stored image: every write stores a new key, so a link
+    made for one photo never serves the next one under the same item id."""
+    return hashlib.sha256((image_key or "").encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -55,13 +67,15 @@ class MediaRef:
     collection: str
     item_id: str
     size: Size
+    version: str  # version_of(the item's image_key) when the link was made
 
 
 def sign(home: Path, ref: MediaRef, ttl: int = TTL_SECONDS) -> str:
     # Expiry rounded up to the hour: the same image keeps the same link for an hour, so
     # browsers reuse their cached copy across searches.
     expires = -(-(int(time.time()) + ttl) // 3600) * 3600
-    body = json.dumps([ref.tenant, ref.collection, ref.item_id, ref.size, expires], separators=(",", ":")).encode()
+    body = json.dumps([ref.tenant, ref.collection, ref.item_id, ref.size, ref.version, expires],
+                      separators=(",", ":")).encode()
     mac = hmac.new(_secret(str(home)), body, hashlib.sha256).digest()[:20]
     return f"{_b64(body)}.{_b64(mac)}"
 
@@ -74,20 +88,34 @@ def verify(home: Path, token: str) -> MediaRef:
         expected = hmac.new(_secret(str(home)), body, hashlib.sha256).digest()[:20]
         if not hmac.compare_digest(mac, expected):
             raise ValueError("bad signature")
-        tenant, collection, item_id, size, expires = json.loads(body)
+        tenant, collection, item_id, size, version, expires = json.loads(body)
         if int(expires) < time.time() or size not in ("full", "thumb"):
             raise ValueError("expired")
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise NotFound("Not found") from exc
-    return MediaRef(str(tenant), str(collection), str(item_id), size)
+    return MediaRef(str(tenant), str(collection), str(item_id), size, str(version))
 
 
-def base_url(event: object) -> str:
-    """This API's public base URL, from the request (API Gateway stage or the local server)."""
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                   r"(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
+
+
+def base_url(event: object, public_url: str | None = None) -> str:
+    """This API's public base URL for links in answers.
+
+    ``public_url`` (``LOOKALIKE_PUBLIC_URL``) when configured. Otherwise, on API Gateway, the
+    domain name API Gateway itself reports (not a client header) with https and the stage; on
+    the local server the Host header, only when it is a well-formed host[:port], over http.
+    Never ``X-Forwarded-Proto``: a client could make links of any scheme (``javascript:``)."""
+    configured = public_url or os.environ.get("LOOKALIKE_PUBLIC_URL")
+    if configured:
+        return configured.rstrip("/")
     headers = getattr(event, "headers", None) or {}
     ctx = getattr(event, "request_context", None)
-    host = headers.get("host") or (getattr(ctx, "domain_name", None) if ctx else None) or "localhost"
-    proto = (headers.get("x-forwarded-proto") or ("https" if "amazonaws.com" in host else "http")).split(",")[0]
+    domain = getattr(ctx, "domain_name", None) if ctx else None
     stage = getattr(ctx, "stage", None) if ctx else None
-    prefix = f"/{stage}" if stage and stage != "local" and "amazonaws.com" in host else ""
-    return f"{proto.strip()}://{host}{prefix}"
+    if domain and _HOST.match(domain) and stage != "local":
+        prefix = f"/{stage}" if stage and "amazonaws.com" in domain else ""
+        return f"https://{domain}{prefix}"
+    host = headers.get("host") or ""
+    return f"http://{host}" if _HOST.match(host) else "http://localhost"

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Literal
@@ -48,9 +51,17 @@ from lookalike.contracts import (
     TextQuery,
     VectorQuery,
 )
-from lookalike.errors import BadRequest, ConfigurationError, Conflict, ModelMismatch, NotFound, Unauthorized
+from lookalike.errors import (
+    BadRequest,
+    ConfigurationError,
+    Conflict,
+    LookalikeError,
+    ModelMismatch,
+    NotFound,
+    Unauthorized,
+)
 from lookalike.fetch import FetchPolicy, fetch
-from lookalike.filters import Filter
+from lookalike.filters import INT64_MAX, Filter, is_unicode_text
 from lookalike.plugins import Registry, default_registry
 
 ITEM_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,255}$"
@@ -61,6 +72,9 @@ MAX_METADATA_KEYS = 64
 MAX_FAILURES_KEPT = 50
 _FAILURES_LOCK = threading.Lock()  # an SQS batch notes its records' failures from several threads
 DEFAULT_FACET_FIELDS = ("category", "character", "model", "style", "brand", "color")
+ORPHAN_AGE_S = 600.0  # an unreferenced image younger than this may belong to a write in flight
+INGEST_LEASE_S = 30.0  # a collection is INDEXING while an ingest renews its lease this often x3
+logger = logging.getLogger("lookalike")
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,12 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
             raise BadRequest("metadata values must be strings, numbers, booleans or lists of them")
         if any(isinstance(v, float) and not np.isfinite(v) for v in values):
             raise BadRequest("metadata numbers must be finite")
+        if any(isinstance(v, int) and not isinstance(v, bool) and not -INT64_MAX <= v <= INT64_MAX
+               for v in values):
+            raise BadRequest("metadata integers must fit in 64 bits")
+        # Every ingest path (PUT bodies, S3 and folder sidecars, manifests) passes here.
+        if any(isinstance(v, str) and not is_unicode_text(v) for v in values):
+            raise BadRequest("metadata text must be valid Unicode (no lone surrogates)")
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise BadRequest(f"metadata exceeds {MAX_METADATA_BYTES} bytes")
     return dict(metadata)
@@ -176,7 +196,64 @@ class TenantService:
             if declared is None:
                 raise NotFound("Collection not found")
             info = self._create(name, declared)
+        if info.status == "INDEXING" and not self._live_leases(name):
+            # The ingest that set it was killed: the status recovers by itself.
+            self.search_backend.set_status(self.id, name, "READY")
+            info = replace(info, status="READY")
         return info
+
+    # ------------------------------------------------------------ ingest status
+
+    def _leases_prefix(self, collection: str) -> str:
+        return f"{self.id}/collections/{collection}/ingest/leases/"
+
+    def _live_leases(self, collection: str) -> list[str]:
+        live = []
+        for key, _ in self.blobs.list_keys(self._leases_prefix(collection)):
+            try:
+                expires = float(json.loads(self.blobs.get(key).data)["expires_at"])
+            except (NotFound, ValueError, KeyError, TypeError):
+                continue
+            if expires > time.time():
+                live.append(key)
+            else:
+                self.blobs.delete(key)
+        return live
+
+    @contextmanager
+    def indexing(self, collection: str) -> Iterator[None]:
+        """The collection is INDEXING while the block runs (Visual Layer answers 409 meanwhile).
+
+        Each ingest holds a lease that a background thread renews; a status whose leases all
+        lapsed (the ingest was killed) reads as READY again, and the last ingest to finish
+        sets READY."""
+        key = self._leases_prefix(collection) + uuid.uuid4().hex
+
+        def renew() -> None:
+            body = json.dumps({"expires_at": time.time() + INGEST_LEASE_S, "pid": os.getpid()}).encode()
+            self.blobs.put(key, body, "application/json")
+
+        renew()
+        self.search_backend.set_status(self.id, collection, "INDEXING")
+        stop = threading.Event()
+
+        def heartbeat() -> None:
+            while not stop.wait(INGEST_LEASE_S / 3):
+                try:
+                    renew()
+                except LookalikeError:
+                    logger.warning("could not renew the ingest lease")
+
+        beat = threading.Thread(target=heartbeat, daemon=True, name="lookalike-ingest-lease")
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            self.blobs.delete(key)
+            if not self._live_leases(collection):
+                self.search_backend.set_status(self.id, collection, "READY")
 
     def create_collection(self, name: str, settings: CollectionSettings | None = None) -> CollectionInfo:
         if not valid_name(name):
@@ -202,7 +279,8 @@ class TenantService:
     def delete_collection(self, name: str) -> None:
         self.collection(name)
         self.search_backend.delete_collection(self.id, name)
-        self.blobs.delete(self._failures_key(name))
+        # The items' images, ingest failures and lease: everything the collection stored.
+        self.blobs.delete_prefix(f"{self.id}/collections/{name}/")
 
     # ------------------------------------------------------------ ingest failures
 
@@ -398,17 +476,59 @@ class TenantService:
                     report.indexed.extend(r[0] for r in ready)
         return report
 
+    def _image_key(self, collection: str, item_id: str) -> str:
+        # A new key for every write: the row is switched to it only once the image is stored,
+        # so a kill at any point leaves the item whole (old or new), never the new photo under
+        # the old vector; what the switch leaves unreferenced is removed, or swept later.
+        return f"{self._images_prefix(collection)}{item_id}/{uuid.uuid4().hex}"
+
+    def _images_prefix(self, collection: str) -> str:
+        return f"{self.id}/collections/{collection}/images/"
+
     def _store(self, collection: str,
                rows: Sequence[tuple[str, bytes, images.DecodedImage, np.ndarray, dict]]) -> list[Item]:
         items = []
-        for item_id, data, decoded, vector, meta in rows:
-            key = f"{self.id}/collections/{collection}/items/{item_id}"
-            self.blobs.put(key, data, decoded.mime, {"item_id": item_id})
+        for item_id, _, decoded, vector, meta in rows:
             meta = {**meta, "width": meta.get("width", decoded.width), "height": meta.get("height", decoded.height)}
-            items.append(Item(id=item_id, vector=vector, metadata=meta, image_key=key))
-        self._embed_texts(collection, items)
-        self.search_backend.upsert(self.id, collection, items)
+            items.append(Item(id=item_id, vector=vector, metadata=meta, image_key=self._image_key(collection, item_id)))
+        self._embed_texts(collection, items)  # may refuse: nothing is written yet
+        previous = {item.id: old.image_key for item in items
+                    if (old := self.search_backend.get_item(self.id, collection, item.id)) is not None}
+        written: list[str] = []
+        try:
+            for item, (item_id, data, decoded, _, _) in zip(items, rows, strict=True):
+                self.blobs.put(item.image_key or "", data, decoded.mime, {"item_id": item_id})
+                written.append(item.image_key or "")
+            self.search_backend.upsert(self.id, collection, items)
+        except BaseException:
+            self._delete_blobs(written)  # nothing refers to them
+            raise
+        self._delete_blobs([key for key in previous.values() if key and key not in written])
         return items
+
+    def _delete_blobs(self, keys: Iterable[str]) -> None:
+        """Best effort: a blob left behind is an orphan that ``sweep`` removes later."""
+        for key in keys:
+            try:
+                self.blobs.delete(key)
+            except LookalikeError:
+                logger.warning("could not delete a replaced image; a sweep will", extra={"error_type": "blob"})
+
+    def sweep(self, collection: str, older_than_s: float = ORPHAN_AGE_S) -> int:
+        """Remove the images of ``collection`` that no item refers to (left by a write that was
+        killed or failed), older than ``older_than_s`` so that writes in flight are spared."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        prefix = self._images_prefix(collection)
+        for key, modified in list(self.blobs.list_keys(prefix)):
+            if modified >= cutoff:
+                continue
+            item_id = key[len(prefix):].rpartition("/")[0]
+            item = self.search_backend.get_item(self.id, collection, item_id) if _ITEM_ID.match(item_id) else None
+            if item is None or item.image_key != key:
+                self.blobs.delete(key)
+                removed += 1
+        return removed
 
     def _embed_texts(self, collection: str, items: Sequence[Item]) -> None:
         """Caption / prompt vectors for the items, in one batch, when the collection keeps them."""
@@ -444,26 +564,28 @@ class TenantService:
         item = self.search_backend.get_item(self.id, collection, check_item_id(item_id))
         removed = self.search_backend.delete(self.id, collection, [item_id]) > 0
         if item is not None and item.image_key:
-            self.blobs.delete(item.image_key)
+            self._delete_blobs([item.image_key])
         return removed
 
-    def media_url(self, base: str, collection: str, item_id: str, size: media.Size = "full") -> str:
-        """An absolute, signed, expiring URL of the item's image, usable without a key."""
-        token = media.sign(self.home, media.MediaRef(self.id, collection, item_id, size))
+    def media_url(self, base: str, collection: str, item: Hit | Item, size: media.Size = "full") -> str:
+        """An absolute, signed, expiring URL of the item's current image, usable without a key."""
+        token = media.sign(self.home, media.MediaRef(self.id, collection, item.id, size,
+                                                     media.version_of(item.image_key)))
         return f"{base}/media/{token}"
 
-    def thumbnail(self, collection: str, item_id: str) -> tuple[bytes, str]:
+    def thumbnail(self, collection: str, item_id: str, version: str | None = None) -> tuple[bytes, str]:
         """A JPEG at most 256 px on its long side, made on request (it is cheap, and never stale)."""
-        data, _ = self.item_image(collection, item_id)
+        data, _ = self.item_image(collection, item_id, version)
         img = self.decode(data).image
         img.thumbnail((media.THUMB_PX, media.THUMB_PX), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         img.save(out, "JPEG", quality=80, optimize=True)
         return out.getvalue(), "image/jpeg"
 
-    def item_image(self, collection: str, item_id: str) -> tuple[bytes, str]:
+    def item_image(self, collection: str, item_id: str, version: str | None = None) -> tuple[bytes, str]:
+        """The stored image; with ``version`` (a media link's), only if it is still that image."""
         item = self.get_item(collection, item_id)
-        if not item.image_key:
+        if not item.image_key or (version is not None and media.version_of(item.image_key) != version):
             raise NotFound("Item not found")
         try:
             blob = self.blobs.get(item.image_key)
@@ -608,6 +730,22 @@ class Lookalike:
             )
             self._tenants[tenant_id] = (fingerprint, service)
             return service
+
+    def repair(self, tenant_ids: Sequence[str] | None = None, older_than_s: float = ORPHAN_AGE_S) -> dict[str, int]:
+        """Remove what killed or failed writes left behind, for every collection of ``tenant_ids``
+        (default: all): unreferenced images, temporary files; a stale INDEXING status reads READY."""
+        out = {"images": 0, "temporaries": 0}
+        stores = set()
+        for tenant_id in tenant_ids or list(self.config().tenants):
+            tenant = self.tenant(tenant_id)
+            stores.add(id(tenant.blobs))
+            for info in tenant.list_collections():
+                tenant.collection(info.name)
+                out["images"] += tenant.sweep(info.name, older_than_s)
+        for store in {id(b): b for b in self._backends.values() if isinstance(b, BlobStore)}.values():
+            if id(store) in stores:
+                out["temporaries"] += store.clean_temporaries(older_than_s)
+        return out
 
     def backend(self, kind: str, choice: BackendChoice) -> Any:
         key = (kind, choice.name, json.dumps(choice.options, sort_keys=True, default=str))

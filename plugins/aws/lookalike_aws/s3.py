@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
@@ -64,3 +64,24 @@ class S3BlobStore(BlobStore):
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise BackendUnavailable("blob store read failed") from exc
+
+    def list_keys(self, prefix: str) -> Iterator[tuple[str, float]]:
+        strip = len(self.options.prefix)
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.options.bucket, Prefix=self._key(prefix))
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][strip:], obj["LastModified"].timestamp()
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendUnavailable("blob store listing failed") from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [k for k, _ in self.list_keys(prefix)]
+        try:
+            for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
+                self.client.delete_objects(Bucket=self.options.bucket, Delete={
+                    "Objects": [{"Key": self._key(k)} for k in keys[start:start + 1000]], "Quiet": True})
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendUnavailable("blob store delete failed") from exc
+        return len(keys)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from multipart import MultipartError, MultipartParser, ParserLimitReached, parse
 from pydantic import BaseModel, ValidationError
 
 from lookalike.errors import BadRequest, PayloadTooLarge, describe_validation
+from lookalike.filters import is_unicode_text
 from lookalike.service import Lookalike, TenantService
 
 M = TypeVar("M", bound=BaseModel)
@@ -73,26 +75,43 @@ def content_type(event: APIGatewayProxyEvent) -> str:
     return (header(event, "content-type") or "").split(";")[0].strip().lower()
 
 
-def _depth(value: Any, level: int = 0) -> int:
+def _check_tree(value: Any, what: str, level: int = 0) -> None:
+    """Depth, and text that every store downstream can hold (no lone surrogates)."""
     if level > MAX_JSON_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+        raise BadRequest(f"{what} is nested too deeply")
+    if isinstance(value, str):
+        if not is_unicode_text(value):
+            raise BadRequest(f"{what} contains invalid Unicode (a lone surrogate)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_tree(k, what, level + 1)
+            _check_tree(v, what, level + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_tree(v, what, level + 1)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999
+        raise ValueError("number out of range")
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's parser takes NaN and Infinity; JSON does not
 
 
 def json_value(data: bytes | str, what: str = "request body") -> Any:
-    """Parse JSON from a client, refusing documents nested deeper than ``MAX_JSON_DEPTH``."""
+    """Parse JSON from a client: strict JSON (no NaN or Infinity, numbers within a double's
+    range), nested at most ``MAX_JSON_DEPTH`` deep, text well-formed Unicode."""
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:  # nesting too deep for the parser itself
         raise BadRequest(f"{what} is nested too deeply") from None
     except ValueError:
         raise BadRequest(f"{what} is not valid JSON") from None
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise BadRequest(f"{what} is nested too deeply")
+    _check_tree(value, what)
     return value
 
 
@@ -144,8 +163,13 @@ def multipart_form(event: APIGatewayProxyEvent, max_part_bytes: int = MAX_BODY_B
             if part.filename is not None:
                 form.files.setdefault(part.name, FilePart(part.name, part.filename, part.content_type or "",
                                                           part.raw))
-            else:
-                form.fields.setdefault(part.name, part.value)
+                continue
+            try:
+                form.fields.setdefault(part.name, part.raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                # Not text, so a file sent without a filename (`curl -F 'image=<photo.jpg'`):
+                # every JPEG, PNG or WebP starts with bytes that UTF-8 never does.
+                form.files.setdefault(part.name, FilePart(part.name, "", part.content_type or "", part.raw))
     except ParserLimitReached as exc:
         if "count" in str(exc):
             raise PayloadTooLarge(f"multipart body has more than {MAX_FORM_PARTS} parts") from exc

@@ -103,8 +103,8 @@ def _ref(body: Any, upload: ImageRef | None) -> ImageRef:
 def _hit(tenant: TenantService, collection: str, hit: Hit, base: str) -> HitOut:
     return HitOut(id=hit.id, score=round(hit.score, 6), metadata=dict(hit.metadata),
                   image_url=image_path(collection, hit.id),
-                  thumbnail_url=tenant.media_url(base, collection, hit.id, "thumb"),
-                  full_image_url=tenant.media_url(base, collection, hit.id, "full"))
+                  thumbnail_url=tenant.media_url(base, collection, hit, "thumb"),
+                  full_image_url=tenant.media_url(base, collection, hit, "full"))
 
 
 def _page(tenant: TenantService, collection: str, page: SearchPage, options: SearchOptions | TextSearchRequest,
@@ -304,7 +304,7 @@ def media_file(token: str) -> Response[bytes]:
     try:
         tenant = app.tenant(ref.tenant)
         reader = tenant.thumbnail if ref.size == "thumb" else tenant.item_image
-        data, ctype = reader(ref.collection, ref.item_id)
+        data, ctype = reader(ref.collection, ref.item_id, ref.version)
     except NotFound:
         raise NotFound("Not found") from None
     return Response(status_code=200, content_type=ctype, body=data,

@@ -78,8 +78,8 @@ def _text(value: Any) -> str:
 def image_object(tenant: TenantService, collection: str, hit: Hit, base: str, with_score: bool) -> ImageObject:
     meta = hit.metadata
     return ImageObject(
-        id=hit.id, url=tenant.media_url(base, collection, hit.id, "full"),
-        thumbnail=tenant.media_url(base, collection, hit.id, "thumb"),
+        id=hit.id, url=tenant.media_url(base, collection, hit, "full"),
+        thumbnail=tenant.media_url(base, collection, hit, "thumb"),
         width=meta.get("width"), height=meta.get("height"),
         character=_text(meta.get("character")), model=_text(meta.get("model")), style=_text(meta.get("style")),
         prompt=_text(meta.get("prompt")), caption=_text(meta.get("caption")),

@@ -15,6 +15,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
+from lookalike.api.app import logger
 from lookalike.api.request import content_type, header, json_object, multipart_form, service
 from lookalike.errors import BadRequest, LookalikeError, Unauthorized
 from lookalike.service import ImageRef, TenantService
@@ -45,7 +46,7 @@ def _dimension(value: Any) -> int:
         return DEFAULT_DIMENSION
     try:
         dim = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         dim = 0
     if dim not in DIMENSIONS or str(value).strip() not in ("512", "1024"):
         raise BadRequest("dimension must be either 512 or 1024")
@@ -86,13 +87,16 @@ def _handle(params: dict[str, Any], upload: ImageRef | None = None) -> Response[
 
 
 def pixlab_errors(route: Callable[[], Response[dict]]) -> Callable[[], Response[dict]]:
-    """Malformed requests answer in PixLab's shape too (status + error)."""
+    """Malformed requests, and failures of ours, answer in PixLab's shape too (status + error)."""
 
     def wrapped() -> Response[dict]:
         try:
             return route()
         except LookalikeError as exc:
             return _reply(exc.status, {"error": exc.message})
+        except Exception as exc:  # noqa: BLE001 - the surface's own error shape, never a traceback
+            logger.exception("unhandled error", extra={"error_type": type(exc).__name__})
+            return _reply(500, {"error": "Internal server error"})
 
     wrapped.__name__ = route.__name__
     return wrapped

@@ -105,8 +105,8 @@ def _preview(tenant: TenantService, dataset: str, hit: Hit, base: str) -> dict[s
     name = meta.get("file_name") or str(meta.get("path") or hit.id).rsplit("/", 1)[-1]
     return {
         "type": "IMAGE", "media_id": hit.id,
-        "media_uri": tenant.media_url(base, dataset, hit.id, "full"),
-        "media_thumb_uri": tenant.media_url(base, dataset, hit.id, "thumb"),
+        "media_uri": tenant.media_url(base, dataset, hit, "full"),
+        "media_thumb_uri": tenant.media_url(base, dataset, hit, "thumb"),
         "caption": meta.get("caption") if isinstance(meta.get("caption"), str) else None,
         "file_name": name, "bounding_box": None,
         "relevance_score": round(1.0 - hit.score, 4), "relevance_score_type": "cosine_distance",
