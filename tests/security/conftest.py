@@ -36,6 +36,11 @@ class Tenant:
                           JWT_SECRETS[self.name], algorithm="HS256")
 
 
+def jwt_headers(tenant: Tenant | None = None) -> dict[str, str]:
+    """Visual Layer's credentials: a bearer JWT of ``tenant`` (default: demo)."""
+    return {"Authorization": f"Bearer {(tenant or DEMO).jwt()}"}
+
+
 DEMO = Tenant("demo", "demo-key", "clothing", "idx-demo")
 GLOBEX = Tenant("globex", "globex-key", "things", "idx-globex")
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from lookalike.server import Gateway
 from tests.conftest import ROOT, catalog_images
-from tests.security.conftest import DEMO, healthy
+from tests.security.conftest import DEMO, healthy, jwt_headers
 
 IMAGE = catalog_images()[0].read_bytes()
 DATA_URL = "data:image/jpeg;base64," + base64.b64encode(IMAGE).decode()
@@ -30,10 +30,6 @@ V1 = {"Authorization": f"Bearer {DEMO.key}"}
 MARQO = {"x-api-key": DEMO.key, "x-marqo-index-id": DEMO.marqo_index_id}
 COLLECTION = f"/v1/collections/{DEMO.collection}"
 MB = 1024 * 1024
-
-
-def jwt_headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {DEMO.jwt()}"}
 
 
 def nested(depth: int) -> Any:

@@ -23,6 +23,7 @@ M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a 5 MB image, base64-encoded, plus fields
 MAX_JSON_DEPTH = 32
 MAX_FORM_PARTS = 32
+FILE_PARTS = ("image", "file")  # the names every surface's uploads use
 
 _service: Lookalike | None = None
 
@@ -167,9 +168,12 @@ def multipart_form(event: APIGatewayProxyEvent, max_part_bytes: int = MAX_BODY_B
             try:
                 form.fields.setdefault(part.name, part.raw.decode("utf-8"))
             except UnicodeDecodeError:
-                # Not text, so a file sent without a filename (`curl -F 'image=<photo.jpg'`):
-                # every JPEG, PNG or WebP starts with bytes that UTF-8 never does.
-                form.files.setdefault(part.name, FilePart(part.name, "", part.content_type or "", part.raw))
+                # A file part sent without a filename (`curl -F 'image=<photo.jpg'`) is still the
+                # file: no JPEG, PNG or WebP reads as UTF-8. Any other field must be text.
+                if part.name not in FILE_PARTS:
+                    raise BadRequest(f"form field {part.name[:64]!r} is not UTF-8 text") from None
+                declared = part.headers.get("Content-Type") or ""  # not multipart's text/plain default
+                form.files.setdefault(part.name, FilePart(part.name, "", declared, part.raw))
     except ParserLimitReached as exc:
         if "count" in str(exc):
             raise PayloadTooLarge(f"multipart body has more than {MAX_FORM_PARTS} parts") from exc

@@ -10,7 +10,6 @@ against the tenant's key (signature, expiry, issuer). Only whole-image search is
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any, Literal
 
@@ -18,7 +17,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lookalike import media
-from lookalike.api.request import bearer_token, content_type, multipart_form, service, validate
+from lookalike.api.request import bearer_token, content_type, json_value, multipart_form, service, validate
 from lookalike.clustering import CUTOFFS
 from lookalike.contracts import CollectionInfo, Hit
 from lookalike.errors import BadRequest, Conflict, NotFound
@@ -92,8 +91,8 @@ def search_image_similarity(dataset_id: str) -> dict[str, str]:
     region = None
     if params.bounding_box:
         try:
-            box = BoundingBox.model_validate(json.loads(params.bounding_box))
-        except (ValueError, ValidationError):
+            box = BoundingBox.model_validate(json_value(params.bounding_box, "bounding_box"))
+        except (BadRequest, ValueError, ValidationError):
             raise BadRequest("bounding_box must be JSON {x, y, width, height} with fractions 0-1") from None
         region = box.region()
     anchor = tenant.stage_anchor(ImageRef(data=upload.data), region)
