@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     config_ttl: int = 60  # seconds a fetched config is trusted before re-reading
     allow_loopback_urls: bool = False  # let image URLs point at 127.0.0.1 (development only)
     blobs_bucket: str | None = None  # the stack's bucket: the default blob store when the document names none
+    # An ingest renews its INDEXING lease every third of this; a killed one's lapses after it.
+    ingest_lease_s: float = Field(default=30.0, gt=0, le=3600)
     # The API's public base URL for the image links in answers (https://images.example.com).
     # Unset: API Gateway's own domain name, or locally a validated Host header.
     public_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")

@@ -73,7 +73,6 @@ MAX_FAILURES_KEPT = 50
 _FAILURES_LOCK = threading.Lock()  # an SQS batch notes its records' failures from several threads
 DEFAULT_FACET_FIELDS = ("category", "character", "model", "style", "brand", "color")
 ORPHAN_AGE_S = 600.0  # an unreferenced image younger than this may belong to a write in flight
-INGEST_LEASE_S = 30.0  # a collection is INDEXING while an ingest renews its lease this often x3
 logger = logging.getLogger("lookalike")
 
 
@@ -183,6 +182,7 @@ class TenantService:
         self.fetch_policy = FetchPolicy(max_bytes=self.limits.max_image_bytes,
                                         allow_loopback=settings.allow_loopback_urls)
         self.home = settings.home
+        self.ingest_lease_s = settings.ingest_lease_s
 
     # ------------------------------------------------------------ collections
 
@@ -196,10 +196,13 @@ class TenantService:
             if declared is None:
                 raise NotFound("Collection not found")
             info = self._create(name, declared)
-        if info.status == "INDEXING" and not self._live_leases(name):
+        return self._recovered(info)
+
+    def _recovered(self, info: CollectionInfo) -> CollectionInfo:
+        if info.status == "INDEXING" and not self._live_leases(info.name):
             # The ingest that set it was killed: the status recovers by itself.
-            self.search_backend.set_status(self.id, name, "READY")
-            info = replace(info, status="READY")
+            self.search_backend.set_status(self.id, info.name, "READY")
+            return replace(info, status="READY")
         return info
 
     # ------------------------------------------------------------ ingest status
@@ -230,7 +233,7 @@ class TenantService:
         key = self._leases_prefix(collection) + uuid.uuid4().hex
 
         def renew() -> None:
-            body = json.dumps({"expires_at": time.time() + INGEST_LEASE_S, "pid": os.getpid()}).encode()
+            body = json.dumps({"expires_at": time.time() + self.ingest_lease_s, "pid": os.getpid()}).encode()
             self.blobs.put(key, body, "application/json")
 
         renew()
@@ -238,7 +241,7 @@ class TenantService:
         stop = threading.Event()
 
         def heartbeat() -> None:
-            while not stop.wait(INGEST_LEASE_S / 3):
+            while not stop.wait(self.ingest_lease_s / 3):
                 try:
                     renew()
                 except LookalikeError:
@@ -274,7 +277,7 @@ class TenantService:
             raise
 
     def list_collections(self) -> list[CollectionInfo]:
-        return self.search_backend.list_collections(self.id)
+        return [self._recovered(info) for info in self.search_backend.list_collections(self.id)]
 
     def delete_collection(self, name: str) -> None:
         self.collection(name)
