@@ -31,11 +31,13 @@ class Tally:
     leaks: list[str] = field(default_factory=list)  # a response that is another request's
     errors: list[str] = field(default_factory=list)  # a wrong status (a spurious 400, a 500)
     by_kind: dict[str, int] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)  # each request's latency
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, kind: str, leak: str | None, error: str | None) -> None:
+    def add(self, kind: str, leak: str | None, error: str | None, seconds: float = 0.0) -> None:
         with self.lock:
             self.requests += 1
+            self.seconds.append(seconds)
             self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
             if leak:
                 self.leaks.append(f"{kind}: {leak}")
@@ -141,20 +143,21 @@ class Load:
 
     KINDS = ("get_item", "get_item", "put_item", "put_no_key", "search_item", "text", "facets", "missing", "embed")
 
-    def run(self, count: int, threads: int, time_limit_s: float) -> Tally:
+    def run(self, count: int, threads: int, time_limit_s: float, kinds: tuple[str, ...] | None = None) -> Tally:
         tally = Tally()
         deadline = time.monotonic() + time_limit_s
-        plan = [(self.rng.choice(self.KINDS), self.rng.choice(list(TENANTS)),
+        plan = [(self.rng.choice(kinds or self.KINDS), self.rng.choice(list(TENANTS)),
                  uuid.UUID(int=self.rng.getrandbits(128)).hex) for _ in range(count)]
 
         def task(kind: str, tenant: str, nonce: str) -> None:
             if time.monotonic() > deadline:
                 return
+            started = time.perf_counter()
             try:
                 leak, error = self.one(kind, tenant, nonce)
             except (requests.RequestException, ValueError, KeyError) as exc:
                 leak, error = None, f"{type(exc).__name__}: {exc}"
-            tally.add(kind, leak, error)
+            tally.add(kind, leak, error, time.perf_counter() - started)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(lambda p: task(*p), plan))

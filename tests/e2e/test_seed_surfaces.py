@@ -446,17 +446,14 @@ def test_visual_layer_rs256_tenant_and_isolation(server: str) -> None:
 
 
 def test_visual_layer_not_ready_is_409(server: str) -> None:
-    from lookalike.contracts import BackendContext
-    from lookalike_local.index import LocalIndex
+    """While an ingest holds the collection (as `lookalike ingest` does, from another process)."""
+    from lookalike.config import Settings
+    from lookalike.service import Lookalike
 
-    index = LocalIndex(context=BackendContext(home=_seeds_home(server)))
-    index.set_status("demo", "clothing", "INDEXING")
-    try:
+    tenant = Lookalike(Settings(home=_seeds_home(server))).tenant("demo")
+    with tenant.indexing("clothing"):
         r = upload(server)
         assert (r.status_code, r.json()) == (409, {"error": "Dataset status is not READY"})
-    finally:
-        index.set_status("demo", "clothing", "READY")
-        index.close()
     assert upload(server).status_code == 200
 
 

@@ -438,6 +438,15 @@ class Front:
         return int(result.get("statusCode", 200)), list(out.items()), data
 
 
+def in_process_app(template: str | None = None) -> Front:
+    """The WSGI application with the handlers in the calling process, one request at a time:
+    for another pre-forking WSGI server (``gunicorn -w 4 'lookalike.server:in_process_app()'``,
+    sync workers) and for ``bench/server_concurrency.py``, which compares it with ours."""
+    path = Path(template or os.environ.get("LOOKALIKE_TEMPLATE") or Path.cwd() / "template.yaml").resolve()
+    gateway = Gateway(path)
+    return Front(gateway, InProcessPool(gateway))
+
+
 def _channel_class() -> type:
     """waitress's connection handler, made to pass headers as API Gateway does and to refuse
     in our error shape.
