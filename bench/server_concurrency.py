@@ -176,13 +176,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=32)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3, 4, 8])
     parser.add_argument("--throughput-requests", type=int, default=2000)
     parser.add_argument("--gunicorn", action="store_true")
     args = parser.parse_args()
     home = _home()
-    out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "server": "waitress + worker processes"}
-    with serving(home, workers=0) as base:  # the default: twice the CPUs
+    out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                 "server": "waitress + worker processes", "default_workers": max(2, (os.cpu_count() or 1) + 1)}
+    with serving(home, workers=0) as base:  # the default: CPUs + 1
         seed(base, IMAGES)
         out["isolation"] = isolation(base, args.requests, args.threads)
         print("isolation", json.dumps(out["isolation"]))

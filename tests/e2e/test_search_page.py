@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +178,12 @@ GIVE_FILE = """([kind, name, b64]) => {
 
 
 def test_drop_paste_and_keyboard(site: str, page: sync_api.Page) -> None:
+    # Playwright turns file-chooser interception on with a fire-and-forget message when the
+    # first listener subscribes. `expect_file_chooser()` right before the key press raced it:
+    # on a loaded machine the press reached Chromium first, a real (headless: invisible)
+    # picker opened, and the wait timed out. Subscribe now, long before the press.
+    choosers: list[sync_api.FileChooser] = []
+    page.on("filechooser", lambda chooser: choosers.append(chooser))
     sign_in(page, site)
     for kind, photo, expected in (("drop", "hat", "hat"), ("paste", "pants", "pants")):
         data = base64.b64encode(query_image(photo).read_bytes()).decode()
@@ -186,9 +193,12 @@ def test_drop_paste_and_keyboard(site: str, page: sync_api.Page) -> None:
         page.wait_for_function("t => document.querySelector('#results .tags').textContent === t", arg=expected)
     # Keyboard only: the drop zone opens the file picker; a result opens with Enter, closes with Escape.
     page.locator("#drop-zone").focus()
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    assert chooser.value.element.get_attribute("id") == "file-input"
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.activeElement.id === 'drop-zone'")  # a round trip after the press
+    deadline = time.monotonic() + 10
+    while not choosers and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # events are delivered while Playwright waits
+    assert len(choosers) == 1 and choosers[0].element.get_attribute("id") == "file-input"
     page.locator("#results .card button.open").first.focus()
     page.keyboard.press("Enter")
     sync_api.expect(page.locator("#detail")).to_be_visible()

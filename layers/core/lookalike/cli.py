@@ -250,7 +250,7 @@ def default_template() -> Path:
 @click.option("--port", default=8080, show_default=True)
 @click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--workers", type=click.IntRange(0, 64), default=lambda: int(os.environ.get("LOOKALIKE_WORKERS", "0")),
-              help="Worker processes, each answering one request at a time [default: twice the CPUs, at least 2].")
+              help="Worker processes, each answering one request at a time [default: CPUs + 1, at least 2].")
 @click.option("--connection-limit", type=click.IntRange(1, 10_000), default=512, show_default=True,
               help="Open connections at most; more wait in the listen backlog.")
 @click.option("--idle-timeout", type=click.IntRange(1, 3600), default=30, show_default=True,

@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import yaml
 
@@ -413,7 +413,10 @@ class Front:
 
     def respond(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
         method = environ["REQUEST_METHOD"]
-        raw_uri = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
+        raw_uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")  # waitress / gunicorn
+        if not raw_uri:
+            query = environ.get("QUERY_STRING")
+            raw_uri = quote(environ.get("PATH_INFO", "/")) + (f"?{query}" if query else "")
         route, params, path_exists = self.gateway.match(method, unquote(urlsplit(raw_uri).path))
         if route is None:
             return json_error(405, "Method not allowed") if path_exists else json_error(404, "Not found")
@@ -499,13 +502,16 @@ def _channel_class() -> type:
 class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 0  # 0: twice the CPUs, at least 2 (a slow image_url fetch holds one)
+    # 0: one more than the CPUs, at least 2. Measured (bench/server_concurrency.py): 1-3 workers
+    # serve cheap searches alike on 2 cores, more add contention (8: -25 %, p99 x4); the spare
+    # one keeps the CPUs busy while another waits on a slow image_url.
+    workers: int = 0
     connection_limit: int = 512
     channel_timeout_s: int = 30  # idle connections are closed after this
     shutdown_grace_s: float = 20.0
 
     def worker_count(self) -> int:
-        return self.workers or max(2, 2 * (os.cpu_count() or 1))
+        return self.workers or max(2, (os.cpu_count() or 1) + 1)
 
 
 class LocalServer:

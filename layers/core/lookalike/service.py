@@ -219,8 +219,6 @@ class TenantService:
                 continue
             if expires > time.time():
                 live.append(key)
-            else:
-                self.blobs.delete(key)
         return live
 
     @contextmanager
@@ -522,6 +520,10 @@ class TenantService:
         killed or failed), older than ``older_than_s`` so that writes in flight are spared."""
         cutoff = time.time() - older_than_s
         removed = 0
+        live = set(self._live_leases(collection))
+        for key, _ in list(self.blobs.list_keys(self._leases_prefix(collection))):
+            if key not in live:  # a killed ingest's
+                self.blobs.delete(key)
         prefix = self._images_prefix(collection)
         for key, modified in list(self.blobs.list_keys(prefix)):
             if modified >= cutoff:
