@@ -234,6 +234,8 @@ class WorkerTimedOut(Exception):
 
 
 class _Worker:
+    retired = False  # killed and replaced
+
     def __init__(self, ctx: Any, template_path: Path) -> None:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, str(template_path)), daemon=True)
@@ -276,7 +278,9 @@ class WorkerPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._template = template_path
         self._start_timeout = start_timeout
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        # Last in, first out: at low load the same warm worker takes every request, and the
+        # others never load a collection's vectors (each worker holds its own copy).
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -284,6 +288,7 @@ class WorkerPool:
         for worker in workers:
             worker.wait_ready(start_timeout)
             self._idle.put(worker)
+        threading.Thread(target=self._watch, daemon=True, name="lookalike-workers").start()
 
     def _spawn(self) -> _Worker:
         worker = _Worker(self._ctx, self._template)
@@ -294,6 +299,9 @@ class WorkerPool:
     def _replace(self, worker: _Worker) -> None:
         """Kill ``worker`` and start another in the background (requests keep using the rest)."""
         with self._lock:
+            if worker.retired:
+                return
+            worker.retired = True
             self._all.discard(worker)
         worker.process.kill()
         worker.process.join()
@@ -313,10 +321,32 @@ class WorkerPool:
 
         threading.Thread(target=start, daemon=True, name="lookalike-respawn").start()
 
+    def _watch(self) -> None:
+        """Replace a worker that died while idle (killed, out of memory) at once, not when a
+        request next draws it."""
+        while not self._closed:
+            time.sleep(0.5)
+            with self._lock:
+                dead = [w for w in self._all if not w.process.is_alive() and not w.retired]
+            for worker in dead:
+                if not self._closed:
+                    self._replace(worker)
+
+    def _borrow(self, wait: float) -> _Worker:
+        deadline = time.monotonic() + wait
+        while True:
+            worker = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.retired:
+                continue  # replaced while it waited in the queue
+            if not worker.process.is_alive():
+                self._replace(worker)
+                continue
+            return worker
+
     def invoke(self, function: str, event: dict[str, Any], timeout: float, wait: float) -> dict[str, Any]:
         """The handler's result. Raises queue.Empty when no worker frees up within ``wait`` s,
         WorkerTimedOut past ``timeout`` s, WorkerCrashed when the function raised or died."""
-        worker = self._idle.get(timeout=wait)
+        worker = self._borrow(wait)
         try:
             result = worker.call(function, event, timeout)
         except WorkerCrashed:
@@ -402,6 +432,9 @@ class Front:
             self.active += 1
         try:
             status, headers, body = self.respond(environ)
+        except Exception:  # noqa: BLE001 - a fault of the front itself, still in the error shape
+            _LOG.exception("the local gateway failed on a request")
+            status, headers, body = json_error(502, "Internal server error")
         finally:
             with self._count_lock:
                 self.active -= 1
