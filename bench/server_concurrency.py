@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
@@ -39,7 +38,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.e2e.isolation_load import TENANTS, Load, seed, stored_items_are_their_owners  # noqa: E402
+from tests.e2e.isolation_load import TENANTS, Load, seed, slow_origin, stored_items_are_their_owners  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 IMAGES = sorted((ROOT / "tests" / "fixtures" / "images").rglob("*.jpg"))
@@ -118,35 +117,18 @@ def throughput(base: str, count: int, threads: int) -> dict:
             **_percentiles(tally.seconds)}
 
 
-class _SlowOrigin(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        time.sleep(6)
-        body = IMAGES[0].read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def slow_origin(base: str) -> dict:
-    origin = ThreadingHTTPServer(("127.0.0.1", 0), _SlowOrigin)
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{origin.server_address[1]}/slow.jpg"
-    slow = threading.Thread(target=lambda: requests.post(
-        f"{base}/v1/collections/iso/search", json={"image_url": url}, timeout=60,
-        headers={"Authorization": "Bearer demo-key"}))
-    slow.start()
-    time.sleep(0.5)
-    started = time.perf_counter()
-    r = requests.post(f"{base}/v1/collections/iso/search", json={"item_id": "item-0"}, timeout=60,
-                      headers={"Authorization": "Bearer globex-key"})
-    took = time.perf_counter() - started
-    slow.join(60)
-    origin.shutdown()
+def slow_origin_search(base: str) -> dict:
+    with slow_origin() as url:
+        slow = threading.Thread(target=lambda: requests.post(
+            f"{base}/v1/collections/iso/search", json={"image_url": url}, timeout=60,
+            headers={"Authorization": "Bearer demo-key"}))
+        slow.start()
+        time.sleep(0.5)
+        started = time.perf_counter()
+        r = requests.post(f"{base}/v1/collections/iso/search", json={"item_id": "item-0"}, timeout=60,
+                          headers={"Authorization": "Bearer globex-key"})
+        took = time.perf_counter() - started
+        slow.join(60)
     return {"other_tenant_search_ms": round(took * 1000, 1), "status": r.status_code}
 
 
@@ -187,7 +169,7 @@ def main() -> None:
         seed(base, IMAGES)
         out["isolation"] = isolation(base, args.requests, args.threads)
         print("isolation", json.dumps(out["isolation"]))
-        out["slow_origin"] = slow_origin(base)
+        out["slow_origin"] = slow_origin_search(base)
         print("slow origin", out["slow_origin"])
         out["slow_clients"] = slow_clients(base)
         print("slow clients", out["slow_clients"])
@@ -200,7 +182,7 @@ def main() -> None:
         with serving(home, 4, gunicorn=True) as base:
             out["gunicorn_sync_4"] = {"isolation": isolation(base, min(args.requests, 2000), args.threads),
                                       "throughput": throughput(base, args.throughput_requests, args.threads),
-                                      "slow_origin": slow_origin(base), "slow_clients": slow_clients(base)}
+                                      "slow_origin": slow_origin_search(base), "slow_clients": slow_clients(base)}
             print("gunicorn", json.dumps(out["gunicorn_sync_4"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "server_concurrency.json").write_text(json.dumps(out, indent=2))

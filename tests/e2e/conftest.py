@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 import requests
@@ -29,25 +30,32 @@ def lookalike(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
                           timeout=300, cwd=ROOT)
 
 
-@contextmanager
-def running_server(env: dict[str, str]) -> Iterator[str]:
+def start_server(env: dict[str, str], log: IO[str], *args: str, new_session: bool = False,
+                 ) -> tuple[subprocess.Popen[str], str]:
+    """`lookalike serve` on a free port, returned once it answers: (process, base URL)."""
     port = free_port()
-    # Logs go to a file: a pipe nobody reads would fill up and stall the server.
-    log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port)], env=env,
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port), *args], env=env,
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=new_session)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
+    while True:
+        try:
+            requests.get(f"{base}/v1/collections", timeout=1)
+            return proc, base
+        except requests.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                log.seek(0)
+                pytest.fail(f"server did not start: {log.read()[-4000:]}")
+            time.sleep(0.2)
+
+
+@contextmanager
+def running_server(env: dict[str, str]) -> Iterator[str]:
+    # Logs go to a file: a pipe nobody reads would fill up and stall the server.
+    log = tempfile.TemporaryFile(mode="w+")
+    proc, base = start_server(env, log)
     try:
-        while True:
-            try:
-                requests.get(f"{base}/v1/collections", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    log.seek(0)
-                    pytest.fail(f"server did not start: {log.read()[-4000:]}")
-                time.sleep(0.2)
         yield base
     finally:
         proc.terminate()

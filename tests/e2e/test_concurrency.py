@@ -12,19 +12,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, catalog_images, free_port, query_image, write_deployment
-from tests.e2e.conftest import cli_env, running_server
-from tests.e2e.isolation_load import Load, seed, stored_items_are_their_owners
+from tests.conftest import catalog_images, query_image, write_deployment
+from tests.e2e.conftest import cli_env, running_server, start_server
+from tests.e2e.isolation_load import Load, SlowOrigin, seed, slow_origin, stored_items_are_their_owners
 
 pytestmark = pytest.mark.e2e
 DEMO = {"Authorization": "Bearer demo-key"}
@@ -50,27 +48,8 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(server: str) -> Non
     assert not stored_items_are_their_owners(server)
 
 
-class _SlowOrigin(BaseHTTPRequestHandler):
-    delay_s = 6.0
-
-    def do_GET(self) -> None:
-        time.sleep(self.delay_s)
-        body = query_image("hat").read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_a_slow_image_url_does_not_stall_another_tenants_search(server: str) -> None:
-    origin = ThreadingHTTPServer(("127.0.0.1", 0), _SlowOrigin)
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{origin.server_address[1]}/slow.jpg"
+    with slow_origin() as url:
         slow = threading.Thread(target=lambda: requests.post(
             f"{server}/v1/collections/iso/search", json={"image_url": url}, headers=DEMO, timeout=60))
         slow.start()
@@ -80,10 +59,8 @@ def test_a_slow_image_url_does_not_stall_another_tenants_search(server: str) -> 
                           timeout=60)
         took = time.monotonic() - started
         assert r.status_code == 200, r.text
-        assert took < _SlowOrigin.delay_s - 2, f"another tenant's search waited {took:.1f} s for the slow origin"
+        assert took < SlowOrigin.delay_s - 2, f"another tenant's search waited {took:.1f} s for the slow origin"
         slow.join(60)
-    finally:
-        origin.shutdown()
 
 
 def _raw(base: str, request: bytes, read_for_s: float = 10.0) -> bytes:
@@ -163,35 +140,21 @@ def test_graceful_stop_answers_the_request_in_flight(tmp_path: Path, model_dir: 
     home = tmp_path / "home"
     write_deployment(home)
     env = cli_env(home, model_dir)
-    port = free_port()
     log = (tmp_path / "serve.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port), "--workers", "2"],
-                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(env, log, "--workers", "2")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{base}/v1/collections", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-                time.sleep(0.2)
-        origin = ThreadingHTTPServer(("127.0.0.1", 0), _SlowOrigin)
-        threading.Thread(target=origin.serve_forever, daemon=True).start()
-        answers: list[requests.Response] = []
-        url = f"http://127.0.0.1:{origin.server_address[1]}/slow.jpg"
-        in_flight = threading.Thread(target=lambda: answers.append(requests.post(
-            f"{base}/v1/embed", json={"image_url": url}, headers=DEMO, timeout=60)))
-        in_flight.start()
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        in_flight.join(60)
+        with slow_origin() as url:
+            answers: list[requests.Response] = []
+            in_flight = threading.Thread(target=lambda: answers.append(requests.post(
+                f"{base}/v1/embed", json={"image_url": url}, headers=DEMO, timeout=60)))
+            in_flight.start()
+            time.sleep(1.0)  # the request now waits on the origin inside a worker
+            proc.send_signal(signal.SIGTERM)
+            in_flight.join(60)
         assert answers and answers[0].status_code == 200, answers[0].text if answers else "no answer"
         assert proc.wait(timeout=30) == 0
         with pytest.raises(requests.ConnectionError):
             requests.get(f"{base}/v1/collections", timeout=2)
-        origin.shutdown()
     finally:
         if proc.poll() is None:
             proc.kill()

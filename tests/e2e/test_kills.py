@@ -29,8 +29,8 @@ import requests
 from lookalike.contracts import BackendContext
 from lookalike.service import ImageRef, Lookalike
 from lookalike_local.blobstore import FilesystemBlobStore, FilesystemOptions
-from tests.conftest import ROOT, catalog_images, free_port, write_deployment
-from tests.e2e.conftest import cli_env, lookalike
+from tests.conftest import ROOT, catalog_images, write_deployment
+from tests.e2e.conftest import cli_env, lookalike, start_server
 
 pytestmark = pytest.mark.e2e
 COLLECTION = "kills"
@@ -196,20 +196,9 @@ def test_killed_server_keeps_every_acknowledged_put(tmp_path: Path, model_dir: P
     acknowledged: dict[str, str] = {}
     allowed: dict[str, set[str]] = {}
     for round_ in range(3):
-        port = free_port()
-        log = (tmp_path / f"serve-{round_}.log").open("w")
-        proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port), "--workers", "2"],
-                                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
+        log = (tmp_path / f"serve-{round_}.log").open("w+")
+        proc, base = start_server(env, log, "--workers", "2", new_session=True)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    requests.get(f"{base}/v1/collections", timeout=1)
-                    break
-                except requests.ConnectionError:
-                    assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-                    time.sleep(0.2)
             if round_ == 0:
                 requests.post(f"{base}/v1/collections", json={"name": COLLECTION}, timeout=30,
                               headers={"Authorization": "Bearer demo-key"})

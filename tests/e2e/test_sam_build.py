@@ -178,8 +178,9 @@ def test_built_functions_serve_the_sample_events(stack: tuple[dict[str, Function
     assert taxonomy.invoke("taxonomy_create_collection")["statusCode"] == 201
     result = upload.invoke("upload_put_item")
     assert result["statusCode"] == 200 and _body(result)["id"] == "shoe-1"
-    # The stack's bucket is the default blob store: the item image landed there.
-    s3.head_object(Bucket=names["AnchorsBucket"], Key="demo/collections/clothing/items/shoe-1")
+    # The stack's bucket is the default blob store: the item image landed there (a new key per write).
+    stored = s3.list_objects_v2(Bucket=names["AnchorsBucket"], Prefix="demo/collections/clothing/images/shoe-1/")
+    assert stored["KeyCount"] == 1
 
     result = upload.invoke("upload_stage_anchor")
     anchor = _body(result)["anchor_id"]
