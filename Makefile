@@ -22,7 +22,13 @@ LAMBDA_RUNTIME := $(SAM_VENV)/lambda-runtime
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test lint bench serve clean sam-build screenshots
+# A real OpenSearch 2.19.1 + k-NN node from Maven Central (scripts/opensearch_node.py).
+OPENSEARCH_HOME ?= $(CURDIR)/.opensearch
+OPENSEARCH_PORT ?= 9200
+OPENSEARCH_TEST_PORT ?= 9250
+OPENSEARCH_NODE := $(BIN)/python scripts/opensearch_node.py
+
+.PHONY: setup demo test lint bench serve clean sam-build screenshots opensearch opensearch-stop
 
 $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m venv $(VENV)
@@ -69,8 +75,18 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
 
+opensearch: $(BIN)/.installed
+	$(OPENSEARCH_NODE) start --home $(OPENSEARCH_HOME) --port $(OPENSEARCH_PORT)
+
+opensearch-stop:
+	$(OPENSEARCH_NODE) stop --home $(OPENSEARCH_HOME)
+
+# The whole suite, the OpenSearch contract tests against a real node started for the run (and
+# stopped whatever the outcome). pytest's exit code passes through: 5 (no tests) fails too.
 test: setup $(CHROMIUM) lint sam-build
-	$(BIN)/pytest
+	$(OPENSEARCH_NODE) start --home $(OPENSEARCH_HOME)-test --port $(OPENSEARCH_TEST_PORT) --fresh
+	OPENSEARCH_URL=http://127.0.0.1:$(OPENSEARCH_TEST_PORT) $(BIN)/pytest; status=$$?; \
+		$(OPENSEARCH_NODE) stop --home $(OPENSEARCH_HOME)-test; exit $$status
 
 # The README's screenshots of the search page (docs/screenshots/), from the demo photos.
 screenshots: setup $(CHROMIUM)

@@ -18,17 +18,18 @@ from lookalike_local.index import LocalIndex
 from lookalike_marqo.backend import MarqoBackend, MarqoOptions
 from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
 from tests.fake_marqo import FakeMarqo
-from tests.fake_opensearch import FakeOpenSearch
 from tests.fakes import MemoryIndex
 
 DIM = 8
 Factory = Callable[[], SearchBackend]
 
 
-REAL_OPENSEARCH = pytest.mark.skipif(not os.environ.get("OPENSEARCH_URL"),
-                                     reason="needs a real OpenSearch at OPENSEARCH_URL (see README)")
-# Backends that keep caption/prompt vectors beside image vectors (supports_text_vectors).
-TEXT_BACKENDS = ["local", "memory", "opensearch-fake", pytest.param("opensearch", marks=REAL_OPENSEARCH)]
+REAL_OPENSEARCH = pytest.mark.skipif(
+    not os.environ.get("OPENSEARCH_URL"),
+    reason="needs a real OpenSearch at OPENSEARCH_URL: `make test` starts one (scripts/opensearch_node.py)")
+# Backends that keep caption/prompt vectors beside image vectors (supports_text_vectors). OpenSearch
+# is the real engine only: a fake of our own would hold it to our own assumptions.
+TEXT_BACKENDS = ["local", "memory", pytest.param("opensearch", marks=REAL_OPENSEARCH)]
 BACKENDS = [*TEXT_BACKENDS, "marqo-fake"]
 
 
@@ -36,10 +37,8 @@ BACKENDS = [*TEXT_BACKENDS, "marqo-fake"]
 def backends_of(kind: str, tmp_path: Path) -> Iterator[Factory]:
     made: list[SearchBackend] = []
     shared = MemoryIndex()
-    fake: FakeOpenSearch | FakeMarqo | None = None
-    if kind == "opensearch-fake":
-        fake = FakeOpenSearch()
-    elif kind == "marqo-fake":
+    fake: FakeMarqo | None = None
+    if kind == "marqo-fake":
         fake = FakeMarqo()
     prefix = f"t{uuid.uuid4().hex[:8]}"  # a real cluster is shared: each test gets its own indices
 
@@ -52,9 +51,8 @@ def backends_of(kind: str, tmp_path: Path) -> Iterator[Factory]:
             assert fake is not None
             backend = MarqoBackend(MarqoOptions(url=fake.url, api_key_env=None, max_retries=1, backoff_seconds=0))
         else:
-            url = fake.url if fake else os.environ["OPENSEARCH_URL"]
-            backend = OpenSearchBackend(OpenSearchOptions(url=url, refresh="true", index_prefix=prefix,
-                                                          max_retries=1, backoff_seconds=0))
+            backend = OpenSearchBackend(OpenSearchOptions(url=os.environ["OPENSEARCH_URL"], refresh="true",
+                                                          index_prefix=prefix, max_retries=1, backoff_seconds=0))
         made.append(backend)
         return backend
 

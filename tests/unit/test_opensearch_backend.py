@@ -56,10 +56,11 @@ def test_mapping_and_query_dsl(fake: FakeOpenSearch) -> None:
     b.search("acme", "shoes", VectorQuery(vector=np.array([1, 0, 0], dtype=np.float32), limit=5, offset=5,
                                           filter=Term("color", "red"), exclude_ids=frozenset({"x"})))
     query = json.loads(requests_to(fake, "/_search")[-1]["body"])
-    assert query["size"] == 5 and query["from"] == 5
+    # k-NN pages are cut here: one more than the page needs, so a tie at the cut is seen.
+    assert query["size"] == 11 and query["from"] == 0
     assert query["sort"] == [{"_score": "desc"}, {"item_id": "asc"}]
     knn = query["query"]["knn"]["vector"]
-    assert knn["k"] == 10 and knn["vector"] == [1.0, 0.0, 0.0]
+    assert knn["k"] == 11 and knn["vector"] == [1.0, 0.0, 0.0]
     assert knn["filter"] == {"bool": {"filter": [{"term": {"s.color": "red"}}],
                                       "must_not": [{"ids": {"values": ["x"]}}]}}
 

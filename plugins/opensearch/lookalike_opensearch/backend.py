@@ -41,6 +41,9 @@ T = TypeVar("T")
 RETRY_STATUSES = (429, 502, 503, 504)
 
 
+MAX_RESULT_WINDOW = 10_000  # index.max_result_window and k-NN's K_MAX
+
+
 class OpenSearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str | None = None  # default: LOOKALIKE_OPENSEARCH_ENDPOINT
@@ -334,14 +337,31 @@ class OpenSearchBackend(SearchBackend):
             clauses["must_not"] = [{"ids": {"values": sorted(exclude)}}]
         return {"bool": clauses} if clauses else None
 
-    def _page(self, index: str, query: dict[str, Any], count_query: dict[str, Any] | None, limit: int, offset: int,
+    def _page(self, index: str, query: dict[str, Any] | Callable[[int], dict[str, Any]],
+              count_query: dict[str, Any] | None, limit: int, offset: int,
               to_score: Callable[[float], float], min_score: float | None) -> SearchPage:
-        body: dict[str, Any] = {"size": limit, "from": offset, "query": query, "_source": {"excludes": [
-            "vector", "caption_vector", "prompt_vector"]}, "sort": [{"_score": "desc"}, {"item_id": "asc"}],
-            "track_scores": True}
+        """One page, sorted by score then id. ``query`` as a function of k is a k-NN query: the
+        engine keeps k candidates, and among equal scores it keeps whichever it met first, so
+        one more than the page needs is asked for, and more while that one ties with the
+        page's last (a tie cut at k would otherwise break by insertion order, not by id)."""
+        need = offset + limit
+        k = need + 1
+        while True:
+            body: dict[str, Any] = {
+                "size": k if callable(query) else limit, "from": 0 if callable(query) else offset,
+                "query": query(k) if callable(query) else query,
+                "_source": {"excludes": ["vector", "caption_vector", "prompt_vector"]},
+                "sort": [{"_score": "desc"}, {"item_id": "asc"}], "track_scores": True}
+            raw = self._request("POST", f"/{index}/_search", body)["hits"]["hits"]
+            if not callable(query) or len(raw) <= need or k >= MAX_RESULT_WINDOW \
+                    or float(raw[need - 1]["_score"]) > float(raw[-1]["_score"]):
+                break
+            k = min(MAX_RESULT_WINDOW, k * 2)
+        if callable(query):
+            raw = raw[offset:need]
         hits = [Hit(id=h["_source"]["item_id"], score=to_score(float(h["_score"])),
                     metadata=h["_source"].get("metadata") or {}, image_key=h["_source"].get("image_key"))
-                for h in self._request("POST", f"/{index}/_search", body)["hits"]["hits"]]
+                for h in raw]
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score - 1e-6]
         return SearchPage(hits=hits, total=self._count(index, count_query))
@@ -353,8 +373,8 @@ class OpenSearchBackend(SearchBackend):
                              f"{record['dimension']}")
         index = self._index(tenant, collection)
         node = self._filter_node(query.filter, query.exclude_ids)
-        knn = self._knn("vector", query.vector, query.offset + query.limit, node)
-        page = self._page(index, knn, node, query.limit, query.offset, _cosine, query.min_score)
+        page = self._page(index, lambda k: self._knn("vector", query.vector, k, node), node, query.limit,
+                          query.offset, _cosine, query.min_score)
         if query.min_score is None:
             return page
         # With a cutoff the total is what scores above it, which only a scored search can count.
@@ -372,12 +392,13 @@ class OpenSearchBackend(SearchBackend):
         if query.vector is not None:
             if record.get("text_dimension") is None or len(query.vector) != record["text_dimension"]:
                 raise BadRequest("this collection has no text embeddings of that dimension")
-            k = query.offset + query.limit
-            knns = [self._knn(f"{f}_vector", query.vector, k, node) for f in query.fields]
-            body_query = knns[0] if len(knns) == 1 else {"dis_max": {"queries": knns}}
+            def knn_query(k: int) -> dict[str, Any]:
+                knns = [self._knn(f"{f}_vector", query.vector, k, node) for f in query.fields]
+                return knns[0] if len(knns) == 1 else {"dis_max": {"queries": knns}}
+
             having = {"bool": {"should": [{"exists": {"field": f"{f}_vector"}} for f in query.fields],
                                "minimum_should_match": 1, **({"filter": [node]} if node else {})}}
-            return self._page(index, body_query, having, query.limit, query.offset, _cosine, query.min_score)
+            return self._page(index, knn_query, having, query.limit, query.offset, _cosine, query.min_score)
         words = query.text.strip()
         if not any(c.isalnum() for c in words):
             raise BadRequest("query has no searchable words")
