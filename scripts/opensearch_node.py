@@ -96,8 +96,10 @@ def fetch(downloads: Path) -> None:
     for coordinates, name, sha in [*ARTIFACTS, *PAINLESS]:
         target = downloads / name
         if not target.exists():
-            subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", "dependency:copy", f"-Dartifact={coordinates}",
-                            f"-DoutputDirectory={downloads}"], check=True, cwd=downloads)
+            done = subprocess.run(["mvn", "-B", "dependency:copy", f"-Dartifact={coordinates}",
+                                   f"-DoutputDirectory={downloads}"], cwd=downloads, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"mvn could not fetch {coordinates}:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
         actual = _sha256(target)
         if actual != sha:
             target.unlink()

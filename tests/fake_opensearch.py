@@ -155,6 +155,8 @@ class FakeOpenSearch(LoopbackServer):
     def _route(self, method: str, parts: list[str], raw: bytes, params: dict[str, str]) -> tuple[int, Any]:
         store = self.store
         with store.lock:
+            if parts == [""]:  # the root API's shape (GET /), as the real node answers it
+                return 200, {"name": "fake", "version": {"distribution": "opensearch", "number": "2.19.1"}}
             if parts == ["_bulk"]:
                 return 200, self._bulk(raw)
             body = json.loads(raw) if raw else {}

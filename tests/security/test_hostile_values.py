@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from lookalike.errors import BadRequest
-from lookalike.service import validate_metadata
+from lookalike.service import ZERO_VECTOR, validate_metadata
 from tests.conftest import catalog_images
 from tests.security.conftest import DEMO, healthy, jwt_headers
 
@@ -111,3 +111,31 @@ def test_every_ingest_path_refuses_metadata_text_that_is_not_unicode(tmp_path: P
         validate_metadata(poisoned)
     with pytest.raises(BadRequest, match="64 bits"):
         validate_metadata({"n": 2**70})
+
+
+@pytest.mark.parametrize("metadata,message", [
+    ({"a.": 1}, "empty part"), ({"a..b": 1}, "empty part"), ({"a": 1, "a.b": 2}, "start of another key"),
+])
+def test_metadata_keys_every_engine_can_map(metadata: dict, message: str) -> None:
+    """Engines read dots as paths (OpenSearch: a mapping conflict the item could never pass)."""
+    with pytest.raises(BadRequest, match=message):
+        validate_metadata(metadata)
+    assert validate_metadata({"a.b": 1, "a.c": 2, "ab": 3}) == {"a.b": 1, "a.c": 2, "ab": 3}
+
+
+def test_an_image_that_embeds_to_zero_is_refused_and_stores_nothing(deployment: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from lookalike.service import ImageRef, Lookalike
+
+    tenant = Lookalike().tenant("demo")
+    tenant.create_collection("zeros")
+    monkeypatch.setattr(tenant.embedder, "embed_images", lambda imgs: np.zeros((len(imgs), tenant.embedder.dimension),
+                                                                               dtype=np.float32))
+    with pytest.raises(BadRequest, match="zero vector"):
+        tenant.put_item("zeros", "z", ImageRef(data=PHOTO))
+    report = tenant.put_items("zeros", [("z1", PHOTO, {}), ("z2", PHOTO, {})])
+    assert report.indexed == [] and [r for _, r in report.failed] == [ZERO_VECTOR, ZERO_VECTOR]
+    assert tenant.collection("zeros").item_count == 0
+    assert list(tenant.blobs.list_keys(f"{tenant.id}/collections/zeros/images/")) == []

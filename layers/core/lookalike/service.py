@@ -72,6 +72,8 @@ MAX_METADATA_KEYS = 64
 MAX_FAILURES_KEPT = 50
 _FAILURES_LOCK = threading.Lock()  # an SQS batch notes its records' failures from several threads
 DEFAULT_FACET_FIELDS = ("category", "character", "model", "style", "brand", "color")
+# Cosine has no direction to compare for it; an engine refuses it (OpenSearch) or ranks it arbitrarily.
+ZERO_VECTOR = "the image embeds to a zero vector, which cannot be compared"
 ORPHAN_AGE_S = 600.0  # an unreferenced image younger than this may belong to a write in flight
 logger = logging.getLogger("lookalike")
 
@@ -120,6 +122,12 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", key):
             raise BadRequest("metadata keys must be 1-64 letters, digits, '_', '.' or '-'")
+        # Search engines read dots as paths: "a." or "a..b" names nothing, and "a" beside "a.b"
+        # would be a value and an object at once. Refused here, so every backend agrees.
+        if key.endswith(".") or ".." in key:
+            raise BadRequest(f"metadata key {key!r} has an empty part between dots")
+        if any(other.startswith(key + ".") for other in metadata if isinstance(other, str)):
+            raise BadRequest(f"metadata key {key!r} is also the start of another key's path")
         values = value if isinstance(value, list) else [value]
         if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
             raise BadRequest("metadata values must be strings, numbers, booleans or lists of them")
@@ -431,6 +439,8 @@ class TenantService:
         if prepared is None:
             decoded = self.decode(data)
             prepared = PreparedImage(decoded, self.embedder.embed_images([decoded.image])[0])
+        if not np.any(prepared.vector):
+            raise BadRequest(ZERO_VECTOR)
         return self._store(info.name, [(item_id, data, prepared.decoded, prepared.vector, meta)])[0]
 
     def prepare_images(self, datas: Sequence[bytes], pool: ThreadPoolExecutor) -> list[PreparedImage | BadRequest]:
@@ -449,7 +459,8 @@ class TenantService:
         ok = [(n, d) for n, d in enumerate(decoded) if not isinstance(d, BadRequest)]
         for chunk in _chunks(ok, self.embedder.batch_size):
             vectors = self.embedder.embed_images([d.image for _, d in chunk])
-            out.update({n: PreparedImage(d, v) for (n, d), v in zip(chunk, vectors, strict=True)})
+            out.update({n: PreparedImage(d, v) if np.any(v) else BadRequest(ZERO_VECTOR)
+                        for (n, d), v in zip(chunk, vectors, strict=True)})
         return [out[n] for n in range(len(decoded))]
 
     def put_items(self, collection: str, entries: Iterable[tuple[str, bytes, Any]], threads: int = 2) -> IngestReport:

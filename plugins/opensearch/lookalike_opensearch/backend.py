@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,6 +45,11 @@ RETRY_STATUSES = (429, 502, 503, 504)
 MAX_RESULT_WINDOW = 10_000  # index.max_result_window and k-NN's K_MAX
 
 
+def _check_window(offset: int, limit: int) -> None:
+    if offset + limit > MAX_RESULT_WINDOW:
+        raise BadRequest(f"offset + limit must be at most {MAX_RESULT_WINDOW} on this backend")
+
+
 class OpenSearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str | None = None  # default: LOOKALIKE_OPENSEARCH_ENDPOINT
@@ -68,6 +74,13 @@ class OpenSearchOptions(BaseModel):
 def make_client(options: OpenSearchOptions) -> Any:
     from opensearchpy import AWSV4SignerAuth, OpenSearch, RequestsHttpConnection
 
+    if options.service == "aoss":
+        # Serverless vector collections refuse a document _id in index and create requests,
+        # _create/<id>, _update/<id> and refresh=true (AWS docs, "Supported operations and
+        # plugins in Amazon OpenSearch Serverless"); this backend relies on all four.
+        raise ConfigurationError("OpenSearch Serverless (service: aoss) is not supported: its vector "
+                                 "collections refuse document ids, _update and refresh; use a managed "
+                                 "domain (service: es)")
     url = options.url or os.environ.get("LOOKALIKE_OPENSEARCH_ENDPOINT")
     if not url:
         raise ConfigurationError("the opensearch backend needs options.url or LOOKALIKE_OPENSEARCH_ENDPOINT")
@@ -198,7 +211,15 @@ class OpenSearchBackend(SearchBackend):
 
     # ------------------------------------------------------------ collections
 
+    def _version(self) -> tuple[int, ...]:
+        number = str(self._request("GET", "/")["version"]["number"]).split("-")[0]
+        return tuple(int(part) for part in number.split(".") if part.isdigit())
+
     def create_collection(self, tenant: str, spec: CollectionSpec) -> CollectionInfo:
+        if self.options.engine == "faiss" and self._version() < (2, 19, 0):
+            # faiss supports cosinesimil only from k-NN 2.19.0 (older clusters refuse the mapping).
+            raise ConfigurationError("engine: faiss needs OpenSearch 2.19.0 or newer for cosine similarity; "
+                                     f"this cluster runs {'.'.join(map(str, self._version()))}")
         self._ensure_registry()
         record = {"tenant": tenant, "name": spec.name, "model_id": spec.model_id, "dimension": spec.dimension,
                   "settings": dict(spec.settings), "status": "READY", "created_at": time.time(),
@@ -212,10 +233,21 @@ class OpenSearchBackend(SearchBackend):
         try:
             self._request("PUT", f"/{index}", self.mapping(spec))
         except BackendUnavailable:
-            self._request("DELETE", f"/{self.registry}/_doc/{self._registry_id(tenant, spec.name)}",
-                          params={"refresh": "true"})
-            raise
+            # A PUT that timed out may still have created the index (then a retry answers
+            # resource_already_exists): an index of the right shape is this collection's.
+            if not self._index_fits(index, spec):
+                self._request("DELETE", f"/{self.registry}/_doc/{self._registry_id(tenant, spec.name)}",
+                              params={"refresh": "true"})
+                raise
         return self._info(record, 0)
+
+    def _index_fits(self, index: str, spec: CollectionSpec) -> bool:
+        try:
+            mapping = self._request("GET", f"/{index}/_mapping")
+        except (NotFound, BackendUnavailable):
+            return False
+        properties = next(iter(mapping.values()), {}).get("mappings", {}).get("properties", {})
+        return properties.get("vector", {}).get("dimension") == spec.dimension
 
     def _record(self, tenant: str, name: str) -> dict[str, Any] | None:
         self._ensure_registry()
@@ -294,8 +326,14 @@ class OpenSearchBackend(SearchBackend):
             lines += [{"index": {"_index": index, "_id": item.id}}, doc]
         result = self._bulk(lines)
         if result.get("errors"):
-            reasons = [i["index"].get("error", {}).get("reason", "") for i in result["items"] if "error" in i["index"]]
-            raise BackendUnavailable(f"search backend rejected {len(reasons)} documents")
+            failed = [i["index"] for i in result["items"] if "error" in i["index"]]
+            # 429 and 5xx can succeed later; any other status (a mapping conflict with another
+            # item's metadata, say) never will, so it must not be retried as if it could.
+            if any(int(f.get("status", 500)) in RETRY_STATUSES or int(f.get("status", 500)) >= 500 for f in failed):
+                raise BackendUnavailable(f"search backend rejected {len(failed)} documents")
+            first = failed[0]
+            reason = str(first.get("error", {}).get("reason", ""))[:200]
+            raise BadRequest(f"the search backend refused item {first.get('_id')!r}: {reason}")
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
         self._require(tenant, collection)
@@ -310,7 +348,7 @@ class OpenSearchBackend(SearchBackend):
 
         self._require(tenant, collection)
         try:
-            doc = self._request("GET", f"/{self._index(tenant, collection)}/_doc/{item_id}")
+            doc = self._request("GET", f"/{self._index(tenant, collection)}/_doc/{quote(item_id, safe='')}")
         except NotFound:
             return None
         if not doc.get("found"):
@@ -345,7 +383,7 @@ class OpenSearchBackend(SearchBackend):
         one more than the page needs is asked for, and more while that one ties with the
         page's last (a tie cut at k would otherwise break by insertion order, not by id)."""
         need = offset + limit
-        k = need + 1
+        k = min(need + 1, MAX_RESULT_WINDOW)  # at the window's edge no tie past it can be seen
         while True:
             body: dict[str, Any] = {
                 "size": k if callable(query) else limit, "from": 0 if callable(query) else offset,
@@ -371,6 +409,7 @@ class OpenSearchBackend(SearchBackend):
         if len(query.vector) != record["dimension"]:
             raise BadRequest(f"query dimension {len(query.vector)} does not match the collection's "
                              f"{record['dimension']}")
+        _check_window(query.offset, query.limit)
         index = self._index(tenant, collection)
         node = self._filter_node(query.filter, query.exclude_ids)
         page = self._page(index, lambda k: self._knn("vector", query.vector, k, node), node, query.limit,
@@ -387,6 +426,7 @@ class OpenSearchBackend(SearchBackend):
 
     def text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage:
         record = self._require(tenant, collection)
+        _check_window(query.offset, query.limit)
         index = self._index(tenant, collection)
         node = self._filter_node(query.filter)
         if query.vector is not None:
