@@ -86,7 +86,7 @@ def test_faiss_is_refused_on_a_cluster_without_faiss_cosine(backend: OpenSearchB
     faiss = OpenSearchBackend(OpenSearchOptions(url=os.environ["OPENSEARCH_URL"], engine="faiss",
                                                 index_prefix=backend.options.index_prefix))
     monkeypatch.setattr(faiss, "_version", lambda: (2, 17, 1))  # what Serverless and older domains run
-    with pytest.raises(ConfigurationError, match="2.19.0"):
+    with pytest.raises(ConfigurationError, match=r"2\.19\.0"):
         faiss.create_collection("t", CollectionSpec(name="f", model_id="m", dimension=4))
     assert faiss._record("t", "f") is None
 
