@@ -26,6 +26,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENSEARCH_HOME ?= $(CURDIR)/.opensearch
 OPENSEARCH_PORT ?= 9200
 OPENSEARCH_TEST_PORT ?= 9250
+OPENSEARCH_NODES ?= 1
 OPENSEARCH_NODE := $(BIN)/python scripts/opensearch_node.py
 
 .PHONY: setup demo test lint bench serve clean sam-build screenshots opensearch opensearch-stop
@@ -76,7 +77,7 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
 
 opensearch: $(BIN)/.installed
-	$(OPENSEARCH_NODE) start --home $(OPENSEARCH_HOME) --port $(OPENSEARCH_PORT)
+	$(OPENSEARCH_NODE) start --home $(OPENSEARCH_HOME) --port $(OPENSEARCH_PORT) --nodes $(OPENSEARCH_NODES)
 
 opensearch-stop:
 	$(OPENSEARCH_NODE) stop --home $(OPENSEARCH_HOME)

@@ -1,7 +1,7 @@
 """A real OpenSearch node with the k-NN plugin, assembled from Maven Central, for tests and for
 users without Docker: ``make opensearch`` / ``make opensearch-stop``.
 
-    python scripts/opensearch_node.py start [--port 9200] [--home .opensearch]
+    python scripts/opensearch_node.py start [--port 9200] [--home .opensearch] [--nodes 3]
     python scripts/opensearch_node.py stop  [--home .opensearch]
 
 What it does:
@@ -95,6 +95,11 @@ def fetch(downloads: Path) -> None:
     downloads.mkdir(parents=True, exist_ok=True)
     for coordinates, name, sha in [*ARTIFACTS, *PAINLESS]:
         target = downloads / name
+        group, artifact, version, *ext = coordinates.split(":")
+        cached = (Path.home() / ".m2" / "repository" / group.replace(".", "/") / artifact / version /
+                  f"{artifact}-{version}.{ext[0] if ext else 'jar'}")
+        if not target.exists() and cached.exists():
+            shutil.copy(cached, target)  # fetched before: no mvn start-up for it
         if not target.exists():
             done = subprocess.run(["mvn", "-B", "dependency:copy", f"-Dartifact={coordinates}",
                                    f"-DoutputDirectory={downloads}"], cwd=downloads, capture_output=True, text=True)
@@ -156,54 +161,89 @@ def _get(url: str, timeout: float = 2.0) -> dict:
         return json.loads(r.read())
 
 
-def start(home: Path, port: int, heap: str, wait_s: float) -> str:
+def _node_config(home: Path, node: Path, n: int, nodes: int, port: int) -> Path:
+    """Node n's own config folder (OPENSEARCH_PATH_CONF), data and logs under ``home/node-<n>``."""
+    own = home / f"node-{n}"
+    config = own / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    for name in ("jvm.options", "log4j2.properties"):
+        shutil.copy(node / "config" / name, config / name)
+    (config / "jvm.options.d").mkdir(exist_ok=True)
+    for folder in ("data", "logs"):
+        (own / folder).mkdir(exist_ok=True)
+    lines = ["cluster.name: lookalike-test", f"node.name: node-{n}", "network.host: 127.0.0.1",
+             f"http.port: {port + n - 1}", f"transport.port: {port + 100 + n - 1}",
+             f"path.data: {own / 'data'}", f"path.logs: {own / 'logs'}",
+             "cluster.routing.allocation.disk.threshold_enabled: false"]
+    if nodes == 1:
+        lines.append("discovery.type: single-node")
+    else:
+        seeds = ", ".join(f'"127.0.0.1:{port + 100 + i}"' for i in range(nodes))
+        managers = ", ".join(f'"node-{i + 1}"' for i in range(nodes))
+        lines += [f"discovery.seed_hosts: [{seeds}]", f"cluster.initial_cluster_manager_nodes: [{managers}]"]
+    (config / "opensearch.yml").write_text("\n".join(lines) + "\n")
+    return own
+
+
+def start_node(home: Path, n: int, nodes: int, port: int, heap: str) -> subprocess.Popen[bytes]:
+    """Start node n of ``nodes`` (1-based) and return at once; ``start`` waits for the cluster."""
     home = home.resolve()
     node = assemble(home)
-    data, logs = home / "data", home / "logs"
-    for folder in (data, logs):
-        folder.mkdir(parents=True, exist_ok=True)
-    (node / "config" / "opensearch.yml").write_text(
-        "cluster.name: lookalike-test\nnode.name: node-1\nnetwork.host: 127.0.0.1\n"
-        f"http.port: {port}\ntransport.port: {port + 100}\ndiscovery.type: single-node\n"
-        f"path.data: {data}\npath.logs: {logs}\n"
-        "cluster.routing.allocation.disk.threshold_enabled: false\n")
+    own = _node_config(home, node, n, nodes, port)
     owner = _ensure_user()
     if owner is not None:
-        for path in [home, *home.rglob("*")]:
-            if "downloads" not in path.parts:
-                os.chown(path, *owner, follow_symlinks=False)
-    env = {**os.environ, "OPENSEARCH_JAVA_HOME": _java_home(), "OPENSEARCH_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}"}
-    log = (logs / "console.log").open("ab")
-    proc = subprocess.Popen([str(node / "bin" / "opensearch")], cwd=node, env=env, stdout=log, stderr=log,
+        for path in [home, *(p for p in home.rglob("*") if "downloads" not in p.parts)]:
+            os.chown(path, *owner, follow_symlinks=False)
+    env = {**os.environ, "OPENSEARCH_JAVA_HOME": _java_home(), "OPENSEARCH_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}",
+           "OPENSEARCH_PATH_CONF": str(own / "config")}
+    log = (own / "logs" / "console.log").open("ab")
+    # cwd: jvm.options' relative paths (GC log, heap dumps) land in the node's own folder.
+    proc = subprocess.Popen([str(node / "bin" / "opensearch")], cwd=own, env=env, stdout=log, stderr=log,
                             user=owner[0] if owner else None, group=owner[1] if owner else None,
                             start_new_session=True)
-    (home / "node.pid").write_text(str(proc.pid))
-    url = f"http://127.0.0.1:{port}"
+    (home / f"node-{n}.pid").write_text(str(proc.pid))
+    return proc
+
+
+def wait_green(url: str, wait_s: float, nodes: int = 1) -> None:
     deadline = time.monotonic() + wait_s
-    while True:
+    while time.monotonic() < deadline:
         try:
-            if _get(f"{url}/_cluster/health?wait_for_status=green&timeout=1s")["status"] == "green":
-                break
+            health = _get(f"{url}/_cluster/health?wait_for_status=green&timeout=1s")
+            if health["status"] == "green" and health["number_of_nodes"] >= nodes:
+                return
         except (OSError, ValueError, KeyError):
             pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(home)
-            tail = (logs / "console.log").read_text(errors="replace")[-3000:]
-            raise SystemExit(f"OpenSearch did not reach green within {wait_s:.0f} s:\n{tail}")
         time.sleep(0.5)
-    info = _get(url)
-    plugins = urllib.request.urlopen(f"{url}/_cat/plugins?h=component,version", timeout=5).read().decode().split()  # noqa: S310
-    print(f"OpenSearch {info['version']['number']} with {' '.join(plugins)} at {url}")
-    return url
+    raise TimeoutError(f"{url} did not reach green with {nodes} nodes within {wait_s:.0f} s")
 
 
-def stop(home: Path) -> None:
-    pid_file = home.resolve() / "node.pid"
+def start(home: Path, port: int, heap: str, wait_s: float, nodes: int = 1) -> list[str]:
+    """Start a cluster of ``nodes`` on ports ``port``...; returns their URLs once it is green."""
+    home = home.resolve()
+    procs = [start_node(home, n, nodes, port, heap) for n in range(1, nodes + 1)]
+    urls = [f"http://127.0.0.1:{port + i}" for i in range(nodes)]
+    try:
+        wait_green(urls[0], wait_s, nodes)
+    except TimeoutError as exc:
+        dead = [n + 1 for n, p in enumerate(procs) if p.poll() is not None]
+        stop(home)
+        tail = (home / "node-1" / "logs" / "console.log").read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{exc} (exited: nodes {dead or 'none'}):\n{tail}") from None
+    info = _get(urls[0])
+    lines = urllib.request.urlopen(f"{urls[0]}/_cat/plugins?h=component,version", timeout=5).read()  # noqa: S310
+    plugins = ", ".join(dict.fromkeys(line.strip() for line in lines.decode().splitlines() if line.strip()))
+    print(f"OpenSearch {info['version']['number']} with {plugins} at {', '.join(urls)}")
+    return urls
+
+
+def stop_node(home: Path, n: int, sig: int = signal.SIGTERM) -> None:
+    pid_file = home.resolve() / f"node-{n}.pid"
     if not pid_file.exists():
         return
     pid = int(pid_file.read_text())
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             os.killpg(pid, 0)
@@ -214,6 +254,11 @@ def stop(home: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
+def stop(home: Path) -> None:
+    for pid_file in sorted(home.resolve().glob("node-*.pid")):
+        stop_node(home, int(pid_file.stem.split("-")[1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["start", "stop"])
@@ -221,14 +266,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9200)
     parser.add_argument("--heap", default="512m")
     parser.add_argument("--wait", type=float, default=180.0, help="seconds to wait for green")
-    parser.add_argument("--fresh", action="store_true", help="start with an empty data folder")
+    parser.add_argument("--nodes", type=int, default=1, help="a cluster of this many nodes on consecutive ports")
+    parser.add_argument("--fresh", action="store_true", help="start with empty data folders")
     args = parser.parse_args()
     if args.command == "stop":
         stop(args.home)
         return
     if args.fresh:
-        shutil.rmtree(args.home / "data", ignore_errors=True)
-    start(args.home, args.port, args.heap, args.wait)
+        for folder in args.home.glob("node-*/data"):
+            shutil.rmtree(folder, ignore_errors=True)
+    start(args.home, args.port, args.heap, args.wait, args.nodes)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ def _check_window(offset: int, limit: int) -> None:
 class OpenSearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str | None = None  # default: LOOKALIKE_OPENSEARCH_ENDPOINT
+    # Every node's URL, for a cluster without a load balancer: a request that cannot reach one
+    # node is retried on another (the client marks the dead one and skips it for a while).
+    hosts: list[str] = Field(default_factory=list, max_length=32)
     auth: Literal["none", "basic", "sigv4"] = "none"
     username: str | None = None
     password_env: str | None = None  # the environment variable holding the password (never the password)
@@ -82,9 +85,10 @@ def make_client(options: OpenSearchOptions) -> Any:
                                  "collections refuse document ids, _update and refresh; use a managed "
                                  "domain (service: es)")
     url = options.url or os.environ.get("LOOKALIKE_OPENSEARCH_ENDPOINT")
-    if not url:
-        raise ConfigurationError("the opensearch backend needs options.url or LOOKALIKE_OPENSEARCH_ENDPOINT")
-    kwargs: dict[str, Any] = {"hosts": [url], "timeout": options.timeout_seconds, "max_retries": 0,
+    hosts = options.hosts or ([url] if url else [])
+    if not hosts:
+        raise ConfigurationError("the opensearch backend needs options.url (or hosts) or LOOKALIKE_OPENSEARCH_ENDPOINT")
+    kwargs: dict[str, Any] = {"hosts": hosts, "timeout": options.timeout_seconds, "max_retries": 0,
                               "retry_on_timeout": False, "verify_certs": options.verify_certs,
                               "connection_class": RequestsHttpConnection}
     if options.auth == "basic":
