@@ -19,7 +19,8 @@ class LoopbackServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[dict[str, Any]] = []
-        self.failures: list[tuple[str, Any]] = []  # ("status", code) | ("malformed", None) | ("delay", seconds)
+        # ("status", code) | ("malformed", None) | ("delay", seconds) | ("drop", None)
+        self.failures: list[tuple[str, Any]] = []
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     @property
@@ -77,6 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, None, raw=b"{not json")
             if kind == "delay":
                 time.sleep(value)
+            if kind == "drop":  # the connection closes with no answer at all
+                self.close_connection = True
+                return None
         status, body = self.server.route(self.command, url.path, params, headers, raw)
         self._send(status, body)
 

@@ -281,7 +281,9 @@ def test_semantic_text_search_takes_the_best_field(texts: SearchBackend) -> None
     page = texts.text_search("t", "c", TextQuery(text="x", vector=tvec(1), fields=("caption",), limit=1, offset=1))
     assert ids(page) == ["caption-only"] and page.total == 2
     page = texts.text_search("t", "c", TextQuery(text="x", vector=tvec(1), filter=Term("kind", "a"), min_score=0.5))
-    assert ids(page) == ["both", "prompt-only"]
+    assert ids(page) == ["both", "prompt-only"] and page.total == 2  # the total honours min_score too
+    page = texts.text_search("t", "c", TextQuery(text="x", vector=tvec(1), min_score=0.9, limit=1))
+    assert len(page.hits) == 1 and page.total == 2  # "caption-only" scores 0.71
     with pytest.raises(BadRequest):
         texts.text_search("t", "c", TextQuery(text="x", vector=np.ones(TDIM + 1, dtype=np.float32)))
 

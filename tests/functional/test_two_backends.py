@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,14 +12,16 @@ import pytest
 
 from lookalike.api.request import service
 from tests.conftest import load_event, write_deployment
+from tests.contract.test_search_backend_contract import REAL_OPENSEARCH
 from tests.fake_marqo import FakeMarqo
-from tests.fake_opensearch import FakeOpenSearch
+from tests.fault_proxy import FaultProxy
 from tests.functional.test_events import invoke
 
 
 @pytest.fixture()
-def opensearch() -> Iterator[FakeOpenSearch]:
-    server = FakeOpenSearch()
+def opensearch() -> Iterator[FaultProxy]:
+    """The real node, through a proxy that records what reaches it."""
+    server = FaultProxy(os.environ["OPENSEARCH_URL"])
     yield server
     server.stop()
 
@@ -35,7 +39,8 @@ def as_tenant(event: dict, key: str) -> dict:
     return event
 
 
-def test_same_handlers_three_backends(deployment: Path, opensearch: FakeOpenSearch, marqo: FakeMarqo,
+@REAL_OPENSEARCH
+def test_same_handlers_three_backends(deployment: Path, opensearch: FaultProxy, marqo: FakeMarqo,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INITECH_MARQO_KEY", "initech-marqo-key")
 
@@ -45,7 +50,8 @@ def test_same_handlers_three_backends(deployment: Path, opensearch: FakeOpenSear
     write_deployment(deployment, {"tenants": {
         "demo": {"api_keys": key(b"demo-key")},
         "globex": {"api_keys": key(b"globex-key"),
-                   "search": {"name": "opensearch", "options": {"url": opensearch.url, "refresh": "true"}}},
+                   "search": {"name": "opensearch", "options": {"url": opensearch.url, "refresh": "true",
+                                                               "index_prefix": f"f{uuid.uuid4().hex[:8]}"}}},
         "initech": {"api_keys": key(b"initech-key"),
                     "search": {"name": "marqo", "options": {"url": marqo.url, "api_key_env": "INITECH_MARQO_KEY"}}},
     }})

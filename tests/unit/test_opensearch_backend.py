@@ -1,37 +1,49 @@
-"""The OpenSearch backend's wire contract: the exact requests it sends and how it fails."""
+"""The OpenSearch backend's wire contract, on the real engine behind a fault proxy: the exact
+requests it sends (mapping, bulk lines, query DSL, auth headers), and what it does when the
+node answers 429/5xx, stalls, sends a malformed body or drops the connection."""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import requests
 
 from lookalike.contracts import CollectionSpec, Item, TextQuery, VectorQuery
 from lookalike.errors import BackendUnavailable, ConfigurationError
 from lookalike.filters import Range, Term
 from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
-from tests.fake_opensearch import FakeOpenSearch
+from tests.contract.test_search_backend_contract import REAL_OPENSEARCH
+from tests.fault_proxy import FaultProxy
+
+pytestmark = REAL_OPENSEARCH
 
 
 @pytest.fixture()
-def fake() -> Iterator[FakeOpenSearch]:
-    server = FakeOpenSearch()
+def fake() -> Iterator[FaultProxy]:
+    """The real node (OPENSEARCH_URL) behind a fault proxy; this test's indices removed after."""
+    server = FaultProxy(os.environ["OPENSEARCH_URL"])
+    server.prefix = f"w{uuid.uuid4().hex[:8]}"  # type: ignore[attr-defined]
     yield server
     server.stop()
+    requests.delete(f"{os.environ['OPENSEARCH_URL']}/{server.prefix}-*", timeout=30)  # type: ignore[attr-defined]
 
 
-def backend_for(fake: FakeOpenSearch, **options: object) -> OpenSearchBackend:
-    return OpenSearchBackend(OpenSearchOptions(url=fake.url, refresh="true", backoff_seconds=0, **options))
+def backend_for(fake: FaultProxy, **options: object) -> OpenSearchBackend:
+    return OpenSearchBackend(OpenSearchOptions(url=fake.url, refresh="true", backoff_seconds=0,
+                                               index_prefix=fake.prefix, **options))  # type: ignore[attr-defined]
 
 
-def requests_to(fake: FakeOpenSearch, path_part: str) -> list[dict]:
+def requests_to(fake: FaultProxy, path_part: str) -> list[dict]:
     return [r for r in fake.requests if path_part in r["path"]]
 
 
-def test_mapping_and_query_dsl(fake: FakeOpenSearch) -> None:
-    b = backend_for(fake, engine="faiss", hnsw_m=24)
+def test_mapping_and_query_dsl(fake: FaultProxy) -> None:
+    b = backend_for(fake, hnsw_m=24)
     b.create_collection("acme", CollectionSpec(name="shoes", model_id="m", dimension=3, text_model_id="t",
                                                text_dimension=2))
     index = b._index("acme", "shoes")
@@ -40,7 +52,7 @@ def test_mapping_and_query_dsl(fake: FakeOpenSearch) -> None:
     assert mapping["settings"] == {"index": {"knn": True}}
     vector = mapping["mappings"]["properties"]["vector"]
     assert vector == {"type": "knn_vector", "dimension": 3, "method": {
-        "name": "hnsw", "space_type": "cosinesimil", "engine": "faiss",
+        "name": "hnsw", "space_type": "cosinesimil", "engine": "lucene",
         "parameters": {"m": 24, "ef_construction": 128}}}
     assert mapping["mappings"]["properties"]["caption_vector"]["dimension"] == 2
     assert mapping["mappings"]["properties"]["caption"] == {"type": "text"}
@@ -77,7 +89,7 @@ def test_mapping_and_query_dsl(fake: FakeOpenSearch) -> None:
     assert aggs["s0"]["terms"] == {"field": "s.color", "size": 100, "order": [{"_count": "desc"}, {"_key": "asc"}]}
 
 
-def test_retries_429_and_5xx_with_backoff_then_gives_up(fake: FakeOpenSearch) -> None:
+def test_retries_429_and_5xx_with_backoff_then_gives_up(fake: FaultProxy) -> None:
     b = backend_for(fake, max_retries=2)
     fake.fail_next("status", 429)
     fake.fail_next("status", 503)
@@ -92,7 +104,7 @@ def test_retries_429_and_5xx_with_backoff_then_gives_up(fake: FakeOpenSearch) ->
     assert len(fake.requests) == before + 1
 
 
-def test_timeouts_malformed_json_and_auth(fake: FakeOpenSearch) -> None:
+def test_timeouts_malformed_json_and_auth(fake: FaultProxy) -> None:
     b = backend_for(fake, max_retries=0, timeout_seconds=0.3)
     b.list_collections("warm-up")
     fake.fail_next("delay", 1.0)
@@ -104,26 +116,37 @@ def test_timeouts_malformed_json_and_auth(fake: FakeOpenSearch) -> None:
     assert b.get_collection("acme", "missing") is None  # a 404 document is just absent
 
 
-def test_basic_auth_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = FakeOpenSearch(basic_auth=("admin", "s3cret-password"))
-    try:
-        monkeypatch.setenv("OS_PASSWORD", "s3cret-password")
-        ok = OpenSearchBackend(OpenSearchOptions(url=server.url, auth="basic", username="admin",
-                                                 password_env="OS_PASSWORD"))
-        assert ok.list_collections("acme") == []
-        monkeypatch.setenv("OS_PASSWORD", "wrong")
-        bad = OpenSearchBackend(OpenSearchOptions(url=server.url, auth="basic", username="admin",
-                                                  password_env="OS_PASSWORD", max_retries=0))
-        with pytest.raises(BackendUnavailable, match="credentials"):
-            bad.list_collections("acme")
-        with pytest.raises(ConfigurationError):
-            OpenSearchBackend(OpenSearchOptions(url=server.url, auth="basic", username="admin"))
-    finally:
-        server.stop()
+def test_basic_auth_and_secrets(fake: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The password is read from its secret and sent as Basic auth; a 401 names the credentials.
+    (The test node runs without the security plugin: the 401 is the proxy's, as a secured
+    cluster answers a wrong password.)"""
+    import base64
+
+    monkeypatch.setenv("OS_PASSWORD", "s3cret-password")
+    ok = backend_for(fake, auth="basic", username="admin", password_env="OS_PASSWORD")
+    assert ok.list_collections("acme") == []
+    expected = "Basic " + base64.b64encode(b"admin:s3cret-password").decode()
+    assert {r["headers"].get("Authorization") for r in fake.requests} == {expected}
+    fake.fail_next("status", 401)
+    bad = backend_for(fake, auth="basic", username="admin", password_env="OS_PASSWORD", max_retries=0)
+    with pytest.raises(BackendUnavailable, match="credentials"):
+        bad.list_collections("acme")
+    with pytest.raises(ConfigurationError):
+        backend_for(fake, auth="basic", username="admin")
 
 
-def test_sigv4_signs_requests(fake: FakeOpenSearch) -> None:
-    b = OpenSearchBackend(OpenSearchOptions(url=fake.url, auth="sigv4", region="eu-west-1", service="es"))
+def test_a_dropped_connection_is_retried(fake: FaultProxy) -> None:
+    b = backend_for(fake, max_retries=1)
+    b.list_collections("warm-up")
+    fake.fail_next("drop")
+    assert b.list_collections("acme") == []  # the retry reached the node
+    fake.fail_next("drop", times=2)
+    with pytest.raises(BackendUnavailable):
+        b.list_collections("acme")
+
+
+def test_sigv4_signs_requests(fake: FaultProxy) -> None:
+    b = backend_for(fake, auth="sigv4", region="eu-west-1", service="es")
     b.list_collections("acme")
     headers = fake.requests[-1]["headers"]
     auth = headers["Authorization"]

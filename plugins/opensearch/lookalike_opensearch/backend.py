@@ -423,9 +423,14 @@ class OpenSearchBackend(SearchBackend):
         # With a cutoff the total is what scores above it, which only a scored search can count.
         return SearchPage(hits=page.hits, total=self._cutoff_total(index, query.vector, node, query.min_score))
 
-    def _cutoff_total(self, index: str, vector: Sequence[float], node: dict[str, Any] | None, min_score: float) -> int:
-        body = {"size": 0, "min_score": (1.0 + min_score) / 2.0,
-                "query": self._knn("vector", vector, 10_000, node)}
+    def _cutoff_total(self, index: str, vector: Sequence[float], node: dict[str, Any] | None, min_score: float,
+                      fields: Sequence[str] = ("vector",)) -> int:
+        """How many items score at least ``min_score``: a radial k-NN search (``min_score``
+        instead of ``k``, k-NN 2.14+) counts them all, with no cap at k or the result window."""
+        radial = [{"knn": {field: {"vector": [float(x) for x in vector], "min_score": (1.0 + min_score) / 2.0,
+                                   **({"filter": node} if node else {})}}} for field in fields]
+        query = radial[0] if len(radial) == 1 else {"bool": {"should": radial, "minimum_should_match": 1}}
+        body = {"size": 0, "track_total_hits": True, "query": query}
         return int(self._request("POST", f"/{index}/_search", body)["hits"]["total"]["value"])
 
     def text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage:
@@ -442,7 +447,12 @@ class OpenSearchBackend(SearchBackend):
 
             having = {"bool": {"should": [{"exists": {"field": f"{f}_vector"}} for f in query.fields],
                                "minimum_should_match": 1, **({"filter": [node]} if node else {})}}
-            return self._page(index, knn_query, having, query.limit, query.offset, _cosine, query.min_score)
+            page = self._page(index, knn_query, having, query.limit, query.offset, _cosine, query.min_score)
+            if query.min_score is None:
+                return page
+            fields = [f"{f}_vector" for f in query.fields]
+            return SearchPage(hits=page.hits, total=self._cutoff_total(index, query.vector, node, query.min_score,
+                                                                       fields))
         words = query.text.strip()
         if not any(c.isalnum() for c in words):
             raise BadRequest("query has no searchable words")
