@@ -23,11 +23,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import requests
 import yaml
+
+if TYPE_CHECKING:
+    from lookalike.contracts import Item
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "clothing"
@@ -53,24 +58,32 @@ def catalog_vectors(home: Path) -> tuple[list[str], np.ndarray, list[str]]:
     return [p.stem for p in paths], vectors, [p.parent.name for p in paths]
 
 
-def build_collection(home: Path, name: str, size: int, ids: list[str], vectors: np.ndarray,
-                     classes: list[str], model_id: str) -> None:
-    from lookalike.contracts import BackendContext, CollectionSpec, Item
-    from lookalike_local.index import LocalIndex
+def jittered_items(size: int, ids: list[str], vectors: np.ndarray, classes: list[str]) -> Iterator[Item]:
+    """The real vectors, then jittered copies of them (gaussian noise, re-normalised) up to ``size``."""
+    from lookalike.contracts import Item
 
-    index = LocalIndex(context=BackendContext(home=home))
-    if index.get_collection("bench", name) is not None:
-        index.delete_collection("bench", name)
-    index.create_collection("bench", CollectionSpec(name=name, model_id=model_id, dimension=vectors.shape[1]))
     rng = np.random.default_rng(0)
-    batch: list[Item] = []
     for n in range(size):
         base = n % len(ids)
         v = vectors[base]
         if n >= len(ids):
             v = v + rng.normal(scale=0.02, size=v.shape).astype(np.float32)
             v /= np.linalg.norm(v)
-        batch.append(Item(id=f"{ids[base]}-{n // len(ids)}", vector=v, metadata={"category": classes[base]}))
+        yield Item(id=f"{ids[base]}-{n // len(ids)}", vector=v, metadata={"category": classes[base]})
+
+
+def build_collection(home: Path, name: str, size: int, ids: list[str], vectors: np.ndarray,
+                     classes: list[str], model_id: str) -> None:
+    from lookalike.contracts import BackendContext, CollectionSpec
+    from lookalike_local.index import LocalIndex
+
+    index = LocalIndex(context=BackendContext(home=home))
+    if index.get_collection("bench", name) is not None:
+        index.delete_collection("bench", name)
+    index.create_collection("bench", CollectionSpec(name=name, model_id=model_id, dimension=vectors.shape[1]))
+    batch: list[Item] = []
+    for item in jittered_items(size, ids, vectors, classes):
+        batch.append(item)
         if len(batch) == 5000:
             index.upsert("bench", name, batch)
             batch = []

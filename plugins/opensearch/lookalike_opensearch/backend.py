@@ -67,6 +67,9 @@ class OpenSearchOptions(BaseModel):
     index_prefix: str = Field(default="lookalike", pattern=r"^[a-z][a-z0-9-]{0,30}$")
     hnsw_m: int = Field(default=16, ge=4, le=128)
     ef_construction: int = Field(default=128, ge=16, le=1024)
+    # Candidates the graph search keeps (k-NN's k; lucene's HNSW queue is as long as k): more
+    # is slower and closer to exact. The page itself is cut from the best of them.
+    ef_search: int = Field(default=100, ge=1, le=10_000)
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     max_retries: int = Field(default=3, ge=0, le=8)
     backoff_seconds: float = Field(default=0.2, ge=0, le=5)
@@ -391,7 +394,7 @@ class OpenSearchBackend(SearchBackend):
         while True:
             body: dict[str, Any] = {
                 "size": k if callable(query) else limit, "from": 0 if callable(query) else offset,
-                "query": query(k) if callable(query) else query,
+                "query": query(max(k, min(self.options.ef_search, MAX_RESULT_WINDOW))) if callable(query) else query,
                 "_source": {"excludes": ["vector", "caption_vector", "prompt_vector"]},
                 "sort": [{"_score": "desc"}, {"item_id": "asc"}], "track_scores": True}
             raw = self._request("POST", f"/{index}/_search", body)["hits"]["hits"]
