@@ -44,12 +44,40 @@ def _node() -> object:
     return module
 
 
+def ef_sweep(home: Path, name: str, args: argparse.Namespace, options: dict) -> list[dict]:
+    """Recall@10 against exact search and the backend's own latency for each ef_search, on the
+    same index (a query-time setting), with the validation photos' real embeddings."""
+    from lookalike.contracts import VectorQuery
+    from lookalike.service import ImageRef, Lookalike
+    from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
+
+    local = Lookalike().tenant("bench")
+    photos = sorted((DATA / "validation").rglob("*.jpg"))[: args.queries]
+    vectors = [local.embed(ImageRef(data=p.read_bytes())) for p in photos]
+    exact = [{h.id for h in local.search_backend.search("bench", name, VectorQuery(vector=v, limit=10)).hits}
+             for v in vectors]
+    rows = []
+    for ef in args.ef_search:
+        backend = OpenSearchBackend(OpenSearchOptions(**options, ef_search=ef))
+        times, recall = [], []
+        for v, truth in zip(vectors, exact, strict=True):
+            started = time.perf_counter()
+            hits = backend.search("bench-os", name, VectorQuery(vector=v, limit=10)).hits
+            times.append((time.perf_counter() - started) * 1000)
+            recall.append(len(truth & {h.id for h in hits}) / 10)
+        rows.append({"ef_search": ef, "recall_at_10": round(sum(recall) / len(recall), 4),
+                     "backend_p50_ms": round(percentile(times, 50), 1)})
+        print(rows[-1], file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--ef-search", type=int, default=100)
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[100, 200, 400, 800],
+                        help="query-time candidates to sweep; the smallest reaching recall 0.95 is served")
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=128)
     parser.add_argument("--heap", default="2g")
@@ -67,11 +95,12 @@ def main() -> None:
     url = node.start(node_home, port, args.heap, 240)[0]  # type: ignore[attr-defined]
     home = Path(tempfile.mkdtemp(prefix="lookalike-bench-os-"))
     options = {"url": url, "refresh": "false", "hnsw_m": args.m, "ef_construction": args.ef_construction,
-               "ef_search": args.ef_search, "timeout_seconds": 120, "index_prefix": "bench"}
-    (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {
+               "timeout_seconds": 120, "index_prefix": "bench"}
+    write_config = lambda ef: (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {  # noqa: E731
         "bench": {"api_keys": [{"sha256": hash_key(KEYS["bench"])}]},
         "bench-os": {"api_keys": [{"sha256": hash_key(KEYS["bench-os"])}],
-                     "search": {"name": "opensearch", "options": options}}}}))
+                     "search": {"name": "opensearch", "options": {**options, "ef_search": ef}}}}}))
+    write_config(args.ef_search[0])
     env = {**os.environ, "LOOKALIKE_HOME": str(home)}
     os.environ.update(env)
     try:
@@ -99,6 +128,9 @@ def main() -> None:
         merged = time.perf_counter() - t0 - indexed
         print(f"built: embedded {local_build:.1f} s, OpenSearch {indexed:.1f} s + merge {merged:.1f} s",
               file=sys.stderr)
+        sweep = ef_sweep(home, name, args, options)
+        chosen = next((row["ef_search"] for row in sweep if row["recall_at_10"] >= 0.95), sweep[-1]["ef_search"])
+        write_config(chosen)
 
         serve_port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(serve_port)],
@@ -144,7 +176,8 @@ def main() -> None:
             for t, v in latencies.items()}
     report = {"benchmark": "opensearch", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "items": args.size, "queries": len(recalls), "engine": "OpenSearch 2.19.1, k-NN 2.19.1.0, lucene HNSW",
-              "hnsw_m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search,
+              "hnsw_m": args.m, "ef_construction": args.ef_construction, "ef_search": chosen,
+              "ef_search_sweep (backend only, no HTTP front)": sweep,
               "heap": args.heap, "build_s": {"embedded": round(local_build, 1), "opensearch_index": round(indexed, 1),
                                              "opensearch_merge": round(merged, 1)},
               "embedded_exact": rows["bench"], "opensearch": rows["bench-os"],

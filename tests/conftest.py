@@ -93,6 +93,13 @@ def _clear_parameter_caches() -> Iterator[None]:
     parameters.clear_caches()
 
 
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """A line in the test log whatever pytest captures: figures a test exists to measure."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\n{line}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

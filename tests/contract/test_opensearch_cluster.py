@@ -24,7 +24,7 @@ import pytest
 from lookalike.contracts import CollectionSpec, Item, VectorQuery
 from lookalike.errors import LookalikeError
 from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, report
 from tests.contract.test_search_backend_contract import REAL_OPENSEARCH
 
 pytestmark = REAL_OPENSEARCH
@@ -75,7 +75,7 @@ def vec(seed: int) -> np.ndarray:
 
 
 def test_a_node_killed_mid_ingest_loses_no_acknowledged_write(
-        cluster: tuple[ModuleType, Path, int, list[str]]) -> None:
+        cluster: tuple[ModuleType, Path, int, list[str]], request: pytest.FixtureRequest) -> None:
     node, home, port, urls = cluster
     backend = OpenSearchBackend(OpenSearchOptions(hosts=urls, refresh="true", max_retries=4, backoff_seconds=0.2,
                                                   timeout_seconds=10, index_prefix=f"k{uuid.uuid4().hex[:8]}"))
@@ -116,8 +116,8 @@ def test_a_node_killed_mid_ingest_loses_no_acknowledged_write(
     searcher.join(60)
 
     found = [i for i in acknowledged if backend.get_item("t", "c", i) is not None]
-    print(f"3-node cluster: {len(acknowledged)} writes acknowledged, {len(found)} found after the kill, "
-          f"{refused_batches} batches refused, searches {searches}")
+    report(request, f"3-node cluster: {len(acknowledged)} writes acknowledged, {len(found)} found after the "
+                    f"kill, {refused_batches} batches refused, searches {searches}")
     assert killed and len(acknowledged) >= ITEMS // 2
     assert found == acknowledged, f"{len(acknowledged) - len(found)} acknowledged writes are missing"
     assert searches["ok"] > 0 and searches["failed"] <= searches["ok"] // 10, searches

@@ -13,6 +13,7 @@ import pytest
 from lookalike.contracts import CollectionSpec, Item, TextQuery, VectorQuery
 from lookalike.errors import BadRequest, ConfigurationError
 from lookalike_opensearch.backend import MAX_RESULT_WINDOW, OpenSearchBackend, OpenSearchOptions
+from tests.conftest import report
 from tests.contract.test_search_backend_contract import REAL_OPENSEARCH
 
 pytestmark = REAL_OPENSEARCH
@@ -34,10 +35,11 @@ def backend() -> Iterator[OpenSearchBackend]:
     b.close()
 
 
-def test_the_node_is_the_real_engine(backend: OpenSearchBackend) -> None:
+def test_the_node_is_the_real_engine(backend: OpenSearchBackend, request: pytest.FixtureRequest) -> None:
     info = backend._request("GET", "/")
     plugins = backend._request("GET", "/_cat/plugins", params={"format": "json"})
-    print(f"OpenSearch {info['version']['number']}, plugins {[p['component'] for p in plugins]}")
+    report(request, f"OpenSearch {info['version']['number']} ({info['version']['distribution']}), plugins "
+                    f"{sorted({p['component'] + ' ' + p['version'] for p in plugins})}")
     assert info["version"]["distribution"] == "opensearch"
     assert "opensearch-knn" in {p["component"] for p in plugins}
 

@@ -72,7 +72,7 @@ def test_mapping_and_query_dsl(fake: FaultProxy) -> None:
     assert query["size"] == 11 and query["from"] == 0
     assert query["sort"] == [{"_score": "desc"}, {"item_id": "asc"}]
     knn = query["query"]["knn"]["vector"]
-    assert knn["k"] == 100 and knn["vector"] == [1.0, 0.0, 0.0]  # ef_search candidates, the best 11 returned
+    assert knn["k"] == 400 and knn["vector"] == [1.0, 0.0, 0.0]  # ef_search candidates, the best 11 returned
     assert knn["filter"] == {"bool": {"filter": [{"term": {"s.color": "red"}}],
                                       "must_not": [{"ids": {"values": ["x"]}}]}}
 

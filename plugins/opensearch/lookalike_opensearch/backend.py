@@ -69,7 +69,7 @@ class OpenSearchOptions(BaseModel):
     ef_construction: int = Field(default=128, ge=16, le=1024)
     # Candidates the graph search keeps (k-NN's k; lucene's HNSW queue is as long as k): more
     # is slower and closer to exact. The page itself is cut from the best of them.
-    ef_search: int = Field(default=100, ge=1, le=10_000)
+    ef_search: int = Field(default=400, ge=1, le=10_000)  # recall@10 0.97 at 100k (bench/opensearch.py)
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     max_retries: int = Field(default=3, ge=0, le=8)
     backoff_seconds: float = Field(default=0.2, ge=0, le=5)
