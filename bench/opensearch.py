@@ -28,20 +28,12 @@ import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 from search_latency import DATA, RESULTS, build_collection, catalog_vectors, free_port, jittered_items, percentile  # noqa: E402
 
+from scripts import opensearch_node as node  # noqa: E402
+
 KEYS = {"bench": "bench-key", "bench-os": "bench-os-key"}
-
-
-def _node() -> object:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("opensearch_node", ROOT / "scripts" / "opensearch_node.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def ef_sweep(home: Path, name: str, args: argparse.Namespace, options: dict) -> list[dict]:
@@ -87,12 +79,11 @@ def main() -> None:
     from lookalike_local.efficientnet import EfficientNetLite0
     from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
 
-    node = _node()
     node_home = ROOT / ".opensearch-bench"
     port = free_port()
     for folder in node_home.glob("node-*/data"):
-        node.shutil.rmtree(folder, ignore_errors=True)  # type: ignore[attr-defined]
-    url = node.start(node_home, port, args.heap, 240)[0]  # type: ignore[attr-defined]
+        node.shutil.rmtree(folder, ignore_errors=True)
+    url = node.start(node_home, port, args.heap, 240)[0]
     home = Path(tempfile.mkdtemp(prefix="lookalike-bench-os-"))
     options = {"url": url, "refresh": "false", "hnsw_m": args.m, "ef_construction": args.ef_construction,
                "timeout_seconds": 120, "index_prefix": "bench"}
@@ -170,7 +161,7 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     finally:
-        node.stop(node_home)  # type: ignore[attr-defined]
+        node.stop(node_home)
 
     rows = {t: {"p50_ms": round(percentile(v, 50), 1), "p99_ms": round(percentile(v, 99), 1)}
             for t, v in latencies.items()}

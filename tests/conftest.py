@@ -96,8 +96,10 @@ def _clear_parameter_caches() -> Iterator[None]:
 def report(request: pytest.FixtureRequest, line: str) -> None:
     """A line in the test log whatever pytest captures: figures a test exists to measure."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n{line}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # past pytest's own output capture
+            reporter.write_line(f"\n{line}")
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ its single node); run with the rest of the real-engine tests, when OPENSEARCH_UR
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import threading
 import time
@@ -24,6 +23,7 @@ import pytest
 from lookalike.contracts import CollectionSpec, Item, VectorQuery
 from lookalike.errors import LookalikeError
 from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
+from scripts import opensearch_node
 from tests.conftest import ROOT, free_port, report
 from tests.contract.test_search_backend_contract import REAL_OPENSEARCH
 
@@ -34,17 +34,9 @@ BATCH = 10
 TIME_LIMIT_S = 240
 
 
-def _node_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("opensearch_node", ROOT / "scripts" / "opensearch_node.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[ModuleType, Path, int, list[str]]]:
-    node = _node_script()
+    node = opensearch_node
     home = ROOT / ".opensearch-cluster"
     for folder in home.glob("node-*/data"):  # a fresh cluster each run
         node.shutil.rmtree(folder, ignore_errors=True)
