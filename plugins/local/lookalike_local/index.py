@@ -107,7 +107,6 @@ class LocalIndex(SearchBackend):
             if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(ddl)
         self._cache: dict[tuple[str, str], _Matrix] = {}
-        self._after_commit: Any = None
 
     # ------------------------------------------------------------ collections
 
@@ -172,66 +171,60 @@ class LocalIndex(SearchBackend):
     def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
         if not items:
             return
-        with self._lock, self._tx():
-            # The revision is read under the write lock: a write another process made before
-            # we got the lock is loaded first, never overwritten by our bump.
-            dim, text_dim = self._dimensions(tenant, collection)
-            rows = [(item, _checked(item.vector, dim, "vector"),
-                     {f: _checked(v, text_dim, "text vector") for f, v in item.text_vectors.items()
-                      if f in TEXT_FIELDS})
-                    for item in items]
-            matrix = self._matrix(tenant, collection)
+        with self._lock:
+            with self._tx():
+                # The revision is read under the write lock: a write another process made before
+                # we got the lock is loaded first, never overwritten by our bump.
+                dim, text_dim = self._dimensions(tenant, collection)
+                rows = [(item, _checked(item.vector, dim, "vector"),
+                         {f: _checked(v, text_dim, "text vector") for f, v in item.text_vectors.items()
+                          if f in TEXT_FIELDS})
+                        for item in items]
+                matrix = self._matrix(tenant, collection)
+                for item, v, texts in rows:
+                    cur = self._db.execute(
+                        "INSERT INTO items (tenant, collection, id, metadata, image_key, vector, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, collection, id) DO UPDATE SET"
+                        " metadata = excluded.metadata, image_key = excluded.image_key,"
+                        " vector = excluded.vector, updated_at = excluded.updated_at RETURNING pk",
+                        (tenant, collection, item.id, json.dumps(item.metadata), item.image_key,
+                         v.tobytes(), item.updated_at),
+                    )
+                    pk = cur.fetchone()[0]
+                    self._db.execute("DELETE FROM items_text WHERE rowid = ?", (pk,))
+                    self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (pk,))
+                    text = [_text(item.metadata.get(f)) for f in TEXT_FIELDS]
+                    if any(text):
+                        self._db.execute("INSERT INTO items_text (rowid, caption, prompt) VALUES (?, ?, ?)",
+                                         (pk, *text))
+                    for field, tv in texts.items():
+                        self._db.execute("INSERT INTO text_vectors (pk, field, vector) VALUES (?, ?, ?)",
+                                         (pk, field, tv.tobytes()))
+                revision = self._bump(tenant, collection)
+            # The cache changes only once the commit succeeded (an exception skips this).
             for item, v, texts in rows:
-                cur = self._db.execute(
-                    "INSERT INTO items (tenant, collection, id, metadata, image_key, vector, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, collection, id) DO UPDATE SET"
-                    " metadata = excluded.metadata, image_key = excluded.image_key,"
-                    " vector = excluded.vector, updated_at = excluded.updated_at RETURNING pk",
-                    (tenant, collection, item.id, json.dumps(item.metadata), item.image_key,
-                     v.tobytes(), item.updated_at),
-                )
-                pk = cur.fetchone()[0]
-                self._db.execute("DELETE FROM items_text WHERE rowid = ?", (pk,))
-                self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (pk,))
-                text = [_text(item.metadata.get(f)) for f in TEXT_FIELDS]
-                if any(text):
-                    self._db.execute("INSERT INTO items_text (rowid, caption, prompt) VALUES (?, ?, ?)",
-                                     (pk, *text))
-                for field, tv in texts.items():
-                    self._db.execute("INSERT INTO text_vectors (pk, field, vector) VALUES (?, ?, ?)",
-                                     (pk, field, tv.tobytes()))
-            revision = self._bump(tenant, collection)
-            # Applied to the cache only once the commit (the _tx exit) succeeded.
-            self._after_commit = lambda: self._apply_puts(matrix, rows, revision)
-
-    def _apply_puts(self, matrix: _Matrix, rows: list[tuple[Item, np.ndarray, dict[str, np.ndarray]]],
-                    revision: int) -> None:
-        for item, v, texts in rows:
-            _matrix_put(matrix, item.id, v, texts)
-        matrix.revision = revision
+                _matrix_put(matrix, item.id, v, texts)
+            matrix.revision = revision
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
-        with self._lock, self._tx():
-            self._dimensions(tenant, collection)
-            matrix = self._matrix(tenant, collection)
-            removed = 0
-            for item_id in ids:
-                row = self._db.execute(
-                    "DELETE FROM items WHERE tenant = ? AND collection = ? AND id = ? RETURNING pk",
-                    (tenant, collection, item_id),
-                ).fetchone()
-                if row:
-                    self._db.execute("DELETE FROM items_text WHERE rowid = ?", (row[0],))
-                    self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (row[0],))
-                    removed += 1
-            revision = self._bump(tenant, collection) if removed else matrix.revision
-
-            def apply() -> None:
+        with self._lock:
+            with self._tx():
+                self._dimensions(tenant, collection)
+                matrix = self._matrix(tenant, collection)
+                removed = 0
                 for item_id in ids:
-                    _matrix_remove(matrix, item_id)
-                matrix.revision = revision
-
-            self._after_commit = apply
+                    row = self._db.execute(
+                        "DELETE FROM items WHERE tenant = ? AND collection = ? AND id = ? RETURNING pk",
+                        (tenant, collection, item_id),
+                    ).fetchone()
+                    if row:
+                        self._db.execute("DELETE FROM items_text WHERE rowid = ?", (row[0],))
+                        self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (row[0],))
+                        removed += 1
+                revision = self._bump(tenant, collection) if removed else matrix.revision
+            for item_id in ids:
+                _matrix_remove(matrix, item_id)
+            matrix.revision = revision
             return removed
 
     def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None:
@@ -343,23 +336,15 @@ class LocalIndex(SearchBackend):
     # ------------------------------------------------------------ internals
 
     def _tx(self, begin: str = "BEGIN IMMEDIATE") -> Any:
-        """A write transaction (or, with ``BEGIN``, a read snapshot); ``self._after_commit``,
-        when a step sets it, runs once the commit has succeeded (cache updates)."""
-        index = self
+        """A write transaction (or, with ``BEGIN``, a read snapshot)."""
+        db = self._db
 
         class _Tx:
             def __enter__(self) -> None:
-                index._db.execute(begin)
-                index._after_commit = None
+                db.execute(begin)
 
             def __exit__(self, exc_type: Any, *_: Any) -> None:
-                hook, index._after_commit = index._after_commit, None
-                if exc_type:
-                    index._db.execute("ROLLBACK")
-                    return
-                index._db.execute("COMMIT")
-                if hook is not None:
-                    hook()
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
 
         return _Tx()
 
