@@ -223,10 +223,10 @@ class OpenSearchBackend(SearchBackend):
         return tuple(int(part) for part in number.split(".") if part.isdigit())
 
     def create_collection(self, tenant: str, spec: CollectionSpec) -> CollectionInfo:
-        if self.options.engine == "faiss" and self._version() < (2, 19, 0):
+        if self.options.engine == "faiss" and (version := self._version()) < (2, 19, 0):
             # faiss supports cosinesimil only from k-NN 2.19.0 (older clusters refuse the mapping).
             raise ConfigurationError("engine: faiss needs OpenSearch 2.19.0 or newer for cosine similarity; "
-                                     f"this cluster runs {'.'.join(map(str, self._version()))}")
+                                     f"this cluster runs {'.'.join(map(str, version))}")
         self._ensure_registry()
         record = {"tenant": tenant, "name": spec.name, "model_id": spec.model_id, "dimension": spec.dimension,
                   "settings": dict(spec.settings), "status": "READY", "created_at": time.time(),
@@ -336,7 +336,7 @@ class OpenSearchBackend(SearchBackend):
             failed = [i["index"] for i in result["items"] if "error" in i["index"]]
             # 429 and 5xx can succeed later; any other status (a mapping conflict with another
             # item's metadata, say) never will, so it must not be retried as if it could.
-            if any(int(f.get("status", 500)) in RETRY_STATUSES or int(f.get("status", 500)) >= 500 for f in failed):
+            if any(int(f.get("status", 500)) == 429 or int(f.get("status", 500)) >= 500 for f in failed):
                 raise BackendUnavailable(f"search backend rejected {len(failed)} documents")
             first = failed[0]
             reason = str(first.get("error", {}).get("reason", ""))[:200]
@@ -368,8 +368,15 @@ class OpenSearchBackend(SearchBackend):
 
     # ------------------------------------------------------------ search
 
-    def _knn(self, field: str, vector: Sequence[float], k: int, node: dict[str, Any] | None) -> dict[str, Any]:
-        knn: dict[str, Any] = {"vector": [float(x) for x in vector], "k": k}
+    def _knn(self, field: str, vector: Sequence[float], k: int | None, node: dict[str, Any] | None,
+             min_score: float | None = None) -> dict[str, Any]:
+        """A k-NN clause: the ``k`` nearest, or (``k`` None) a radial search for every item at
+        or above ``min_score`` in OpenSearch's own (1 + cos) / 2 scale."""
+        knn: dict[str, Any] = {"vector": [float(x) for x in vector]}
+        if k is not None:
+            knn["k"] = k
+        else:
+            knn["min_score"] = min_score
         if node is not None:
             knn["filter"] = node
         return {"knn": {field: knn}}
@@ -382,34 +389,40 @@ class OpenSearchBackend(SearchBackend):
             clauses["must_not"] = [{"ids": {"values": sorted(exclude)}}]
         return {"bool": clauses} if clauses else None
 
-    def _page(self, index: str, query: dict[str, Any] | Callable[[int], dict[str, Any]],
-              count_query: dict[str, Any] | None, limit: int, offset: int,
-              to_score: Callable[[float], float], min_score: float | None) -> SearchPage:
-        """One page, sorted by score then id. ``query`` as a function of k is a k-NN query: the
-        engine keeps k candidates, and among equal scores it keeps whichever it met first, so
-        one more than the page needs is asked for, and more while that one ties with the
-        page's last (a tie cut at k would otherwise break by insertion order, not by id)."""
-        need = offset + limit
-        k = min(need + 1, MAX_RESULT_WINDOW)  # at the window's edge no tie past it can be seen
-        while True:
-            body: dict[str, Any] = {
-                "size": k if callable(query) else limit, "from": 0 if callable(query) else offset,
-                "query": query(max(k, min(self.options.ef_search, MAX_RESULT_WINDOW))) if callable(query) else query,
+    def _hits(self, index: str, query: dict[str, Any], size: int, offset: int) -> list[dict[str, Any]]:
+        body = {"size": size, "from": offset, "query": query,
                 "_source": {"excludes": ["vector", "caption_vector", "prompt_vector"]},
                 "sort": [{"_score": "desc"}, {"item_id": "asc"}], "track_scores": True}
-            raw = self._request("POST", f"/{index}/_search", body)["hits"]["hits"]
-            if not callable(query) or len(raw) <= need or k >= MAX_RESULT_WINDOW \
-                    or float(raw[need - 1]["_score"]) > float(raw[-1]["_score"]):
-                break
-            k = min(MAX_RESULT_WINDOW, k * 2)
-        if callable(query):
-            raw = raw[offset:need]
+        return self._request("POST", f"/{index}/_search", body)["hits"]["hits"]
+
+    def _as_page(self, index: str, raw: list[dict[str, Any]], count_query: dict[str, Any] | None,
+                 to_score: Callable[[float], float], min_score: float | None) -> SearchPage:
         hits = [Hit(id=h["_source"]["item_id"], score=to_score(float(h["_score"])),
                     metadata=h["_source"].get("metadata") or {}, image_key=h["_source"].get("image_key"))
                 for h in raw]
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score - 1e-6]
         return SearchPage(hits=hits, total=self._count(index, count_query))
+
+    def _page(self, index: str, query: dict[str, Any], limit: int, offset: int) -> SearchPage:
+        """One page of a BM25 query, sorted by score then id; its scores as the engine gives them."""
+        return self._as_page(index, self._hits(index, query, limit, offset), query, float, None)
+
+    def _knn_page(self, index: str, knn: Callable[[int], dict[str, Any]], count_query: dict[str, Any] | None,
+                  limit: int, offset: int, min_score: float | None) -> SearchPage:
+        """One page of a k-NN query (``knn(k)``), sorted by score then id. The engine keeps k
+        candidates, and among equal scores it keeps whichever it met first, so one more than
+        the page needs is asked for, and more while that one ties with the page's last (a tie
+        cut at k would otherwise break by insertion order, not by id)."""
+        need = offset + limit
+        size = min(need + 1, MAX_RESULT_WINDOW)  # at the window's edge no tie past it can be seen
+        while True:
+            raw = self._hits(index, knn(max(size, min(self.options.ef_search, MAX_RESULT_WINDOW))), size, 0)
+            if len(raw) <= need or size >= MAX_RESULT_WINDOW \
+                    or float(raw[need - 1]["_score"]) > float(raw[-1]["_score"]):
+                break
+            size = min(MAX_RESULT_WINDOW, size * 2)
+        return self._as_page(index, raw[offset:need], count_query, _cosine, min_score)
 
     def search(self, tenant: str, collection: str, query: VectorQuery) -> SearchPage:
         record = self._require(tenant, collection)
@@ -419,8 +432,8 @@ class OpenSearchBackend(SearchBackend):
         _check_window(query.offset, query.limit)
         index = self._index(tenant, collection)
         node = self._filter_node(query.filter, query.exclude_ids)
-        page = self._page(index, lambda k: self._knn("vector", query.vector, k, node), node, query.limit,
-                          query.offset, _cosine, query.min_score)
+        page = self._knn_page(index, lambda k: self._knn("vector", query.vector, k, node), node, query.limit,
+                              query.offset, query.min_score)
         if query.min_score is None:
             return page
         # With a cutoff the total is what scores above it, which only a scored search can count.
@@ -430,8 +443,7 @@ class OpenSearchBackend(SearchBackend):
                       fields: Sequence[str] = ("vector",)) -> int:
         """How many items score at least ``min_score``: a radial k-NN search (``min_score``
         instead of ``k``, k-NN 2.14+) counts them all, with no cap at k or the result window."""
-        radial = [{"knn": {field: {"vector": [float(x) for x in vector], "min_score": (1.0 + min_score) / 2.0,
-                                   **({"filter": node} if node else {})}}} for field in fields]
+        radial = [self._knn(field, vector, None, node, min_score=(1.0 + min_score) / 2.0) for field in fields]
         query = radial[0] if len(radial) == 1 else {"bool": {"should": radial, "minimum_should_match": 1}}
         body = {"size": 0, "track_total_hits": True, "query": query}
         return int(self._request("POST", f"/{index}/_search", body)["hits"]["total"]["value"])
@@ -450,7 +462,7 @@ class OpenSearchBackend(SearchBackend):
 
             having = {"bool": {"should": [{"exists": {"field": f"{f}_vector"}} for f in query.fields],
                                "minimum_should_match": 1, **({"filter": [node]} if node else {})}}
-            page = self._page(index, knn_query, having, query.limit, query.offset, _cosine, query.min_score)
+            page = self._knn_page(index, knn_query, having, query.limit, query.offset, query.min_score)
             if query.min_score is None:
                 return page
             fields = [f"{f}_vector" for f in query.fields]
@@ -461,7 +473,7 @@ class OpenSearchBackend(SearchBackend):
             raise BadRequest("query has no searchable words")
         match = {"multi_match": {"query": words, "fields": list(query.fields), "operator": "or"}}
         body_query = {"bool": {"must": [match], **({"filter": [node]} if node else {})}}
-        return self._page(index, body_query, body_query, query.limit, query.offset, float, None)
+        return self._page(index, body_query, query.limit, query.offset)
 
     def facets(self, tenant: str, collection: str, fields: Sequence[str], filter: Filter | None = None,
                size: int = 100) -> dict[str, list[tuple[str, int]]]:
