@@ -132,8 +132,7 @@ def ingest(source: Path, collection: str, tenant: str | None, threads: int, upda
         t.create_collection(collection)
         click.echo(f"created collection {collection!r}")
     else:
-        t.collection(collection)  # a status left INDEXING by a killed ingest recovers here
-        t.sweep(collection)
+        t.sweep(collection)  # what a killed ingest of it left behind
     skipped: list[tuple[str, str]] = []
     failed: list[tuple[str, str]] = []
     sources = manifest_sources(source, failed) if source.is_file() else folder_sources(source, skipped)

@@ -218,16 +218,19 @@ class TenantService:
     def _leases_prefix(self, collection: str) -> str:
         return f"{self.id}/collections/{collection}/ingest/leases/"
 
-    def _live_leases(self, collection: str) -> list[str]:
-        live = []
-        for key, _ in self.blobs.list_keys(self._leases_prefix(collection)):
+    def _leases(self, collection: str) -> dict[str, bool]:
+        """Every ingest lease of ``collection``: key -> whether it is still live."""
+        now = time.time()
+        leases = {}
+        for key, _ in list(self.blobs.list_keys(self._leases_prefix(collection))):
             try:
-                expires = float(json.loads(self.blobs.get(key).data)["expires_at"])
+                leases[key] = float(json.loads(self.blobs.get(key).data)["expires_at"]) > now
             except (NotFound, ValueError, KeyError, TypeError):
-                continue
-            if expires > time.time():
-                live.append(key)
-        return live
+                leases[key] = False
+        return leases
+
+    def _live_leases(self, collection: str) -> list[str]:
+        return [key for key, live in self._leases(collection).items() if live]
 
     @contextmanager
     def indexing(self, collection: str) -> Iterator[None]:
@@ -439,8 +442,8 @@ class TenantService:
         if prepared is None:
             decoded = self.decode(data)
             prepared = PreparedImage(decoded, self.embedder.embed_images([decoded.image])[0])
-        if not np.any(prepared.vector):
-            raise BadRequest(ZERO_VECTOR)
+            if not np.any(prepared.vector):  # prepare_images refuses these itself
+                raise BadRequest(ZERO_VECTOR)
         return self._store(info.name, [(item_id, data, prepared.decoded, prepared.vector, meta)])[0]
 
     def prepare_images(self, datas: Sequence[bytes], pool: ThreadPoolExecutor) -> list[PreparedImage | BadRequest]:
@@ -531,9 +534,8 @@ class TenantService:
         killed or failed), older than ``older_than_s`` so that writes in flight are spared."""
         cutoff = time.time() - older_than_s
         removed = 0
-        live = set(self._live_leases(collection))
-        for key, _ in list(self.blobs.list_keys(self._leases_prefix(collection))):
-            if key not in live:  # a killed ingest's
+        for key, live in self._leases(collection).items():
+            if not live:  # a killed ingest's
                 self.blobs.delete(key)
         prefix = self._images_prefix(collection)
         for key, modified in list(self.blobs.list_keys(prefix)):
@@ -751,16 +753,14 @@ class Lookalike:
         """Remove what killed or failed writes left behind, for every collection of ``tenant_ids``
         (default: all): unreferenced images, temporary files; a stale INDEXING status reads READY."""
         out = {"images": 0, "temporaries": 0}
-        stores = set()
+        stores: dict[int, BlobStore] = {}  # tenants sharing a store clean it once
         for tenant_id in tenant_ids or list(self.config().tenants):
             tenant = self.tenant(tenant_id)
-            stores.add(id(tenant.blobs))
-            for info in tenant.list_collections():
-                tenant.collection(info.name)
+            stores[id(tenant.blobs)] = tenant.blobs
+            for info in tenant.list_collections():  # which also recovers a stale INDEXING
                 out["images"] += tenant.sweep(info.name, older_than_s)
-        for store in {id(b): b for b in self._backends.values() if isinstance(b, BlobStore)}.values():
-            if id(store) in stores:
-                out["temporaries"] += store.clean_temporaries(older_than_s)
+        for store in stores.values():
+            out["temporaries"] += store.clean_temporaries(older_than_s)
         return out
 
     def backend(self, kind: str, choice: BackendChoice) -> Any:

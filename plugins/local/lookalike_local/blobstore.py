@@ -28,6 +28,7 @@ from lookalike.errors import BadRequest, NotFound
 _META = ".meta.json"
 _TMP = ".tmp-"
 _TRASH = ".trash-"
+_HASHED = "~"  # marks a segment stored as a prefix plus its hash
 _MAX_SEGMENT_BYTES = 255 - len(_META)  # a file name and its sidecar's both fit in 255 bytes
 
 
@@ -35,7 +36,7 @@ def _file_name(segment: str) -> str:
     if len(segment.encode()) <= _MAX_SEGMENT_BYTES:
         return segment
     # "~" never appears in tenant, collection, item or anchor names, so this cannot collide with one.
-    return f"{segment[:64]}~{hashlib.sha256(segment.encode()).hexdigest()}"
+    return f"{segment[:64]}{_HASHED}{hashlib.sha256(segment.encode()).hexdigest()}"
 
 
 class FilesystemOptions(BaseModel):
@@ -106,10 +107,13 @@ class FilesystemBlobStore(BlobStore):
                 yield self._key_of(path), modified
 
     def _key_of(self, path: Path) -> str:
+        relative = path.relative_to(self.root).as_posix()
+        if _HASHED not in relative:
+            return relative
         try:  # a hashed (overlong) segment cannot be read back from the path: the sidecar names it
             return str(json.loads(path.with_name(path.name + _META).read_text())["key"])
         except (FileNotFoundError, ValueError, KeyError):
-            return path.relative_to(self.root).as_posix()
+            return relative
 
     def delete_prefix(self, prefix: str) -> int:
         top = self._path(prefix.rstrip("/"))
