@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
-from search_latency import DATA, RESULTS, build_collection, catalog_vectors, free_port, jittered_items, percentile  # noqa: E402
+from search_latency import (  # noqa: E402
+    DATA,
+    RESULTS,
+    build_collection,
+    catalog_vectors,
+    free_port,
+    jittered_items,
+    percentile,
+    serving,
+)
 
 from scripts import opensearch_node as node  # noqa: E402
 
@@ -123,23 +131,10 @@ def main() -> None:
         chosen = next((row["ef_search"] for row in sweep if row["recall_at_10"] >= 0.95), sweep[-1]["ef_search"])
         write_config(chosen)
 
-        serve_port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(serve_port)],
-                                  env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{serve_port}"
         queries = sorted((DATA / "validation").rglob("*.jpg"))
         latencies: dict[str, list[float]] = {t: [] for t in KEYS}
         recalls: list[float] = []
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    requests.get(f"{base}/v1/collections", timeout=2)
-                    break
-                except requests.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+        with serving(env) as base:
             sessions = {t: requests.Session() for t in KEYS}
             for t, s in sessions.items():
                 s.headers["Authorization"] = f"Bearer {KEYS[t]}"
@@ -157,9 +152,6 @@ def main() -> None:
                         latencies[t].append(elapsed)
                 if n >= args.warmup:
                     recalls.append(len(set(tops["bench"]) & set(tops["bench-os"])) / 10)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     finally:
         node.stop(node_home)
 

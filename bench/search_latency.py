@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,6 +98,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serving(env: dict[str, str], stop_timeout: float = 30) -> Iterator[str]:
+    """`lookalike serve` on a free port, once it answers: yields its base URL."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port)], env=env,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{base}/v1/collections", timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=stop_timeout)
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
@@ -132,22 +156,10 @@ def main() -> None:
         t0 = time.perf_counter()
         build_collection(home, name, size, ids, vectors, classes, model_id)
         print(f"{name}: built in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port)], env=env,
-                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}/v1/collections/{name}/search"
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {KEY}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    session.get(f"http://127.0.0.1:{port}/v1/collections", timeout=2)
-                    break
-                except requests.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+        with serving(env, stop_timeout=10) as base:
+            url = f"{base}/v1/collections/{name}/search"
             latencies, server_ms = [], []
             for n in range(args.warmup + args.queries):
                 fname, data = payloads[n % len(payloads)]
@@ -158,9 +170,6 @@ def main() -> None:
                 if n >= args.warmup:
                     latencies.append(elapsed)
                     server_ms.append(r.json()["took_ms"])
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
         row = {"items": size, "queries": len(latencies), "p50_ms": round(percentile(latencies, 50), 1),
                "p95_ms": round(percentile(latencies, 95), 1), "p99_ms": round(percentile(latencies, 99), 1),
                "mean_ms": round(statistics.fmean(latencies), 1),

@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
+
+from tests.loopback import ImageOrigin, serve_origin
 
 TENANTS = {"demo": "demo-key", "globex": "globex-key"}
 COLLECTION = "iso"
@@ -178,7 +179,7 @@ def stored_items_are_their_owners(base: str) -> list[str]:
     return wrong
 
 
-class SlowOrigin(BaseHTTPRequestHandler):
+class SlowOrigin(ImageOrigin):
     """An image origin that answers after ``delay_s`` seconds."""
 
     delay_s = 6.0
@@ -186,23 +187,11 @@ class SlowOrigin(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         time.sleep(self.delay_s)
-        body = self.photo.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_image(self.photo.read_bytes())
 
 
 @contextmanager
 def slow_origin() -> Iterator[str]:
     """The URL of a photo on a slow origin on loopback."""
-    origin = ThreadingHTTPServer(("127.0.0.1", 0), SlowOrigin)
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{origin.server_address[1]}/slow.jpg"
-    finally:
-        origin.shutdown()
+    with serve_origin(SlowOrigin) as base:
+        yield f"{base}/slow.jpg"

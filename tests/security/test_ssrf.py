@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import io
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 from PIL import Image
 
+from tests.loopback import ImageOrigin, serve_origin
 from tests.security.conftest import DEMO, healthy
 
 FORBIDDEN = {  # fake DNS: name -> the addresses it resolves to
@@ -43,7 +42,7 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
-class Origin(BaseHTTPRequestHandler):
+class Origin(ImageOrigin):
     """/img.jpg serves a photo; /to/<url> redirects there; /loop redirects to itself."""
 
     def do_GET(self) -> None:
@@ -56,24 +55,13 @@ class Origin(BaseHTTPRequestHandler):
             self.send_header("Location", "/loop.jpg")
             self.end_headers()
         else:
-            body = _jpeg()
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+            self.send_image(_jpeg())
 
 
 @pytest.fixture(scope="module")
 def origin() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_origin(Origin) as base:
+        yield base
 
 
 @pytest.fixture()
