@@ -86,7 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
         status, body = self.server.route(self.command, url.path, params, headers, raw)
         self._send(status, body)
 
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+    do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _handle
 
 
 class ImageOrigin(BaseHTTPRequestHandler):

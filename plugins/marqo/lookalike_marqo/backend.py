@@ -1,10 +1,12 @@
 """The Marqo search backend: a tenant's collections kept in Marqo (Cloud or self-hosted).
 
-Lookalike embeds; Marqo stores and searches. Each collection is one *unstructured* Marqo
-index created with ``model: no_model`` (vectors are brought, Marqo embeds nothing) and the
-``prenormalized-angular`` space; an item is a document whose ``lookalike_vector`` field is a
-``custom_vector``. Searches send the query vector as ``context.tensor`` and filters as
-Marqo's DSL, compiled from the filter AST (``lookalike_marqo.query``).
+Lookalike embeds; Marqo stores and searches. Every call goes through Marqo's official Python
+client, py-marqo (``marqo`` on PyPI, 3.18+, which needs Marqo 2.23.1+). Each collection is one
+*unstructured* Marqo index created with ``model: no_model`` (vectors are brought, Marqo embeds
+nothing) and the ``prenormalized-angular`` space; an item is a document whose
+``lookalike_vector`` field is a ``custom_vector``. Searches send the query vector as
+``context.tensor`` and filters as Marqo's DSL, compiled from the filter AST
+(``lookalike_marqo.query``, which also explains the bounded field layout).
 
 How it maps onto what Marqo offers:
 
@@ -13,18 +15,26 @@ How it maps onto what Marqo offers:
   the same on every backend.
 * The collection record (model, dimension, settings, status) is a document with no vector
   in the collection's own index, so deleting the index deletes everything at once.
+* Deletes. Marqo counts a delete of a missing document as deleted (Vespa answers 200), so
+  ``delete`` looks the ids up first and reports only those that existed.
 * Counting. Marqo reports no total for a filtered search. Unfiltered totals come from the
   index stats; filtered ones from an exact (brute force) scan of at most ``scan_limit``
   hits, as do facets, which Marqo cannot aggregate. Beyond ``scan_limit`` counts are capped.
-* Keyword search is Marqo's ``LEXICAL`` (BM25) search, kept to items whose caption or
-  prompt holds a query word, since an unstructured index cannot search named fields only.
+* Keyword search is Marqo's ``LEXICAL`` (BM25) search with ``searchableAttributes`` set to
+  the caption/prompt fields asked for (supported by unstructured indexes created by Marqo
+  2.13+, which every index this backend creates is), so nothing else in a document matches.
 * One vector space per index: caption/prompt vectors (another model, another dimension)
   cannot be kept, so ``supports_text_vectors`` is False and text search is keyword search.
+* Concurrent schema changes (a new field, an index being created or deleted) answer 409
+  ``OperationConflictError``; those are retried with backoff like 429 and 5xx.
 
 Marqo Cloud (``url`` on ``marqo.ai``) creates and deletes indexes through its control plane
-(``/api/v2/indexes``) and serves each index at its own endpoint, found by listing the
-indexes (as py-marqo does). Index creation there takes minutes: ``create_collection`` waits
-up to ``create_timeout_seconds`` and otherwise asks the caller to retry.
+(``/api/v2/indexes``) and serves each index at its own ``marqoEndpoint``, which py-marqo's
+Cloud instance mappings find by listing the indexes. Index creation there takes minutes:
+``create_collection`` polls the index status for up to ``create_timeout_seconds`` (py-marqo's
+own wait has no bound) and otherwise asks the caller to retry. ``inference_type`` is sent
+only when set: py-marqo 3 deprecates and ignores it, a ``no_model`` index runs no inference,
+and ``marqo.CPU.small`` is deprecated on Cloud, so only the current types are accepted.
 """
 
 from __future__ import annotations
@@ -35,16 +45,30 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Literal
-from urllib.parse import quote, urlsplit
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 import requests
+from marqo import Client
+from marqo.default_instance_mappings import DefaultInstanceMappings
+from marqo.errors import (
+    BackendCommunicationError,
+    BackendTimeoutError,
+    MarqoCloudIndexNotFoundError,
+    MarqoCloudIndexNotReadyError,
+    MarqoError,
+    MarqoWebError,
+)
+from marqo.index import Index
+from marqo.marqo_cloud_instance_mappings import MarqoCloudInstanceMappings
 from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike import backoff
 from lookalike.contracts import (
+    TEXT_FIELDS,
     BackendContext,
     CollectionInfo,
     CollectionSpec,
@@ -60,11 +84,14 @@ from lookalike.filters import Filter, facet_keys
 from lookalike.secrets import read_secret
 from lookalike_marqo.query import compile_filter, excluding, filter_fields
 
+T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RECORD_ID = "~lookalike-collection"  # "~" cannot start an item id, so no item can overwrite it
 VECTOR_FIELD = "lookalike_vector"
 ITEM_FIELD = "lookalike_item"
 KIND_FIELD = "lookalike_kind"
+TEXT_FIELD = {field: f"lookalike_{field}" for field in TEXT_FIELDS}  # keyword-searchable copies
+LAYOUT = 2  # the document layout of lookalike_marqo.query; older collections must be re-ingested
 MAX_BATCH = 128  # Marqo's largest add-documents batch
 SERVING = ("READY", "MODIFYING")  # Marqo Cloud index states that answer requests
 
@@ -86,14 +113,29 @@ class MarqoOptions(BaseModel):
     connect_timeout: float = Field(default=3.0, gt=0, le=30)
     read_timeout: float = Field(default=20.0, gt=0, le=120)
     max_retries: int = Field(default=3, ge=0, le=8)
+    conflict_retries: int = Field(default=6, ge=0, le=12)  # 409 OperationConflictError: a schema change
     backoff_seconds: float = Field(default=0.3, ge=0, le=10)
     create_timeout_seconds: float = Field(default=60.0, ge=0, le=900)
     poll_seconds: float = Field(default=5.0, gt=0, le=60)
+    endpoint_cache_seconds: int = Field(default=15, ge=1, le=3600)  # py-marqo's Cloud endpoint cache
     # Marqo Cloud only: the infrastructure of each new index.
-    inference_type: str = "marqo.CPU.small"
+    inference_type: Literal["marqo.CPU.large", "marqo.GPU"] | None = None
     storage_class: str = "marqo.basic"
     shards: int = Field(default=1, ge=1, le=16)
     replicas: int = Field(default=0, ge=0, le=4)
+
+
+class _CloudMappings(MarqoCloudInstanceMappings):
+    """py-marqo's Cloud endpoint cache, which a new index's READY must refresh at once."""
+
+    def invalidate(self) -> None:
+        self.latest_index_mappings_refresh_timestamp = 0.0
+
+
+def _message(exc: MarqoWebError) -> str:
+    body = exc.message
+    text = body.get("message") if isinstance(body, dict) else body
+    return str(text or exc.code or exc.status_code)[:200]
 
 
 class MarqoBackend(SearchBackend):
@@ -103,60 +145,82 @@ class MarqoBackend(SearchBackend):
 
     def __init__(self, options: MarqoOptions | None = None, context: BackendContext | None = None) -> None:
         self.options = options or MarqoOptions()
-        self.url = self.options.url.rstrip("/")
-        host = urlsplit(self.url).hostname or ""
-        self.cloud = self.options.cloud if self.options.cloud is not None else host.endswith("marqo.ai")
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "Lookalike/0.1"
         o = self.options
+        self.url = o.url.rstrip("/")
+        host = urlsplit(self.url).hostname or ""
+        self.cloud = o.cloud if o.cloud is not None else host.endswith("marqo.ai")
+        key: str | None = None
         # Marqo Cloud always needs the key; a self-hosted Marqo only if one is configured.
         if self.cloud or o.api_key_secret or o.api_key_parameter or (o.api_key_env and os.environ.get(o.api_key_env)):
-            self.session.headers["x-api-key"] = read_secret("the Marqo API key", o.api_key_env, o.api_key_secret,
-                                                            o.api_key_parameter)
-        self._endpoints: dict[str, str] = {}
+            key = read_secret("the Marqo API key", o.api_key_env, o.api_key_secret, o.api_key_parameter)
+        # The mappings are chosen here, not from the url (py-marqo would guess Cloud from it).
+        self._cloud_mappings = _CloudMappings(self.url, api_key=key, url_cache_duration=o.endpoint_cache_seconds) \
+            if self.cloud else None
+        self.client = Client(url=None, instance_mappings=self._cloud_mappings or DefaultInstanceMappings(self.url),
+                             api_key=key)
+        self.client.config.is_marqo_cloud = self.cloud
+        self.client.config.timeout = (o.connect_timeout, o.read_timeout)  # type: ignore[assignment]
+        self._indexes_cache: dict[str, Index] = {}
         self._lock = threading.Lock()
 
-    # ------------------------------------------------------------ HTTP
+    # ------------------------------------------------------------ calls
 
-    def _request(self, method: str, url: str, body: Any = None, params: dict[str, str] | None = None,
-                 missing_ok: bool = False) -> Any:
-        """One call with bounded, jittered backoff on 429/5xx and timeouts; Marqo's errors mapped."""
+    def _call(self, fn: Callable[[], T], missing_ok: bool = False) -> T | None:
+        """One client call with bounded, jittered backoff on 429/5xx, timeouts and 409
+        operation conflicts; Marqo's errors mapped onto Lookalike's."""
+        o = self.options
         error = "search backend unavailable"
-        for attempt in range(self.options.max_retries + 1):
+        attempt = 0
+        while True:
+            retries = o.max_retries
             try:
-                resp = self.session.request(method, url, json=body, params=params,
-                                            timeout=(self.options.connect_timeout, self.options.read_timeout))
-            except (requests.Timeout, requests.ConnectionError):
+                return fn()
+            except (MarqoCloudIndexNotFoundError, MarqoCloudIndexNotReadyError):
+                if missing_ok:
+                    return None
+                raise NotFound("Collection not found") from None
+            except BackendTimeoutError:
                 error = "search backend did not answer in time"
-            else:
-                if resp.status_code not in RETRY_STATUSES:
-                    return self._answer(resp, missing_ok)
-                error = f"search backend error {resp.status_code}"
-            if attempt < self.options.max_retries:
-                time.sleep(backoff.delay(self.options.backoff_seconds, attempt))
-        raise BackendUnavailable(error)
+            except BackendCommunicationError:
+                error = "search backend unavailable"
+            except MarqoWebError as exc:
+                status, code = int(exc.status_code or 500), str(exc.code or "")
+                if code == "response_not_in_json_format":
+                    raise BackendUnavailable("search backend answered malformed JSON") from None
+                if status == 409 and code != "index_already_exists":
+                    error, retries = "search backend is busy with a concurrent schema change", o.conflict_retries
+                elif status in RETRY_STATUSES:
+                    error = f"search backend error {status}"
+                else:
+                    return self._refused(status, code, _message(exc), missing_ok)
+            except requests.RequestException:
+                error = "search backend unavailable"
+            except MarqoError as exc:  # the client's own checks
+                raise BackendUnavailable(f"search backend client error: {str(exc)[:200]}") from None
+            if attempt >= retries:
+                raise BackendUnavailable(error)
+            time.sleep(backoff.delay(o.backoff_seconds, attempt))
+            attempt += 1
 
     @staticmethod
-    def _answer(resp: requests.Response, missing_ok: bool) -> Any:
-        try:
-            body = resp.json() if resp.content else {}
-        except ValueError:
-            raise BackendUnavailable("search backend answered malformed JSON") from None
-        if resp.ok:
-            return body
-        code = body.get("code", "") if isinstance(body, dict) else ""
-        message = str(body.get("message", ""))[:200] if isinstance(body, dict) else ""
-        if resp.status_code in (401, 403):
+    def _refused(status: int, code: str, message: str, missing_ok: bool) -> None:
+        if status in (401, 403):
             raise BackendUnavailable("search backend refused the credentials")
-        if resp.status_code == 404:
+        if status == 404:
             if missing_ok:
                 return None
             raise NotFound("Item not found" if code == "document_not_found" else "Collection not found")
-        if resp.status_code == 409:
-            raise Conflict(message or "conflict")
-        if resp.status_code in (400, 422):
-            raise BadRequest(f"search backend rejected the request: {message or code or resp.status_code}")
-        raise BackendUnavailable(f"search backend error {resp.status_code}")
+        if status == 409:
+            raise Conflict(message)
+        if status in (400, 422):
+            raise BadRequest(f"search backend rejected the request: {message}")
+        raise BackendUnavailable(f"search backend error {status}")
+
+    def _answer(self, fn: Callable[[], T]) -> T:
+        """A call that must answer (NotFound and the rest raise)."""
+        result = self._call(fn)
+        assert result is not None
+        return result
 
     # ------------------------------------------------------------ indexes
 
@@ -164,37 +228,23 @@ class MarqoBackend(SearchBackend):
         digest = hashlib.sha256(f"{tenant}\x00{collection}".encode()).hexdigest()[:20]
         return f"{self.options.index_prefix}-{digest}"
 
-    def _control(self, index: str = "") -> str:
-        base = f"{self.url}/api/v2/indexes" if self.cloud else f"{self.url}/indexes"
-        return f"{base}/{index}" if index else base
-
-    def _indexes(self) -> dict[str, tuple[str, str]]:
-        """{index: (status, data-plane base url)} of every index under this key."""
-        listing = self._request("GET", self._control())
-        out: dict[str, tuple[str, str]] = {}
-        for row in listing.get("results", []) if isinstance(listing, dict) else []:
-            if self.cloud:
-                endpoint = str(row.get("endpoint") or "")
-                if endpoint and "://" not in endpoint:
-                    endpoint = "https://" + endpoint
-                out[str(row.get("index_name"))] = (str(row.get("index_status", "")), endpoint.rstrip("/"))
-            else:
-                out[str(row.get("indexName"))] = ("READY", self.url)
-        return out
-
-    def _data(self, index: str) -> str:
-        """The base URL serving ``index``'s documents and searches, or NotFound."""
-        if not self.cloud:
-            return f"{self.url}/indexes/{index}"
+    def _index(self, name: str) -> Index:
         with self._lock:
-            endpoint = self._endpoints.get(index)
-        if endpoint is None:
-            status, endpoint = self._indexes().get(index, ("", ""))
-            if status not in SERVING or not endpoint:
-                raise NotFound("Collection not found")
+            index = self._indexes_cache.get(name)
+        if index is None:
+            # Constructing one resolves its endpoint (Cloud) and checks Marqo's version once.
+            index = self._answer(lambda: self.client.index(name))
             with self._lock:
-                self._endpoints[index] = endpoint
-        return f"{endpoint}/indexes/{index}"
+                self._indexes_cache[name] = index
+        return index
+
+    def _indexes(self) -> dict[str, str]:
+        """{index: status} of every index under this key (``GET /indexes``; on Cloud,
+        ``/api/v2/indexes``, whose rows carry ``indexName`` and ``indexStatus``)."""
+        listing = self._answer(lambda: self.client.http.get(path="indexes"))
+        rows = listing.get("results", []) if isinstance(listing, dict) else []
+        return {str(row.get("indexName")): str(row.get("indexStatus") or "READY") for row in rows
+                if isinstance(row, dict) and row.get("indexName")}
 
     def _index_settings(self, dimension: int) -> dict[str, Any]:
         o = self.options
@@ -207,34 +257,52 @@ class MarqoBackend(SearchBackend):
                               "parameters": {"efConstruction": o.ef_construction, "m": o.hnsw_m}},
         }
         if self.cloud:
-            settings.update({"inferenceType": o.inference_type, "storageClass": o.storage_class,
-                             "numberOfShards": o.shards, "numberOfReplicas": o.replicas,
-                             "numberOfInferences": 1})
+            settings.update({"storageClass": o.storage_class, "numberOfShards": o.shards,
+                             "numberOfReplicas": o.replicas})
+            if o.inference_type:
+                settings["inferenceType"] = o.inference_type
         return settings
 
     def _wait_ready(self, index: str) -> None:
+        """Poll ``/api/v2/indexes/{index}/status`` until the index serves (Cloud only)."""
         if not self.cloud:
             return
         deadline = time.monotonic() + self.options.create_timeout_seconds
         while True:
-            status, _ = self._indexes().get(index, ("", ""))
+            reply = self._call(lambda: self.client.http.get(path=f"indexes/{index}/status"), missing_ok=True)
+            status = str(reply.get("indexStatus", "")) if isinstance(reply, dict) else ""
             if status in SERVING:
+                assert self._cloud_mappings is not None
+                self._cloud_mappings.invalidate()  # the new endpoint is looked up on first use
                 return
+            if status == "FAILED":
+                raise BackendUnavailable("Marqo could not create this collection's index")
             if time.monotonic() + self.options.poll_seconds > deadline:
                 raise BackendUnavailable("Marqo is still creating this collection's index; retry in a few minutes")
             time.sleep(self.options.poll_seconds)
 
     # ------------------------------------------------------------ collections
 
+    def _documents(self, index: str, ids: list[str], vectors: bool = False) -> list[dict[str, Any]]:
+        """The found documents among ``ids`` (``GET /indexes/{index}/documents`` with the ids in
+        the body, so no id is ever spelled into a URL path)."""
+        found = []
+        for start in range(0, len(ids), MAX_BATCH):
+            batch = ids[start:start + MAX_BATCH]
+            idx = self._index(index)
+            reply = self._answer(partial(idx.get_documents, batch, expose_facets=vectors or None))
+            found += [doc for doc in reply.get("results", []) if isinstance(doc, dict) and doc.get("_found")]
+        return found
+
     def _index_record(self, index: str) -> dict[str, Any] | None:
         """The collection record kept in ``index``, or None (no such index, or not one of ours)."""
         try:
-            doc = self._request("GET", f"{self._data(index)}/documents/{quote(RECORD_ID, safe='')}", missing_ok=True)
+            docs = self._documents(index, [RECORD_ID])
         except NotFound:
             return None
-        if not doc or doc.get(KIND_FIELD) != "collection":
+        if not docs or docs[0].get(KIND_FIELD) != "collection":
             return None
-        return dict(json.loads(doc["lookalike_record"]))
+        return dict(json.loads(docs[0]["lookalike_record"]))
 
     def _record(self, tenant: str, name: str) -> dict[str, Any] | None:
         record = self._index_record(self.index_name(tenant, name))
@@ -244,6 +312,9 @@ class MarqoBackend(SearchBackend):
         record = self._record(tenant, name)
         if record is None:
             raise NotFound("Collection not found")
+        if record.get("layout") != LAYOUT:
+            raise BadRequest(f"collection {name!r} was stored by an older Lookalike in a field layout this one "
+                             "cannot filter: delete it and ingest it again")
         return record
 
     def _write_record(self, record: dict[str, Any]) -> None:
@@ -251,7 +322,8 @@ class MarqoBackend(SearchBackend):
         self._add(index, [{"_id": RECORD_ID, KIND_FIELD: "collection", "lookalike_record": json.dumps(record)}])
 
     def _count(self, tenant: str, name: str) -> int:
-        stats = self._request("GET", f"{self._data(self.index_name(tenant, name))}/stats")
+        idx = self._index(self.index_name(tenant, name))
+        stats = self._answer(idx.get_stats)
         return max(0, int(stats.get("numberOfDocuments", 0)) - 1)  # less the collection record
 
     def _info(self, record: dict[str, Any], count: int) -> CollectionInfo:
@@ -266,13 +338,14 @@ class MarqoBackend(SearchBackend):
         if self._record(tenant, spec.name) is not None:
             raise Conflict(f"Collection {spec.name!r} already exists")
         index = self.index_name(tenant, spec.name)
+        settings = self._index_settings(spec.dimension)
         try:
-            self._request("POST", self._control(index), self._index_settings(spec.dimension))
+            self._call(lambda: self.client.create_index(index, settings_dict=settings, wait_for_readiness=False))
         except Conflict:
             pass  # an index without its record: half-created earlier, or still being created
         self._wait_ready(index)
         record = {"tenant": tenant, "name": spec.name, "model_id": spec.model_id, "dimension": spec.dimension,
-                  "settings": dict(spec.settings), "status": "READY", "created_at": time.time()}
+                  "settings": dict(spec.settings), "status": "READY", "created_at": time.time(), "layout": LAYOUT}
         self._write_record(record)
         return self._info(record, 0)
 
@@ -283,12 +356,9 @@ class MarqoBackend(SearchBackend):
     def list_collections(self, tenant: str) -> list[CollectionInfo]:
         prefix = f"{self.options.index_prefix}-"
         out = []
-        for index, (status, endpoint) in self._indexes().items():
+        for index, status in self._indexes().items():
             if not index.startswith(prefix) or status not in SERVING:
                 continue
-            if self.cloud:
-                with self._lock:
-                    self._endpoints[index] = endpoint
             record = self._index_record(index)
             if record and record.get("tenant") == tenant:
                 out.append(self._info(record, self._count(tenant, record["name"])))
@@ -298,9 +368,9 @@ class MarqoBackend(SearchBackend):
         if self._record(tenant, name) is None:
             return False
         index = self.index_name(tenant, name)
-        self._request("DELETE", self._control(index), missing_ok=True)
+        self._call(lambda: self.client.delete_index(index, wait_for_readiness=False), missing_ok=True)
         with self._lock:
-            self._endpoints.pop(index, None)
+            self._indexes_cache.pop(index, None)
         return True
 
     def set_status(self, tenant: str, name: str, status: Literal["READY", "INDEXING"]) -> None:
@@ -312,9 +382,9 @@ class MarqoBackend(SearchBackend):
     def _add(self, index: str, documents: list[dict[str, Any]]) -> None:
         for start in range(0, len(documents), MAX_BATCH):
             batch = documents[start:start + MAX_BATCH]
-            body = {"documents": batch, "tensorFields": [VECTOR_FIELD],
-                    "mappings": {VECTOR_FIELD: {"type": "custom_vector"}}}
-            result = self._request("POST", f"{self._data(index)}/documents", body)
+            idx = self._index(index)
+            result = self._answer(partial(idx.add_documents, batch, tensor_fields=[VECTOR_FIELD],
+                                          mappings={VECTOR_FIELD: {"type": "custom_vector"}}))
             failed = [row for row in result.get("items", []) if int(row.get("status", 200)) >= 300]
             if result.get("errors") or failed:
                 reason = str(failed[0].get("message") or failed[0].get("error") or "")[:200] if failed else ""
@@ -324,6 +394,7 @@ class MarqoBackend(SearchBackend):
         if not items:
             return
         record = self._require(tenant, collection)
+        max_len = self.options.filter_string_max_length
         documents = []
         for item in items:
             vector = np.asarray(item.vector, dtype=np.float32).reshape(-1)
@@ -333,9 +404,11 @@ class MarqoBackend(SearchBackend):
             if item.text_vectors:
                 raise BadRequest("the marqo backend does not keep caption/prompt vectors")
             stored = {"metadata": item.metadata, "image_key": item.image_key, "updated_at": item.updated_at}
+            texts = {TEXT_FIELD[f]: item.metadata[f] for f in TEXT_FIELDS
+                     if isinstance(item.metadata.get(f), str) and item.metadata[f].strip()}
             documents.append({"_id": item.id, KIND_FIELD: "item", ITEM_FIELD: json.dumps(stored),
                               VECTOR_FIELD: {"vector": [float(x) for x in vector]},
-                              **filter_fields(item.metadata)})
+                              **texts, **filter_fields(item.metadata, max_len)})
         self._add(self.index_name(tenant, collection), documents)
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
@@ -344,18 +417,21 @@ class MarqoBackend(SearchBackend):
         if not wanted:
             return 0
         index = self.index_name(tenant, collection)
-        result = self._request("POST", f"{self._data(index)}/documents/delete-batch", wanted)
-        return sum(1 for row in result.get("items", []) if row.get("result") == "deleted")
+        # Marqo reports a missing id as deleted, so count only the ids that exist.
+        existing = [str(doc["_id"]) for doc in self._documents(index, wanted) if doc.get(KIND_FIELD) == "item"]
+        if existing:
+            idx = self._index(index)
+            self._call(lambda: idx.delete_documents(existing))
+        return len(existing)
 
     def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None:
         self._require(tenant, collection)
         if item_id == RECORD_ID:
             return None
-        index = self.index_name(tenant, collection)
-        doc = self._request("GET", f"{self._data(index)}/documents/{quote(item_id, safe='')}",
-                            params={"expose_facets": "true"}, missing_ok=True)
-        if not doc or doc.get(KIND_FIELD) != "item":
+        docs = self._documents(self.index_name(tenant, collection), [item_id], vectors=True)
+        if not docs or docs[0].get(KIND_FIELD) != "item":
             return None
+        doc = docs[0]
         vector = next((f["_embedding"] for f in doc.get("_tensor_facets", []) if VECTOR_FIELD in f), None)
         if vector is None:
             raise BackendUnavailable("search backend returned an item without its vector")
@@ -368,38 +444,38 @@ class MarqoBackend(SearchBackend):
     def _filter(self, flt: Filter | None, exclude: frozenset[str] = frozenset()) -> str:
         parts = [f"{KIND_FIELD}:item"]
         if flt is not None:
-            parts.append(compile_filter(flt))
+            parts.append(compile_filter(flt, self.options.filter_string_max_length))
         if exclude:
             parts.append(excluding(exclude))
         return " AND ".join(parts)
 
-    def _hits(self, index: str, body: dict[str, Any], count: int) -> Iterator[dict[str, Any]]:
-        """Up to ``count`` hits of one search, fetched a page at a time."""
-        url = f"{self._data(index)}/search"
+    def _hits(self, index: str, search: dict[str, Any], count: int) -> Iterator[dict[str, Any]]:
+        """Up to ``count`` hits of one search (``Index.search`` keyword arguments), a page at a time."""
+        idx = self._index(index)
         offset = 0
         while offset < count:
             limit = min(self.options.page_size, count - offset)
-            page = {**body, "limit": limit, "offset": offset}
-            if body.get("searchMethod") == "TENSOR":
-                page["efSearch"] = max(self.options.ef_search, offset + limit + 1)
-            hits = self._request("POST", url, page).get("hits", [])
+            page = {**search, "limit": limit, "offset": offset}
+            if search.get("search_method") == "TENSOR":
+                page["ef_search"] = max(self.options.ef_search, offset + limit + 1)
+            hits = self._answer(partial(idx.search, **page)).get("hits", [])
             yield from hits
             if len(hits) < limit:
                 return
             offset += limit
 
-    def _tensor_body(self, vector: np.ndarray, filter_string: str, approximate: bool = True) -> dict[str, Any]:
-        return {"searchMethod": "TENSOR", "context": {"tensor": [{"vector": [float(x) for x in vector],
-                                                                  "weight": 1}]},
-                "filter": filter_string, "attributesToRetrieve": [ITEM_FIELD], "showHighlights": False,
+    def _tensor_search(self, vector: np.ndarray, filter_string: str, approximate: bool = True) -> dict[str, Any]:
+        return {"search_method": "TENSOR", "context": {"tensor": [{"vector": [float(x) for x in vector],
+                                                                   "weight": 1}]},
+                "filter_string": filter_string, "attributes_to_retrieve": [ITEM_FIELD], "show_highlights": False,
                 "approximate": approximate}
 
-    def _ranked(self, index: str, body: dict[str, Any], want: int) -> tuple[list[dict[str, Any]], bool]:
+    def _ranked(self, index: str, search: dict[str, Any], want: int) -> tuple[list[dict[str, Any]], bool]:
         """The top ``want`` hits, widened until no tie crosses the cut (so ids break ties
         exactly as on every backend); also whether fewer exist than were asked for."""
         k = want
         while True:
-            hits = list(self._hits(index, body, k + 1))
+            hits = list(self._hits(index, search, k + 1))
             if len(hits) <= k:
                 return hits, True
             if hits[k]["_score"] != hits[k - 1]["_score"] or k >= self.options.scan_limit:
@@ -419,7 +495,7 @@ class MarqoBackend(SearchBackend):
         index = self.index_name(tenant, collection)
         filter_string = self._filter(query.filter, query.exclude_ids)
         cutoff = None if query.min_score is None else query.min_score - 1e-6
-        raw, exhausted = self._ranked(index, self._tensor_body(vector, filter_string), query.offset + query.limit)
+        raw, exhausted = self._ranked(index, self._tensor_search(vector, filter_string), query.offset + query.limit)
         scored = [(h, _cosine(h["_score"])) for h in raw]
         passing = [(h, s) for h, s in scored if cutoff is None or s >= cutoff]
         passing.sort(key=lambda hs: (-hs[1], hs[0]["_id"]))
@@ -429,7 +505,7 @@ class MarqoBackend(SearchBackend):
         elif query.filter is None and not query.exclude_ids and cutoff is None:
             total = self._count(tenant, collection)
         else:
-            scan = self._hits(index, self._tensor_body(vector, filter_string, approximate=False),
+            scan = self._hits(index, self._tensor_search(vector, filter_string, approximate=False),
                               self.options.scan_limit)
             total = sum(1 for h in scan if cutoff is None or _cosine(h["_score"]) >= cutoff)
         return SearchPage(hits=hits, total=total)
@@ -438,28 +514,26 @@ class MarqoBackend(SearchBackend):
         self._require(tenant, collection)
         if query.vector is not None:
             raise BadRequest("this collection has no text embeddings (the marqo backend keeps none)")
-        words = set(re.findall(r"\w+", query.text.lower()))
+        words = sorted(set(re.findall(r"\w+", query.text.lower())))
         if not words:
             raise BadRequest("query has no searchable words")
-        body = {"q": " ".join(sorted(words)), "searchMethod": "LEXICAL", "filter": self._filter(query.filter),
-                "attributesToRetrieve": [ITEM_FIELD], "showHighlights": False}
-        kept = []
-        for raw in self._hits(self.index_name(tenant, collection), body, self.options.scan_limit):
-            hit = self._to_hit(raw, float(raw["_score"]))
-            texts = [hit.metadata.get(f) for f in query.fields]
-            if any(isinstance(t, str) and words & set(re.findall(r"\w+", t.lower())) for t in texts):
-                kept.append(hit)
-        kept.sort(key=lambda h: (-h.score, h.id))
-        return SearchPage(hits=kept[query.offset:query.offset + query.limit], total=len(kept))
+        search = {"q": " ".join(words), "search_method": "LEXICAL", "filter_string": self._filter(query.filter),
+                  "searchable_attributes": [TEXT_FIELD[f] for f in query.fields],
+                  "attributes_to_retrieve": [ITEM_FIELD], "show_highlights": False}
+        # One scan: Marqo reports no total, and its ties come in no order (ids break them here).
+        hits = [self._to_hit(raw, float(raw["_score"]))
+                for raw in self._hits(self.index_name(tenant, collection), search, self.options.scan_limit)]
+        hits.sort(key=lambda h: (-h.score, h.id))
+        return SearchPage(hits=hits[query.offset:query.offset + query.limit], total=len(hits))
 
     def facets(self, tenant: str, collection: str, fields: Sequence[str], filter: Filter | None = None,
                size: int = 100) -> dict[str, list[tuple[str, int]]]:
         record = self._require(tenant, collection)
         probe = np.zeros(int(record["dimension"]), dtype=np.float32)
         probe[0] = 1.0  # any vector: an exact scan visits every item that passes the filter
-        body = self._tensor_body(probe, self._filter(filter), approximate=False)
+        search = self._tensor_search(probe, self._filter(filter), approximate=False)
         counts: dict[str, dict[str, int]] = {f: {} for f in fields}
-        for raw in self._hits(self.index_name(tenant, collection), body, self.options.scan_limit):
+        for raw in self._hits(self.index_name(tenant, collection), search, self.options.scan_limit):
             metadata = json.loads(raw[ITEM_FIELD])["metadata"]
             for field in fields:
                 for key in facet_keys(metadata.get(field)):
@@ -467,10 +541,9 @@ class MarqoBackend(SearchBackend):
         return {f: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:size] for f, c in counts.items()}
 
     def close(self) -> None:
-        self.session.close()
+        """py-marqo keeps one process-wide HTTP session; nothing here to close."""
 
 
 def _cosine(marqo_score: float) -> float:
     """Marqo's prenormalized-angular ``_score`` is 1 / (2 - cos)."""
     return max(-1.0, min(1.0, 2.0 - 1.0 / float(marqo_score)))
-
