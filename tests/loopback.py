@@ -21,7 +21,7 @@ class LoopbackServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[dict[str, Any]] = []
-        # ("status", code) | ("malformed", None) | ("delay", seconds) | ("drop", None)
+        # ("status", code) | ("malformed", None) | ("raw", (code, bytes)) | ("delay", seconds) | ("drop", None)
         self.failures: list[tuple[str, Any]] = []
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
@@ -78,6 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(value, self.server.failure_body(value))
             if kind == "malformed":
                 return self._send(200, None, raw=b"{not json")
+            if kind == "raw":  # a proxy's page, say
+                return self._send(value[0], None, raw=value[1])
             if kind == "delay":
                 time.sleep(value)
             if kind == "drop":  # the connection closes with no answer at all

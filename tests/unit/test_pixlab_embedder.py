@@ -74,11 +74,42 @@ def test_failure_modes(pixlab: FakePixLab, monkeypatch: pytest.MonkeyPatch) -> N
         embedder(pixlab)
 
 
-def test_rejected_image_is_invalid_image(pixlab: FakePixLab, monkeypatch: pytest.MonkeyPatch) -> None:
-    e = embedder(pixlab)
+def test_the_error_text_decides_not_the_status(pixlab: FakePixLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PixLab sends body status 400 for a bad key, a bad parameter, a spent quota and a bad
+    image alike; only the last is the user's 400."""
+    e = embedder(pixlab, max_retries=0)
     monkeypatch.setattr("tests.fake_pixlab.fake_embedding", lambda data, dim: (_ for _ in ()).throw(OSError()))
-    with pytest.raises(InvalidImage):
+    with pytest.raises(InvalidImage, match="Invalid image format"):
         e.embed_images([photo()])
+    monkeypatch.undo()
+    monkeypatch.setenv("PIXLAB_API_KEY", "wrong-key")
+    with pytest.raises(BackendUnavailable, match="refused the tenant's key") as refused:
+        embedder(pixlab).embed_images([photo()])
+    assert "wrong-key" not in str(refused.value)
+    monkeypatch.setenv("PIXLAB_API_KEY", KEY)
+    pixlab.quota = 1
+    assert embedder(pixlab).embed_images([photo()]).shape == (1, 1024)
+    with pytest.raises(BackendUnavailable, match="quota is exhausted"):
+        embedder(pixlab).embed_images([photo()])
+    pixlab.quota = None
+    odd = embedder(pixlab)
+    odd.dimension = 768  # a parameter PixLab refuses: Lookalike's problem, in PixLab's words
+    with pytest.raises(BackendUnavailable, match="refused the request: Invalid dimension"):
+        odd.embed_images([photo()])
+
+
+def test_a_proxy_page_is_retried_like_any_5xx(pixlab: FakePixLab) -> None:
+    e = embedder(pixlab, max_retries=2)
+    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+    pixlab.fail_next("raw", (502, page))
+    pixlab.fail_next("raw", (503, b"upstream connect error"))
+    assert e.embed_images([photo()]).shape == (1, 1024)
+    pixlab.fail_next("raw", (504, page), times=3)
+    with pytest.raises(BackendUnavailable, match="504"):
+        e.embed_images([photo()])
+    pixlab.fail_next("raw", (403, page))
+    with pytest.raises(BackendUnavailable, match="403"):
+        embedder(pixlab, max_retries=0).embed_images([photo()])
 
 
 def test_key_from_secrets_manager(pixlab: FakePixLab, moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
