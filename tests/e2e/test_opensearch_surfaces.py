@@ -36,7 +36,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[
             "api_keys": [{"sha256": hashlib.sha256(f"{t}-key".encode()).hexdigest()}],
             "default_collection": "clothing",
             "jwt": {"issuer": f"https://auth.example/{t}", "secret_env": f"JWT_{t.upper()}"},
-            "collections": {"clothing": {"marqo_index_id": f"idx-{t}"}}}
+            "collections": {"clothing": {"marqo_index_id": f"idx-{t}-2c8e4a6f1b"}}}
     tenants["engine"]["search"] = {"name": "opensearch", "options": {
         "url": os.environ["OPENSEARCH_URL"], "refresh": "true", "index_prefix": f"e{uuid.uuid4().hex[:8]}"}}
     write_deployment(home, {"tenants": tenants})
@@ -125,7 +125,7 @@ def test_the_five_surfaces_agree(site: str) -> None:
     marqo = []
     for t in TENANTS:
         r = requests.post(f"{site}/api/v1/indexes/clothing/reverse-image-search", timeout=60,
-                          headers={"x-api-key": f"{t}-key", "x-marqo-index-id": f"idx-{t}"},
+                          headers={"x-api-key": f"{t}-key", "x-marqo-index-id": f"idx-{t}-2c8e4a6f1b"},
                           json={"q": "data:image/jpeg;base64," + base64.b64encode(photo).decode(), "limit": 5})
         assert r.status_code == 200, r.text
         marqo.append([(h["_id"], h["_score"]) for h in r.json()["hits"]])

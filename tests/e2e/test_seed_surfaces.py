@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -17,6 +18,7 @@ import requests
 from PIL import Image
 
 from tests.conftest import FIXTURES, catalog_images, query_image, write_deployment
+from tests.e2e import seed_samples
 from tests.e2e.conftest import cli_env, lookalike, running_server
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +31,8 @@ RSA_PUBLIC = _RSA.public_key().public_bytes(
     format=__import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).PublicFormat.SubjectPublicKeyInfo,
 ).decode()
 BEARER = {"Authorization": f"Bearer {KEY}"}
-MARQO = {"x-api-key": KEY, "x-marqo-index-id": "idx-clothing", "Content-Type": "application/json"}
+MARQO = {"x-api-key": KEY, "x-marqo-index-id": "<generated>", "Content-Type": "application/json"}
+INDEX_ID = "<index id>"  # stands for the generated id in the parameters below
 
 # Catalog metadata in the vocabulary of each document (brand/price for Marqo, character/model/style
 # and captions/prompts for Imgen).
@@ -39,11 +42,32 @@ CAPTIONS = {"shoes": "a pair of leather shoes on a white floor", "hat": "a straw
             "pants": "blue denim trousers folded on a table"}
 
 
+def heic_bytes(path: Path) -> bytes:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").save(buf, "HEIF", quality=90)
+    return buf.getvalue()
+
+
+def avif_bytes(path: Path) -> bytes:
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").save(buf, "AVIF", quality=80)
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
-def files() -> Iterator[str]:
-    """A plain HTTP server for image URLs (loopback is allowed for this test deployment)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler,
-                                                           directory=str(FIXTURES / "queries")))
+def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain HTTP server for image URLs (loopback is allowed for this test deployment): the
+    query photos, the paths seeds/001's samples name, and an AVIF photo."""
+    root = tmp_path_factory.mktemp("origin")
+    for path in (FIXTURES / "queries").iterdir():
+        (root / path.name).write_bytes(path.read_bytes())
+    (root / "image.jpg").write_bytes(query_image("shoes").read_bytes())
+    (root / "sneaker.jpg").write_bytes(query_image("shoes").read_bytes())
+    (root / "hat.avif").write_bytes(avif_bytes(query_image("hat")))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -56,8 +80,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
         "demo": {"api_keys": [{"sha256": __import__("hashlib").sha256(KEY.encode()).hexdigest()}],
                  "default_collection": "clothing",
                  "jwt": {"issuer": "https://auth.example/demo", "secret_env": "LOOKALIKE_TEST_JWT_SECRET"},
-                 "collections": {"clothing": {"marqo_index_id": "idx-clothing"},
-                                 "no-reverse": {"reverse_search_enabled": False}}},
+                 "collections": {"no-reverse": {"reverse_search_enabled": False}}},
         "globex": {"api_keys": [{"sha256": __import__("hashlib").sha256(b"globex-key").hexdigest()}],
                    "jwt": {"issuer": "https://auth.example/globex", "algorithms": ["RS256"],
                            "public_key": RSA_PUBLIC}},
@@ -77,6 +100,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
     result = lookalike(env, "ingest", str(manifest), "--collection", "clothing", "--tenant", "demo")
     assert "indexed 12" in result.stdout, result.stdout + result.stderr
     assert lookalike(env, "ingest", str(manifest), "--collection", "no-reverse", "--tenant", "demo").returncode == 0
+    # The Marqo surface's index id was generated with the collection; the CLI shows it.
+    listing = lookalike(env, "collections", "--tenant", "demo").stdout
+    row = next(line for line in listing.splitlines() if line.startswith("clothing\t"))
+    MARQO["x-marqo-index-id"] = row.rpartition("marqo_index_id=")[2].strip()
+    assert MARQO["x-marqo-index-id"].startswith("demo.") and len(MARQO["x-marqo-index-id"]) == len("demo.") + 32
     with running_server(env) as base:
         _HOMES[base] = home
         yield base
@@ -186,6 +214,103 @@ def test_marqo_reverse_image_search_examples(server: str, files: str) -> None:
     assert {h["category"] for h in body.json()["hits"]} == {"hat"}
 
 
+def _sample(text: str, server: str, files: str, index_id: str) -> str:
+    photo = base64.b64encode(jpeg_bytes(query_image("hat"))).decode()
+    return (text.replace(seed_samples.MARQO_HOST, server).replace("https://example.com", files)
+            .replace("{index_name}", "clothing").replace("{index_id}", index_id)
+            .replace(seed_samples.MARQO_ELIDED_BASE64, photo))
+
+
+def _check_sample_answer(body: dict, filtered: bool) -> None:
+    assert set(body) == {"hits", "limit", "processingTimeMs"} and body["limit"] == 10, body
+    assert body["hits"], body
+    if filtered:
+        assert all(h["brand"] == "Nike" and h["price"] <= 200 for h in body["hits"])
+    else:
+        assert body["hits"][0]["category"] in ("shoes", "hat")
+
+
+def test_marqo_document_samples_run_verbatim(server: str, files: str) -> None:
+    """seeds/001's cURL and JavaScript samples, host replaced, with only the collection's index
+    id as their credential (they send no other), get 200 with hits."""
+    index_id = MARQO["x-marqo-index-id"]
+    for n, sample in enumerate(seed_samples.MARQO_CURL):
+        run = subprocess.run(["bash", "-c", _sample(sample, server, files, index_id) + " --silent --max-time 60"],
+                             capture_output=True, text=True, timeout=90)
+        assert run.returncode == 0, run.stderr
+        _check_sample_answer(json.loads(run.stdout), filtered=n == 2)
+    # The JavaScript samples, in Node.js's fetch: the answer is printed as the promise settles.
+    report = ("const real = globalThis.fetch; globalThis.fetch = (...a) => real(...a).then(async r => "
+              "{ console.log(JSON.stringify({status: r.status, body: await r.json()})); return r; });\n")
+    for n, sample in enumerate(seed_samples.MARQO_FETCH):
+        run = subprocess.run(["node", "-e", report + _sample(sample, server, files, index_id)],
+                             capture_output=True, text=True, timeout=90)
+        assert run.returncode == 0, run.stderr
+        answer = json.loads(run.stdout)
+        assert answer["status"] == 200, answer
+        _check_sample_answer(answer["body"], filtered=n == 1)
+    # A wrong id in the same sample is the document's 401.
+    wrong = _sample(seed_samples.MARQO_CURL[0], server, files, "demo." + "f" * 32)
+    run = subprocess.run(["bash", "-c", wrong + " --silent"], capture_output=True, text=True, timeout=90)
+    assert json.loads(run.stdout) == {"error": "Unauthorized"}
+
+
+def test_avif_and_heic_photos_on_every_image_route(server: str, files: str) -> None:
+    """A phone's HEIC and a web AVIF of the hat find the hats on each route that takes an
+    image; XGen's document allows JPEG and PNG only, and says so."""
+    heic, avif = heic_bytes(query_image("hat")), avif_bytes(query_image("hat"))
+    heic_url = "data:image/heic;base64," + base64.b64encode(heic).decode()
+    avif_url = "data:image/avif;base64," + base64.b64encode(avif).decode()
+    # Marqo: an image URL ending .avif, and data URLs of any image type.
+    for q in (f"{files}/hat.avif", avif_url, heic_url):
+        r = marqo(server, {"q": q, "limit": 3})
+        assert r.status_code == 200, r.text
+        assert [h["category"] for h in r.json()["hits"]] == ["hat"] * 3
+    # /v1: search by an uploaded file and by a data URL; stage an anchor, search by it; PUT an item.
+    for kind, data in (("heic", heic), ("avif", avif)):
+        r = requests.post(f"{server}/v1/collections/clothing/search", headers=BEARER, data={"limit": "3"},
+                          files={"image": (f"hat.{kind}", data, f"image/{kind}")}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert [h["metadata"]["category"] for h in r.json()["hits"]] == ["hat"] * 3
+        anchor = requests.post(f"{server}/v1/anchors", headers=BEARER,
+                               files={"image": (f"hat.{kind}", data, f"image/{kind}")}, timeout=30)
+        assert anchor.status_code == 201, anchor.text
+        r = requests.post(f"{server}/v1/collections/clothing/search", headers=BEARER, timeout=30,
+                          json={"anchor_id": anchor.json()["anchor_id"], "limit": 1})
+        assert r.json()["hits"][0]["metadata"]["category"] == "hat"
+    r = requests.post(f"{server}/v1/collections/clothing/search", headers=BEARER, timeout=30,
+                      json={"data_url": heic_url, "limit": 1})
+    assert r.status_code == 200 and r.json()["hits"][0]["metadata"]["category"] == "hat", r.text
+    created = requests.post(f"{server}/v1/collections", headers=BEARER, json={"name": "phone-uploads"}, timeout=30)
+    assert created.status_code == 201, created.text
+    put = requests.put(f"{server}/v1/collections/phone-uploads/items/hat-heic", headers=BEARER, timeout=30,
+                       files={"image": ("IMG_0001.HEIC", heic, "image/heic")})
+    assert put.status_code == 200, put.text
+    r = requests.post(f"{server}/v1/collections/phone-uploads/search", headers=BEARER, timeout=30,
+                      json={"data_url": avif_url, "limit": 1})
+    assert [h["id"] for h in r.json()["hits"]] == ["hat-heic"]
+    # Visual Layer: upload the query photo, explore.
+    for kind, data in (("heic", heic), ("avif", avif)):
+        r = requests.post(f"{server}/api/v1/dataset/clothing/search-image-similarity", headers=vl_headers(),
+                          files={"file": (f"hat.{kind}", data)}, params={"threshold": 0, "entity_type": "IMAGES"},
+                          timeout=30)
+        assert r.status_code == 200, r.text
+        explored = explore(server, {"threshold": 0, "entity_type": "IMAGES", "page_number": 0, **r.json()})
+        assert explored.json()["clusters"][0]["previews"][0]["media_id"].startswith("hat-")
+    # PixLab img-embed: the HEIC's embedding is the JPEG's, near enough.
+    jpeg = requests.post(f"{server}/imgembed", json={"img": base64.b64encode(jpeg_bytes(query_image("hat"))).decode(),
+                                                     "key": KEY}, timeout=30).json()["embedding"]
+    for data in (heic, avif):
+        reply = requests.post(f"{server}/imgembed", headers={"WWW-Authenticate": KEY}, files={"file": data},
+                              timeout=30).json()
+        assert reply["status"] == 200, reply
+        assert sum(a * b for a, b in zip(jpeg, reply["embedding"], strict=True)) > 0.9
+    # XGen: its document's "jpeg/png only".
+    r = requests.post(f"{server}/customers/demo/users/u-1", headers={"access_token": KEY}, timeout=30,
+                      files={"image": ("hat.heic", heic, "image/heic")})
+    assert r.status_code == 400, r.text
+
+
 @pytest.mark.parametrize(("body", "headers", "index", "status", "error"), [
     ({}, None, "clothing", 400, "q must be an image URL or base64 data URI"),
     ({"q": "red leather shoes"}, None, "clothing", 400, "q must be an image URL or base64 data URI"),
@@ -197,11 +322,20 @@ def test_marqo_reverse_image_search_examples(server: str, files: str) -> None:
      "attributesToRetrieve must be an array of strings"),
     ({"q": "https://example.com/a.jpg", "attributesToRetrieve": [1]}, None, "clothing", 400,
      "attributesToRetrieve must be an array of strings"),
-    ({"q": "https://example.com/a.jpg"}, {"x-marqo-index-id": "idx-clothing"}, "clothing", 401, "Unauthorized"),
+    ({"q": "data:image/jpeg;base64,@@not base64@@"}, None, "clothing", 400,
+     "q must be an image URL or base64 data URI"),
+    ({"q": "data:image/png;base64,abc"}, None, "clothing", 400, "q must be an image URL or base64 data URI"),
+    ({"q": "data:image/jpeg,rawbytes"}, None, "clothing", 400, "q must be an image URL or base64 data URI"),
+    ({"q": "https://example.com/a.jpg"}, {"x-marqo-index-id": "demo." + "0" * 32}, "clothing", 401, "Unauthorized"),
+    ({"q": "https://example.com/a.jpg"}, {"x-marqo-index-id": "nobody." + "0" * 32}, "clothing", 401,
+     "Unauthorized"),
+    ({"q": "https://example.com/a.jpg"}, {"x-marqo-index-id": INDEX_ID}, "missing", 401, "Unauthorized"),
+    ({"q": "https://example.com/a.jpg"}, {"x-marqo-index-id": INDEX_ID}, "no-reverse", 401, "Unauthorized"),
+    ({"q": "https://example.com/a.jpg"}, {"Content-Type": "application/json"}, "clothing", 401, "Unauthorized"),
     ({"q": "https://example.com/a.jpg"}, {"x-api-key": KEY}, "clothing", 401, "Unauthorized"),
     ({"q": "https://example.com/a.jpg"}, {"x-api-key": KEY, "x-marqo-index-id": "other"}, "clothing", 401,
      "Unauthorized"),
-    ({"q": "https://example.com/a.jpg"}, {"x-api-key": "globex-key", "x-marqo-index-id": "idx-clothing"},
+    ({"q": "https://example.com/a.jpg"}, {"x-api-key": "globex-key", "x-marqo-index-id": INDEX_ID},
      "clothing", 404, None),
     ({"q": "https://example.com/a.jpg"}, {"x-api-key": KEY, "x-marqo-index-id": "any"}, "no-reverse", 404,
      "reverse image search is not enabled for this index"),
@@ -210,6 +344,8 @@ def test_marqo_reverse_image_search_examples(server: str, files: str) -> None:
 ])
 def test_marqo_errors(server: str, body: dict, headers: dict | None, index: str, status: int,
                       error: str | None) -> None:
+    if headers:
+        headers = {k: MARQO["x-marqo-index-id"] if v == INDEX_ID else v for k, v in headers.items()}
     r = marqo(server, body, headers, index)
     assert r.status_code == status, r.text
     assert set(r.json()) == {"error"}

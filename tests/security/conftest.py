@@ -41,8 +41,8 @@ def jwt_headers(tenant: Tenant | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {(tenant or DEMO).jwt()}"}
 
 
-DEMO = Tenant("demo", "demo-key", "clothing", "idx-demo")
-GLOBEX = Tenant("globex", "globex-key", "things", "idx-globex")
+DEMO = Tenant("demo", "demo-key", "clothing", "idx-demo-4b1e8f2a9c")
+GLOBEX = Tenant("globex", "globex-key", "things", "idx-globex-6d2b9e1f")
 
 
 @pytest.fixture(scope="module")

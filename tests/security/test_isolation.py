@@ -189,3 +189,22 @@ def test_401_reveals_nothing(site: str, credentials: str) -> None:
     answers = {json.dumps(_normal(requests.get(f"{site}/v1/collections/{c}", headers=headers, timeout=30)))
                for c in (DEMO.collection, MISSING["collection"])}
     assert answers == {json.dumps([401, {"error": "Unauthorized"}])}
+
+
+def test_a_marqo_index_id_opens_only_its_own_index(site: str) -> None:
+    """seeds/001's clients send only ``x-marqo-index-id``: a configured id is a search-only
+    credential for its one collection, and for nothing of another tenant's."""
+    def search(index: str, index_id: str) -> requests.Response:
+        return requests.post(f"{site}/api/v1/indexes/{index}/reverse-image-search", json={"q": DATA_URL},
+                             headers={"x-marqo-index-id": index_id}, timeout=30)
+
+    own = search(DEMO.collection, DEMO.marqo_index_id)
+    assert own.status_code == 200 and own.json()["hits"] and "globex" not in own.text
+    for index, index_id in ((DEMO.collection, GLOBEX.marqo_index_id), (GLOBEX.collection, DEMO.marqo_index_id),
+                            (DEMO.collection, DEMO.marqo_index_id[:-1]), ("missing", DEMO.marqo_index_id)):
+        refused = search(index, index_id)
+        assert (refused.status_code, refused.json()) == (401, {"error": "Unauthorized"}), (index, index_id)
+    # The id opens search only: the catalog API still wants the tenant's key.
+    listing = requests.get(f"{site}/v1/collections", headers={"Authorization": f"Bearer {DEMO.marqo_index_id}"},
+                           timeout=30)
+    assert listing.status_code == 401

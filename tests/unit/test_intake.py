@@ -84,6 +84,30 @@ def test_pixel_bombs_and_size_limits() -> None:
         images.decode(encode(Image.new("RGB", (10, 10)), "PNG"), allowed_types=frozenset({"image/jpeg"}), **LIMITS)
 
 
+@pytest.mark.parametrize(("fmt", "mime"), [("AVIF", "image/avif"), ("HEIF", "image/heic")])
+def test_avif_and_heic_keep_the_intake_checks(fmt: str, mime: str) -> None:
+    """Sniffed from their ftyp brands, decoded (Pillow's AVIF, libheif's HEIC), with the same
+    pixel limit, read from the header before any pixel is decoded, and truncation refused."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    photo = Image.open(query_image("hat")).convert("RGB")
+    data = encode(photo, fmt, quality=80)
+    assert images.sniff(data) == mime
+    decoded = images.decode(data, **LIMITS)
+    assert decoded.mime == mime and (decoded.width, decoded.height) == photo.size
+    error = np.abs(np.asarray(decoded.image, dtype=np.int16) - np.asarray(photo, dtype=np.int16)).mean()
+    assert error < 12  # the same photo, lossily
+    with pytest.raises(InvalidImage, match="dimensions"):
+        images.decode(data, max_bytes=LIMITS["max_bytes"], max_pixels=photo.size[0] * photo.size[1] - 1)
+    with pytest.raises(InvalidImage):
+        images.decode(data[: len(data) // 2], **LIMITS)
+    with pytest.raises(InvalidImage):
+        images.decode(data, **LIMITS, allowed_types=frozenset({"image/jpeg", "image/png"}))
+    # An ftyp box of another kind (an MP4 video) is no image.
+    assert images.sniff(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 16) is None
+
+
 def test_data_urls() -> None:
     mime, data = images.parse_data_url("data:image/png;base64,aGVsbG8=", 100)
     assert (mime, data) == ("image/png", b"hello")

@@ -108,10 +108,11 @@ def tenants() -> None:
 @main.command()
 @click.option("--tenant")
 def collections(tenant: str | None) -> None:
-    """List a tenant's collections."""
+    """List a tenant's collections, with the x-marqo-index-id each answers to on the Marqo surface."""
     t = _tenant(_service(), tenant)
     for c in t.list_collections():
-        click.echo(f"{c.name}\titems={c.item_count}\tmodel={c.model_id}\tstatus={c.status}")
+        click.echo(f"{c.name}\titems={c.item_count}\tmodel={c.model_id}\tstatus={c.status}"
+                   f"\tmarqo_index_id={t.marqo_index_id(c) or '-'}")
 
 
 @main.command()

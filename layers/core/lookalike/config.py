@@ -78,7 +78,9 @@ class CollectionSettings(BaseModel):
     # facet fields beyond the defaults; each a filter field name
     keyword_fields: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]] = Field(
         default_factory=list, max_length=64)
-    marqo_index_id: str | None = Field(default=None, max_length=256)  # the x-marqo-index-id clients must send
+    # The x-marqo-index-id the Marqo surface accepts as a search-only credential for this
+    # collection (unset: one is generated when the collection is created). It is a secret.
+    marqo_index_id: str | None = Field(default=None, min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")
 
 
 class Limits(BaseModel):

@@ -12,6 +12,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cache
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -36,9 +37,23 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 )
 _PIL_FORMATS = {
     "image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF", "image/webp": "WEBP",
-    "image/tiff": "TIFF", "image/bmp": "BMP",
+    "image/tiff": "TIFF", "image/bmp": "BMP", "image/avif": "AVIF", "image/heic": "HEIF",
 }
 SUPPORTED_TYPES = frozenset(_PIL_FORMATS)
+# ISO base media files (ISO/IEC 14496-12) name their kind in the ``ftyp`` box's brands:
+# AVIF (AV1 in HEIF) or HEIC (HEVC in HEIF, what phones upload).
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+
+
+def _ftyp_brands(data: bytes) -> set[bytes]:
+    if data[4:8] != b"ftyp":
+        return set()
+    size = int.from_bytes(data[:4], "big")
+    if not 16 <= size <= min(len(data), 4096):
+        return set()
+    # major brand, minor version, then the compatible brands
+    return {data[8:12]} | {data[i:i + 4] for i in range(16, size - 3, 4)}
 
 
 def sniff(data: bytes) -> str | None:
@@ -48,7 +63,21 @@ def sniff(data: bytes) -> str | None:
             if mime == "image/webp" and data[:4] != b"RIFF":
                 continue
             return mime
+    brands = _ftyp_brands(data)
+    if brands & _AVIF_BRANDS:
+        return "image/avif"
+    if brands & _HEIC_BRANDS:
+        return "image/heic"
     return None
+
+
+@cache
+def _register_heif() -> None:
+    """HEIC decoding (libheif, through pillow-heif), registered on the first HEIC only: most
+    requests never pay its import."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
 
 
 @dataclass(frozen=True)
@@ -79,6 +108,8 @@ def decode(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if mime == "image/heic":
+                _register_heif()
             img = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[mime]])
             width, height = img.size
             if width <= 0 or height <= 0 or width * height > max_pixels:
@@ -124,14 +155,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 
 
-def parse_data_url(value: str, max_bytes: int) -> tuple[str, bytes]:
-    """Decode a ``data:image/...;base64,`` URL into (declared MIME, bytes)."""
+def split_data_url(value: str) -> tuple[str, str] | None:
+    """(declared MIME, base64 payload) of a ``data:...;base64,`` URL, or None."""
     m = _DATA_URL.match(value)
     if not m or not m.group("b64"):
+        return None
+    return (m.group("mime") or "").lower(), value[m.end():]
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def is_base64(payload: str) -> bool:
+    """Whether ``b64decode`` will accept ``payload`` (checked without decoding it)."""
+    text = "".join(payload.split())
+    return len(text) % 4 == 0 and _BASE64.fullmatch(text) is not None
+
+
+def parse_data_url(value: str, max_bytes: int) -> tuple[str, bytes]:
+    """Decode a ``data:image/...;base64,`` URL into (declared MIME, bytes)."""
+    parts = split_data_url(value)
+    if parts is None:
         raise InvalidImage("data URL must be base64 encoded")
-    mime = (m.group("mime") or "").lower()
-    payload = value[m.end():]
-    return mime, b64decode(payload, max_bytes)
+    return parts[0], b64decode(parts[1], max_bytes)
 
 
 def b64decode(payload: str, max_bytes: int) -> bytes:

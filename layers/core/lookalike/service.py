@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -274,8 +275,12 @@ class TenantService:
 
     def _create(self, name: str, settings: CollectionSettings) -> CollectionInfo:
         text = self.text_embedder if self.search_backend.supports_text_vectors else None
+        stored = settings.model_dump()
+        if not stored.get("marqo_index_id"):
+            # The Marqo surface's x-marqo-index-id: a search-only credential, so unguessable.
+            stored["marqo_index_id"] = f"{self.id}.{secrets.token_hex(16)}"
         spec = CollectionSpec(name=name, model_id=self.embedder.model_id, dimension=self.embedder.dimension,
-                              settings=settings.model_dump(), text_model_id=text.model_id if text else None,
+                              settings=stored, text_model_id=text.model_id if text else None,
                               text_dimension=text.dimension if text else None)
         try:
             return self.search_backend.create_collection(self.id, spec)
@@ -287,6 +292,11 @@ class TenantService:
 
     def list_collections(self) -> list[CollectionInfo]:
         return [self._recovered(info) for info in self.search_backend.list_collections(self.id)]
+
+    def marqo_index_id(self, info: CollectionInfo) -> str | None:
+        """The collection's ``x-marqo-index-id``: configured, else the one generated with it."""
+        declared = self.config.collection_settings(self.id, info.name).marqo_index_id
+        return declared or info.settings.get("marqo_index_id")
 
     def delete_collection(self, name: str) -> None:
         self.collection(name)

@@ -1,24 +1,31 @@
 """Marqo reverse image search (seeds/001): ``POST /api/v1/indexes/{index_name}/reverse-image-search``.
 
-The index is a collection of the tenant whose key comes in ``x-api-key`` (or
-``Authorization: Bearer``); ``x-marqo-index-id`` must be present, and must equal the
-collection's ``marqo_index_id`` when one is configured. ``q`` is an image URL whose path ends
-in an image extension, or a ``data:image/...;base64,`` URL. ``limit`` defaults to 10 and is
-clamped to 1-10; ``filter`` is Marqo's DSL; ``attributesToRetrieve`` picks fields.
+The index is a collection. The document's own samples send only ``x-marqo-index-id`` and
+``Content-Type``, so the collection's index id is a search-only credential for that one
+collection: generated (``<tenant>.<32 hex>``, unguessable) when the collection is created,
+unless ``marqo_index_id`` is configured, and shown by ``lookalike collections``. A tenant key in
+``x-api-key`` (or ``Authorization: Bearer``) works too, with the index id alongside it. A
+missing or wrong id is 401 ``Unauthorized``, and an id-only caller cannot tell a missing index
+from a wrong id. ``q`` is an image URL whose path ends in an image extension, or a
+``data:image/...;base64,`` URL of any image type (AVIF and HEIC included). ``limit`` defaults
+to 10 and is clamped to 1-10; ``filter`` is Marqo's DSL; ``attributesToRetrieve`` picks fields.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
+from lookalike import images
 from lookalike.api.request import bearer_token, header, json_object, service
 from lookalike.api.surfaces.marqo_filter import parse
+from lookalike.contracts import CollectionInfo
 from lookalike.errors import BadRequest, NotFound, Unauthorized
-from lookalike.service import ImageRef
+from lookalike.service import ImageRef, TenantService
 
 router = Router()
 URL_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".avif")
@@ -32,7 +39,8 @@ def _query_image(q: Any) -> ImageRef:
         raise BadRequest(Q_ERROR)
     q = q.strip()
     if q.lower().startswith("data:"):
-        if not q[5:].lower().startswith("image/") or ";base64," not in q[:100].lower():
+        parts = images.split_data_url(q)
+        if parts is None or not parts[0].startswith("image/") or not images.is_base64(parts[1]):
             raise BadRequest(Q_ERROR)
         return ImageRef(data_url=q)
     try:
@@ -52,21 +60,44 @@ def _limit(value: Any) -> int:
     return max(1, min(10, int(value)))
 
 
-@router.post("/api/v1/indexes/<index_name>/reverse-image-search")
-def reverse_image_search(index_name: str) -> dict[str, Any]:
-    started = time.perf_counter()
-    event = router.current_event
-    tenant = service().authenticate(header(event, "x-api-key") or bearer_token(event))
-    index_id = header(event, "x-marqo-index-id")
-    if not index_id:
+def _tenant_of_index_id(given: str, index_name: str) -> TenantService:
+    """The tenant whose collection ``index_name`` has the index id ``given``, or 401."""
+    config = service().config()
+    owners = [t for t, c in config.tenants.items() if (c.collections.get(index_name) and
+                                                       c.collections[index_name].marqo_index_id == given)]
+    generated_for = given.rpartition(".")[0]
+    if not owners and generated_for in config.tenants:
+        owners = [generated_for]
+    if len(owners) != 1:
         raise Unauthorized()
+    return service().tenant(owners[0])
+
+
+def _authorized(event: Any, index_name: str) -> tuple[TenantService, CollectionInfo]:
+    given = header(event, "x-marqo-index-id")
+    if not given:
+        raise Unauthorized()
+    key = header(event, "x-api-key") or bearer_token(event)
+    tenant = service().authenticate(key) if key else _tenant_of_index_id(given, index_name)
     try:
         info = tenant.collection(index_name)
     except NotFound:
+        if not key:
+            raise Unauthorized() from None
         raise NotFound("index not found") from None
-    expected = info.settings.get("marqo_index_id")
-    if expected and index_id != expected:
+    expected = tenant.marqo_index_id(info)
+    if key and (expected is None or not info.settings.get("reverse_search_enabled", True)):
+        return tenant, info  # the key vouches (a collection from before index ids, or a 404 to come)
+    if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
         raise Unauthorized()
+    return tenant, info
+
+
+@router.post("/api/v1/indexes/<index_name>/reverse-image-search")
+def reverse_image_search(index_name: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    tenant, info = _authorized(router.current_event, index_name)
+    event = router.current_event
     if not info.settings.get("reverse_search_enabled", True):
         raise NotFound(NOT_ENABLED)
     body = json_object(event, empty={})
