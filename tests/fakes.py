@@ -1,4 +1,10 @@
-"""Test doubles, each held to the same contract tests as the real backend it stands in for."""
+"""Test doubles, each held to the same contract tests as the real backend it stands in for.
+
+None of them stands in for a vendor's service: they implement Lookalike's own contracts
+(``lookalike.contracts``) with the reference semantics (``lookalike.filters.matches``), so that
+code is their source. The stand-ins for hosted services are ``tests/fake_marqo.py`` and
+``tests/fake_pixlab.py``, which cite their sources at their tops.
+"""
 
 from __future__ import annotations
 

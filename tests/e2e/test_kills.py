@@ -105,7 +105,7 @@ def stray_files(home: Path) -> list[str]:
 def status(env: dict[str, str]) -> str:
     out = lookalike(env, "collections", "--tenant", "demo").stdout
     line = next(line for line in out.splitlines() if line.startswith(COLLECTION + "\t"))
-    return line.rsplit("status=", 1)[1]
+    return line.rsplit("status=", 1)[1].split("\t")[0]
 
 
 def _killed_ingest(env: dict[str, str], args: list[str], point: str | None, nth: int, seed: int) -> int:

@@ -95,6 +95,9 @@ SECURITY: dict[str, dict[str, Any]] = {
     "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
     "accessToken": {"type": "apiKey", "in": "header", "name": "access_token"},
     "pixlabKey": {"type": "apiKey", "in": "query", "name": "key"},
+    "marqoIndexId": {"type": "apiKey", "in": "header", "name": "x-marqo-index-id",
+                     "description": "Marqo reverse image search: the collection's index id, which alone "
+                                    "allows searching that one collection"},
 }
 #: Routes that answer success with another status than 200.
 CREATED = {("post", "/v1/collections"), ("post", "/v1/anchors")}
