@@ -50,6 +50,15 @@ CREATE VIRTUAL TABLE IF NOT EXISTS items_text USING fts5(caption, prompt, tokeni
 CREATE TABLE IF NOT EXISTS text_vectors (
     pk INTEGER NOT NULL, field TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (pk, field));
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- One row per filterable metadata value (list members each), so that a filter is an index
+-- lookup instead of a json_each over every item: text, number or flag (booleans).
+CREATE TABLE IF NOT EXISTS item_fields (
+    pk INTEGER NOT NULL, tenant TEXT NOT NULL, collection TEXT NOT NULL, key TEXT NOT NULL,
+    text TEXT, num REAL, flag INTEGER);
+CREATE INDEX IF NOT EXISTS item_fields_text ON item_fields (tenant, collection, key, text) WHERE text IS NOT NULL;
+CREATE INDEX IF NOT EXISTS item_fields_num ON item_fields (tenant, collection, key, num) WHERE num IS NOT NULL;
+CREATE INDEX IF NOT EXISTS item_fields_flag ON item_fields (tenant, collection, key, flag) WHERE flag IS NOT NULL;
+CREATE INDEX IF NOT EXISTS item_fields_pk ON item_fields (pk);
 INSERT OR IGNORE INTO counters VALUES ('revision', (SELECT coalesce(max(revision), 0) FROM collections));
 """
 # Columns added after the first release; databases created before get them on open.
@@ -106,6 +115,7 @@ class LocalIndex(SearchBackend):
         for table, column, ddl in _MIGRATIONS:
             if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(ddl)
+        self._backfill_fields()
         self._cache: dict[tuple[str, str], _Matrix] = {}
 
     # ------------------------------------------------------------ collections
@@ -158,6 +168,7 @@ class LocalIndex(SearchBackend):
                     (tenant, name),
                 )
             self._db.execute("DELETE FROM items WHERE tenant = ? AND collection = ?", (tenant, name))
+            self._db.execute("DELETE FROM item_fields WHERE tenant = ? AND collection = ?", (tenant, name))
             cur = self._db.execute("DELETE FROM collections WHERE tenant = ? AND name = ?", (tenant, name))
             self._cache.pop((tenant, name), None)
             return cur.rowcount > 0
@@ -193,6 +204,10 @@ class LocalIndex(SearchBackend):
                     pk = cur.fetchone()[0]
                     self._db.execute("DELETE FROM items_text WHERE rowid = ?", (pk,))
                     self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (pk,))
+                    self._db.execute("DELETE FROM item_fields WHERE pk = ?", (pk,))
+                    self._db.executemany(
+                        "INSERT INTO item_fields (pk, tenant, collection, key, text, num, flag)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)", _field_rows(pk, tenant, collection, item.metadata))
                     text = [_text(item.metadata.get(f)) for f in TEXT_FIELDS]
                     if any(text):
                         self._db.execute("INSERT INTO items_text (rowid, caption, prompt) VALUES (?, ?, ?)",
@@ -220,6 +235,7 @@ class LocalIndex(SearchBackend):
                     if row:
                         self._db.execute("DELETE FROM items_text WHERE rowid = ?", (row[0],))
                         self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (row[0],))
+                        self._db.execute("DELETE FROM item_fields WHERE pk = ?", (row[0],))
                         removed += 1
                 revision = self._bump(tenant, collection) if removed else matrix.revision
             for item_id in ids:
@@ -294,7 +310,7 @@ class LocalIndex(SearchBackend):
         """Filter, cut off, exclude and page ``scores`` (aligned with the matrix rows)."""
         keep = np.ones(scores.shape[0], dtype=bool)
         if node is not None:
-            allowed = np.fromiter((matrix.position[i] for i in self._filtered_ids(tenant, collection, node)
+            allowed = np.fromiter((matrix.position[i] for i in self._filtered(tenant, collection, node)
                                    if i in matrix.position), dtype=np.int64)
             keep[:] = False
             keep[allowed] = True
@@ -413,12 +429,29 @@ class LocalIndex(SearchBackend):
         params: list[Any] = [tenant, collection]
         sql = "items.tenant = ? AND items.collection = ?"
         if node is not None:
-            sql += " AND " + _compile(node, params)
+            sql += " AND items.pk IN (" + _compile(node, tenant, collection, params) + ")"
         return sql, params
 
-    def _filtered_ids(self, tenant: str, collection: str, node: Filter) -> list[str]:
-        where, params = self._where(tenant, collection, node)
-        return [r[0] for r in self._db.execute(f"SELECT items.id FROM items WHERE {where}", params)]
+    def _filtered(self, tenant: str, collection: str, node: Filter, column: str = "id") -> list[Any]:
+        """The ``id`` (or ``pk``) of every item that passes ``node``, from the field index."""
+        params: list[Any] = []
+        sets = _compile(node, tenant, collection, params)
+        return [r[0] for r in self._db.execute(f"SELECT items.{column} FROM items WHERE items.pk IN ({sets})",
+                                                params)]
+
+    def _backfill_fields(self) -> None:
+        """Index the metadata of items stored before the field index existed (once)."""
+        if self._db.execute("SELECT 1 FROM counters WHERE name = 'fields_indexed'").fetchone():
+            return
+        with self._tx():
+            if not self._db.execute("SELECT 1 FROM counters WHERE name = 'fields_indexed'").fetchone():
+                self._db.execute("DELETE FROM item_fields")
+                for pk, tenant, collection, metadata in self._db.execute(
+                        "SELECT pk, tenant, collection, metadata FROM items").fetchall():
+                    self._db.executemany("INSERT INTO item_fields (pk, tenant, collection, key, text, num, flag)"
+                                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                         _field_rows(pk, tenant, collection, json.loads(metadata)))
+                self._db.execute("INSERT INTO counters VALUES ('fields_indexed', 1)")
 
     def _metadata(self, tenant: str, collection: str, ids: list[str]) -> dict[str, tuple[dict, str | None]]:
         if not ids:
@@ -454,41 +487,62 @@ def _json_path(field: str) -> str:
     return '$."' + field.replace('"', "") + '"'
 
 
-def _compile(node: Filter, params: list[Any]) -> str:
-    """Filter AST -> SQL over items.metadata, with the semantics of ``filters.matches``."""
+def _field_rows(pk: int, tenant: str, collection: str, metadata: dict[str, Any]) -> list[tuple[Any, ...]]:
+    rows = []
+    for key, value in metadata.items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, bool):
+                rows.append((pk, tenant, collection, key, None, None, int(v)))
+            elif isinstance(v, (int, float)):
+                rows.append((pk, tenant, collection, key, None, float(v), None))
+            elif isinstance(v, str):
+                rows.append((pk, tenant, collection, key, v, None, None))
+    return rows
+
+
+_FIELDS = "SELECT pk FROM item_fields WHERE tenant = ? AND collection = ? AND key = ?"
+
+
+def _compile(node: Filter, tenant: str, collection: str, params: list[Any]) -> str:
+    """Filter AST -> one SELECT of the passing items' pks over the field index, with the
+    semantics of ``filters.matches``: And is INTERSECT, Or UNION, Not EXCEPT."""
     if isinstance(node, Term):
-        params.append(_json_path(node.field))
         value = node.value
+        params.extend((tenant, collection, node.field))
         if isinstance(value, bool):
-            params.append("true" if value else "false")
-            return "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type = ?)"
+            params.append(int(value))
+            return _FIELDS + " AND flag = ?"
         if isinstance(value, (int, float)):
             params.append(float(value))
-            return "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type IN ('integer','real') AND value = ?)"
+            return _FIELDS + " AND num = ?"
         number = as_number(value)
         params.append(value)
         if number is None:
-            return "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type = 'text' AND value = ?)"
-        params.append(number)
-        return ("EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE (type = 'text' AND value = ?)"
-                " OR (type IN ('integer','real') AND value = ?))")
+            return _FIELDS + " AND text = ?"
+        params.extend((tenant, collection, node.field, number))
+        return f"{_FIELDS} AND text = ? UNION {_FIELDS} AND num = ?"
     if isinstance(node, Range):
-        params.append(_json_path(node.field))
-        sql = "EXISTS (SELECT 1 FROM json_each(items.metadata, ?) WHERE type IN ('integer','real')"
+        params.extend((tenant, collection, node.field))
+        sql = _FIELDS + " AND num IS NOT NULL"
         if node.lower is not None:
-            sql += " AND value >= ?"
+            sql += " AND num >= ?"
             params.append(node.lower)
         if node.upper is not None:
-            sql += " AND value <= ?"
+            sql += " AND num <= ?"
             params.append(node.upper)
-        return sql + ")"
+        return sql
+    every = "SELECT pk FROM items WHERE tenant = ? AND collection = ?"
     if isinstance(node, (And, Or)):
         if not node.items:
-            return "1" if isinstance(node, And) else "0"
-        joiner = " AND " if isinstance(node, And) else " OR "
-        return "(" + joiner.join(_compile(n, params) for n in node.items) + ")"
+            if isinstance(node, And):
+                params.extend((tenant, collection))
+                return every
+            return "SELECT pk FROM items WHERE 0"
+        joiner = " INTERSECT " if isinstance(node, And) else " UNION "
+        return joiner.join(f"SELECT pk FROM ({_compile(n, tenant, collection, params)})" for n in node.items)
     if isinstance(node, Not):
-        return "NOT (" + _compile(node.item, params) + ")"
+        params.extend((tenant, collection))
+        return f"{every} EXCEPT SELECT pk FROM ({_compile(node.item, tenant, collection, params)})"
     raise TypeError(f"unknown filter node {node!r}")
 
 
