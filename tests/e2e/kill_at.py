@@ -9,7 +9,10 @@ Points:
 - ``blob-put``: an image is stored, its row not yet written;
 - ``before-commit``: the rows are written inside the transaction, not committed;
 - ``after-commit``: the rows are committed, the replaced images not yet deleted;
-- ``indexing``: the collection was just marked INDEXING.
+- ``indexing``: the collection was just marked INDEXING;
+- ``ann-tmp``: an approximate snapshot is written to its temporary file, not yet renamed;
+- ``ann-renamed``: the snapshot file is in place, not yet recorded in SQLite;
+- ``ann-recorded``: the snapshot is recorded, the one it replaced not yet deleted.
 """
 
 from __future__ import annotations
@@ -31,17 +34,40 @@ def _maybe_die(point: str, wanted: str, nth: int) -> None:
 
 
 def install(point: str, nth: int) -> None:
+    import pathlib
+
     from lookalike import service
-    from lookalike_local import blobstore, index
+    from lookalike_local import ann, blobstore, index
 
     real_replace = os.replace
 
     def replace(src: Any, dst: Any, *a: Any, **kw: Any) -> None:
         if os.path.basename(str(src)).startswith(".tmp-") and "/images/" in str(dst):
             _maybe_die("blob-tmp", point, nth)
+        if str(dst).endswith(".faiss"):
+            _maybe_die("ann-tmp", point, nth)
         real_replace(src, dst, *a, **kw)
 
     blobstore.os.replace = replace  # type: ignore[attr-defined]
+    ann.os.replace = replace  # type: ignore[attr-defined]
+
+    real_build = ann.build
+
+    def build(*a: Any, **kw: Any) -> int:
+        count = real_build(*a, **kw)
+        _maybe_die("ann-renamed", point, nth)
+        return count
+
+    ann.build = build  # type: ignore[assignment]
+
+    real_unlink = pathlib.Path.unlink
+
+    def unlink(self: pathlib.Path, *a: Any, **kw: Any) -> None:
+        if self.name.endswith(".faiss") and not self.name.startswith(".tmp-"):
+            _maybe_die("ann-recorded", point, nth)
+        real_unlink(self, *a, **kw)
+
+    pathlib.Path.unlink = unlink  # type: ignore[method-assign]
 
     real_put = blobstore.FilesystemBlobStore.put
 
@@ -52,14 +78,13 @@ def install(point: str, nth: int) -> None:
 
     blobstore.FilesystemBlobStore.put = put  # type: ignore[method-assign]
 
-    real_bump = index.LocalIndex._bump
+    real_set_revision = index.LocalIndex._set_revision
 
-    def bump(self: Any, tenant: str, collection: str) -> int:
-        revision = real_bump(self, tenant, collection)
+    def set_revision(self: Any, tenant: str, collection: str, revision: int) -> None:
+        real_set_revision(self, tenant, collection, revision)
         _maybe_die("before-commit", point, nth)
-        return revision
 
-    index.LocalIndex._bump = bump  # type: ignore[method-assign]
+    index.LocalIndex._set_revision = set_revision  # type: ignore[method-assign]
 
     real_delete_blobs = service.TenantService._delete_blobs
 

@@ -7,6 +7,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,12 @@ def ingest(source: Path, collection: str, tenant: str | None, threads: int, upda
     report.skipped = skipped + report.skipped
     report.failed = failed + report.failed
     click.echo(f"indexed {len(report.indexed)}, skipped {len(report.skipped)}, failed {len(report.failed)}")
+    if report.indexed:
+        started = time.perf_counter()
+        built = t.search_backend.optimize(t.id, collection)
+        if built:
+            click.echo(f"approximate index built in {time.perf_counter() - started:.1f} s: "
+                       + ", ".join(f"{space} {n}" for space, n in built.items()))
     reasons: dict[str, int] = {}
     for _, reason in report.skipped:
         reasons[f"skipped: {reason}"] = reasons.get(f"skipped: {reason}", 0) + 1

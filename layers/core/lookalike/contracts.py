@@ -201,6 +201,11 @@ class SearchBackend(abc.ABC):
     ) -> dict[str, list[tuple[str, int]]]:
         """Value counts per keyword field, most frequent first (ties by value)."""
 
+    def optimize(self, tenant: str, collection: str) -> dict[str, int]:
+        """Build whatever index a bulk ingest leaves behind (the embedded index's approximate
+        snapshots); {part: entries}. Optional: most engines index as they go."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; optional."""
 

@@ -1,25 +1,33 @@
 """The embedded default search backend: SQLite for metadata, facets and text; numpy for vectors.
 
-Exact cosine search (one matrix-vector product) is fast enough for 100k items per
-collection on one core. Vectors are persisted in SQLite next to their metadata and cached
-in memory per collection; a per-collection revision counter lets several processes (the
-server and a CLI ingest) share one database and reload only when another one wrote.
+SQLite holds everything (vectors included) and is the source of truth. A per-collection
+revision counter lets several processes (the server and a CLI ingest) share one database and
+reload only when another one wrote.
+
+Collections below ``ann_min_items`` are searched exactly: one matrix-vector product over
+float32 vectors cached in memory (the reference the approximate path is tested against).
+Larger ones are searched through ``lookalike_local.ann``: a memory-mapped IVF of 8-bit codes
+shared by every process, whose candidates are rescored with their float32 vectors from
+SQLite, so scores, ``min_score``, ties broken by id and pages stay exact for what is found.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.contracts import (
     TEXT_FIELDS,
@@ -36,6 +44,7 @@ from lookalike.contracts import (
 from lookalike.errors import BadRequest, Conflict, NotFound
 from lookalike.filters import And, Filter, Not, Or, Range, Term, as_number
 from lookalike.ranking import top_k
+from lookalike_local import ann
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -59,12 +68,20 @@ CREATE INDEX IF NOT EXISTS item_fields_text ON item_fields (tenant, collection, 
 CREATE INDEX IF NOT EXISTS item_fields_num ON item_fields (tenant, collection, key, num) WHERE num IS NOT NULL;
 CREATE INDEX IF NOT EXISTS item_fields_flag ON item_fields (tenant, collection, key, flag) WHERE flag IS NOT NULL;
 CREATE INDEX IF NOT EXISTS item_fields_pk ON item_fields (pk);
+-- The approximate index files in force, one per collection and vector space ('image', or a
+-- caption/prompt field), each covering the vectors written up to its revision.
+CREATE TABLE IF NOT EXISTS ann_snapshots (
+    tenant TEXT NOT NULL, collection TEXT NOT NULL, space TEXT NOT NULL, file TEXT NOT NULL,
+    revision INTEGER NOT NULL, items INTEGER NOT NULL, built_at REAL NOT NULL,
+    PRIMARY KEY (tenant, collection, space));
 INSERT OR IGNORE INTO counters VALUES ('revision', (SELECT coalesce(max(revision), 0) FROM collections));
 """
 # Columns added after the first release; databases created before get them on open.
 _MIGRATIONS = (
     ("collections", "text_model_id", "ALTER TABLE collections ADD COLUMN text_model_id TEXT"),
     ("collections", "text_dimension", "ALTER TABLE collections ADD COLUMN text_dimension INTEGER"),
+    # The revision that wrote an item's vectors: what an approximate snapshot covers.
+    ("items", "vrev", "ALTER TABLE items ADD COLUMN vrev INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -76,6 +93,14 @@ _INFO_SQL = ("SELECT name, model_id, dimension, settings, status, created_at, {c
 class LocalIndexOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: Path | None = None  # defaults to <home>/index.sqlite
+    # Collections with at least this many items are searched approximately (bench/ann.py
+    # measured the switch-over); 0 turns the approximate index off.
+    ann_min_items: int = Field(default=20_000, ge=0)
+    ann_nprobe: int = Field(default=16, ge=1, le=4096)  # IVF lists visited per query
+    ann_candidates: int = Field(default=4, ge=1, le=64)  # candidates rescored per result wanted
+    # Rebuild a snapshot once the writes and deletes since it pass this share of it (or 5,000).
+    ann_rebuild_fraction: float = Field(default=0.1, gt=0, le=10)
+    ann_rebuild_min: int = Field(default=5_000, ge=1)
 
 
 @dataclass
@@ -115,8 +140,17 @@ class LocalIndex(SearchBackend):
         for table, column, ddl in _MIGRATIONS:
             if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(ddl)
+        self._db.execute("CREATE INDEX IF NOT EXISTS items_vrev ON items (tenant, collection, vrev)")
         self._backfill_fields()
         self._cache: dict[tuple[str, str], _Matrix] = {}
+        self.options = options
+        self.ann_dir = self.path.with_name(self.path.name + ".ann")
+        self._ann: dict[tuple[str, str, str], _AnnState] = {}
+        self._counts: dict[tuple[str, str], tuple[int, int]] = {}
+        self._building: set[tuple[str, str, str]] = set()
+        if self.ann_dir.exists():
+            referenced = {r[0] for r in self._db.execute("SELECT file FROM ann_snapshots")}
+            ann.sweep(self.ann_dir, referenced)
 
     # ------------------------------------------------------------ collections
 
@@ -145,13 +179,7 @@ class LocalIndex(SearchBackend):
             ).fetchone()
             if row is None:
                 return None
-            cached = self._cache.get((tenant, name))
-            if cached is not None and cached.revision == row[9]:
-                return _info((*row[:6], len(cached.ids), *row[7:]))
-            row = self._db.execute(
-                _INFO_SQL.format(count=_COUNT_SQL) + " WHERE tenant = ? AND name = ?", (tenant, name),
-            ).fetchone()
-        return _info(row) if row else None
+            return _info((*row[:6], self._count(tenant, name, int(row[9])), *row[7:]))
 
     def list_collections(self, tenant: str) -> list[CollectionInfo]:
         with self._lock:
@@ -161,17 +189,23 @@ class LocalIndex(SearchBackend):
         return [_info(r) for r in rows]
 
     def delete_collection(self, tenant: str, name: str) -> bool:
-        with self._lock, self._tx():
-            for table, key in (("items_text", "rowid"), ("text_vectors", "pk")):
-                self._db.execute(
-                    f"DELETE FROM {table} WHERE {key} IN (SELECT pk FROM items WHERE tenant = ? AND collection = ?)",
-                    (tenant, name),
-                )
-            self._db.execute("DELETE FROM items WHERE tenant = ? AND collection = ?", (tenant, name))
-            self._db.execute("DELETE FROM item_fields WHERE tenant = ? AND collection = ?", (tenant, name))
-            cur = self._db.execute("DELETE FROM collections WHERE tenant = ? AND name = ?", (tenant, name))
+        with self._lock:
+            with self._tx():
+                for table, key in (("items_text", "rowid"), ("text_vectors", "pk")):
+                    self._db.execute(
+                        f"DELETE FROM {table} WHERE {key} IN"
+                        " (SELECT pk FROM items WHERE tenant = ? AND collection = ?)", (tenant, name))
+                self._db.execute("DELETE FROM items WHERE tenant = ? AND collection = ?", (tenant, name))
+                self._db.execute("DELETE FROM item_fields WHERE tenant = ? AND collection = ?", (tenant, name))
+                files = [r[0] for r in self._db.execute(
+                    "DELETE FROM ann_snapshots WHERE tenant = ? AND collection = ? RETURNING file", (tenant, name))]
+                cur = self._db.execute("DELETE FROM collections WHERE tenant = ? AND name = ?", (tenant, name))
             self._cache.pop((tenant, name), None)
-            return cur.rowcount > 0
+            for key in [k for k in self._ann if k[:2] == (tenant, name)]:
+                del self._ann[key]
+        for file in files:  # after the commit: a kill before it leaves them referenced
+            (self.ann_dir / file).unlink(missing_ok=True)
+        return cur.rowcount > 0
 
     def set_status(self, tenant: str, name: str, status: Literal["READY", "INDEXING"]) -> None:
         with self._lock:
@@ -191,15 +225,17 @@ class LocalIndex(SearchBackend):
                          {f: _checked(v, text_dim, "text vector") for f, v in item.text_vectors.items()
                           if f in TEXT_FIELDS})
                         for item in items]
-                matrix = self._matrix(tenant, collection)
+                before = self._revision(tenant, collection)
+                revision = self._next_revision()
                 for item, v, texts in rows:
                     cur = self._db.execute(
-                        "INSERT INTO items (tenant, collection, id, metadata, image_key, vector, updated_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, collection, id) DO UPDATE SET"
+                        "INSERT INTO items (tenant, collection, id, metadata, image_key, vector, updated_at, vrev)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, collection, id) DO UPDATE SET"
                         " metadata = excluded.metadata, image_key = excluded.image_key,"
-                        " vector = excluded.vector, updated_at = excluded.updated_at RETURNING pk",
+                        " vector = excluded.vector, updated_at = excluded.updated_at, vrev = excluded.vrev"
+                        " RETURNING pk",
                         (tenant, collection, item.id, json.dumps(item.metadata), item.image_key,
-                         v.tobytes(), item.updated_at),
+                         v.tobytes(), item.updated_at, revision),
                     )
                     pk = cur.fetchone()[0]
                     self._db.execute("DELETE FROM items_text WHERE rowid = ?", (pk,))
@@ -215,17 +251,22 @@ class LocalIndex(SearchBackend):
                     for field, tv in texts.items():
                         self._db.execute("INSERT INTO text_vectors (pk, field, vector) VALUES (?, ?, ?)",
                                          (pk, field, tv.tobytes()))
-                revision = self._bump(tenant, collection)
-            # The cache changes only once the commit succeeded (an exception skips this).
-            for item, v, texts in rows:
-                _matrix_put(matrix, item.id, v, texts)
-            matrix.revision = revision
+                self._set_revision(tenant, collection, revision)
+            # The cache changes only once the commit succeeded (an exception skips this), and
+            # only if it held exactly the state before this write; otherwise it reloads.
+            matrix = self._cache.get((tenant, collection))
+            if matrix is not None and matrix.revision == before:
+                for item, v, texts in rows:
+                    _matrix_put(matrix, item.id, v, texts)
+                matrix.revision = revision
+            else:
+                self._cache.pop((tenant, collection), None)
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
         with self._lock:
             with self._tx():
                 self._dimensions(tenant, collection)
-                matrix = self._matrix(tenant, collection)
+                before = revision = self._revision(tenant, collection)
                 removed = 0
                 for item_id in ids:
                     row = self._db.execute(
@@ -237,10 +278,16 @@ class LocalIndex(SearchBackend):
                         self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (row[0],))
                         self._db.execute("DELETE FROM item_fields WHERE pk = ?", (row[0],))
                         removed += 1
-                revision = self._bump(tenant, collection) if removed else matrix.revision
-            for item_id in ids:
-                _matrix_remove(matrix, item_id)
-            matrix.revision = revision
+                if removed:
+                    revision = self._next_revision()
+                    self._set_revision(tenant, collection, revision)
+            matrix = self._cache.get((tenant, collection))
+            if matrix is not None and matrix.revision == before:
+                for item_id in ids:
+                    _matrix_remove(matrix, item_id)
+                matrix.revision = revision
+            else:
+                self._cache.pop((tenant, collection), None)
             return removed
 
     def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None:
@@ -262,6 +309,9 @@ class LocalIndex(SearchBackend):
         with self._lock, self._snapshot():
             dim, _ = self._dimensions(tenant, collection)
             q = _checked(query.vector, dim, "query vector")
+            if self._approximate(tenant, collection):
+                return self._ann_search(tenant, collection, ("image",), q, query.filter, query.min_score,
+                                        query.exclude_ids, query.limit, query.offset)
             matrix = self._matrix(tenant, collection)
             return self._rank(tenant, collection, matrix, matrix.live @ q, query.filter, query.min_score,
                               query.exclude_ids, query.limit, query.offset)
@@ -294,6 +344,10 @@ class LocalIndex(SearchBackend):
             if text_dim is None:
                 raise BadRequest("this collection has no text embeddings")
             q = _checked(query.vector, text_dim, "query vector")
+            floor = -1.0 if query.min_score is None else query.min_score
+            if self._approximate(tenant, collection):
+                return self._ann_search(tenant, collection, tuple(query.fields), q, query.filter, floor,
+                                        frozenset(), query.limit, query.offset)
             matrix = self._matrix(tenant, collection)
             n = len(matrix.ids)
             scores = np.full(n, -np.inf, dtype=np.float32)
@@ -301,7 +355,6 @@ class LocalIndex(SearchBackend):
                 if field in matrix.text:
                     field_scores = np.where(matrix.has_text[field][:n], matrix.text[field][:n] @ q, -np.inf)
                     np.maximum(scores, field_scores, out=scores)
-            floor = -1.0 if query.min_score is None else query.min_score
             return self._rank(tenant, collection, matrix, scores, query.filter, floor, frozenset(),
                               query.limit, query.offset)
 
@@ -384,11 +437,27 @@ class LocalIndex(SearchBackend):
         return self._db.execute(
             "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value").fetchone()[0]
 
-    def _bump(self, tenant: str, collection: str) -> int:
-        revision = self._next_revision()
+    def _revision(self, tenant: str, collection: str) -> int:
+        return int(self._db.execute("SELECT revision FROM collections WHERE tenant = ? AND name = ?",
+                                    (tenant, collection)).fetchone()[0])
+
+    def _set_revision(self, tenant: str, collection: str, revision: int) -> None:
         self._db.execute("UPDATE collections SET revision = ? WHERE tenant = ? AND name = ?",
                          (revision, tenant, collection))
-        return revision
+
+    def _count(self, tenant: str, collection: str, revision: int) -> int:
+        """Items in the collection at ``revision``: from the cached vectors or the count cache
+        when they are current (counting 1M rows in SQLite costs ~50 ms), else from SQLite."""
+        cached = self._cache.get((tenant, collection))
+        if cached is not None and cached.revision == revision:
+            return len(cached.ids)
+        known = self._counts.get((tenant, collection))
+        if known is not None and known[0] == revision:
+            return known[1]
+        n = int(self._db.execute("SELECT count(*) FROM items WHERE tenant = ? AND collection = ?",
+                                 (tenant, collection)).fetchone()[0])
+        self._counts[(tenant, collection)] = (revision, n)
+        return n
 
     def _matrix(self, tenant: str, collection: str) -> _Matrix:
         """The cached vectors, reloaded when another process changed the collection."""
@@ -424,6 +493,217 @@ class LocalIndex(SearchBackend):
                          position={i: n for n, i in enumerate(ids)}, text=text, has_text=has_text)
         self._cache[key] = matrix
         return matrix
+
+    # ------------------------------------------------------------ approximate search
+
+    def _approximate(self, tenant: str, collection: str) -> bool:
+        minimum = self.options.ann_min_items
+        return bool(minimum) and self._count(tenant, collection, self._revision(tenant, collection)) >= minimum
+
+    def optimize(self, tenant: str, collection: str) -> dict[str, int]:
+        """Build the approximate snapshots of a large collection now (``lookalike ingest``
+        does at its end), instead of on its first search; {space: vectors}."""
+        with self._lock:
+            if not self._approximate(tenant, collection):
+                return {}
+            _, text_dim = self._dimensions(tenant, collection)
+        spaces = ["image", *(TEXT_FIELDS if text_dim is not None else ())]
+        return {space: self._build(tenant, collection, space, wait=True) or 0 for space in spaces}
+
+    def _space_sql(self, space: str) -> tuple[str, str]:
+        """(FROM ... WHERE clause over the space's vectors, the vector column) for ``space``."""
+        if space == "image":
+            return "FROM items i WHERE i.tenant = ? AND i.collection = ?", "i.vector"
+        assert space in TEXT_FIELDS  # a fixed name, so it may be spelled into the SQL
+        return ("FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE i.tenant = ? AND i.collection = ?"
+                f" AND t.field = '{space}'"), "t.vector"
+
+    def _build(self, tenant: str, collection: str, space: str, wait: bool) -> int | None:
+        """Build and record a snapshot of one space from its own connection; None when another
+        process holds the build lock (and ``wait`` is off) or the collection went away."""
+        lock = self.ann_dir / f".{_digest(tenant, collection, space)}.lock"
+        with ann.build_lock(lock, wait) as taken:
+            if not taken:
+                return None
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                db.execute("BEGIN")  # one snapshot of the database for the whole build
+                row = db.execute("SELECT revision, dimension, text_dimension, created_at FROM collections"
+                                 " WHERE tenant = ? AND name = ?", (tenant, collection)).fetchone()
+                if row is None:
+                    return None
+                revision, created_at = int(row[0]), row[3]
+                dim = int(row[1] if space == "image" else row[2])
+                where, column = self._space_sql(space)
+                key = (tenant, collection)
+                pks = np.array([r[0] for r in db.execute(f"SELECT i.pk {where} ORDER BY i.pk", key)], dtype=np.int64)
+
+                def vectors(chosen: np.ndarray) -> np.ndarray:
+                    out = np.empty((len(chosen), dim), dtype=np.float32)
+                    for start in range(0, len(chosen), 900):
+                        part = chosen[start:start + 900].tolist()
+                        marks = ",".join("?" * len(part))
+                        got = dict(db.execute(f"SELECT i.pk, {column} {where} AND i.pk IN ({marks})", (*key, *part)))
+                        for n, pk in enumerate(part):
+                            out[start + n] = np.frombuffer(got[pk], dtype=np.float32)
+                    return out
+
+                def sample(n: int) -> np.ndarray:
+                    rng = np.random.default_rng(revision)
+                    return vectors(np.sort(rng.choice(pks, size=min(n, len(pks)), replace=False)))
+
+                def chunks() -> Any:
+                    last = -1
+                    while True:
+                        rows = db.execute(f"SELECT i.pk, {column} {where} AND i.pk > ? ORDER BY i.pk LIMIT ?",
+                                          (*key, last, ann.CHUNK)).fetchall()
+                        if not rows:
+                            return
+                        last = rows[-1][0]
+                        yield (np.array([r[0] for r in rows], dtype=np.int64),
+                               np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim))
+
+                name = f"{_digest(tenant, collection, space)}-{revision}-{uuid.uuid4().hex[:8]}.faiss"
+                self.ann_dir.mkdir(parents=True, exist_ok=True)
+                count = ann.build(self.ann_dir / name, dim, len(pks), sample, chunks())
+                db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                alive = db.execute("SELECT created_at FROM collections WHERE tenant = ? AND name = ?",
+                                   key).fetchone()
+                old = db.execute("SELECT file FROM ann_snapshots WHERE tenant = ? AND collection = ? AND space = ?",
+                                 (*key, space)).fetchone()
+                if alive is None or alive[0] != created_at:
+                    db.execute("ROLLBACK")
+                    (self.ann_dir / name).unlink(missing_ok=True)
+                    return None
+                db.execute("INSERT OR REPLACE INTO ann_snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (*key, space, name, revision, count, time.time()))
+                db.execute("COMMIT")
+                if old and old[0] != name:
+                    (self.ann_dir / old[0]).unlink(missing_ok=True)  # processes that mapped it keep it
+                return count
+            finally:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                db.close()
+
+    def _ann_state(self, tenant: str, collection: str, space: str) -> _AnnState | None:
+        """The space's snapshot and this process's delta, current as of the search's
+        transaction; builds the first snapshot (waiting for it), starts later rebuilds in
+        the background."""
+        key = (tenant, collection, space)
+        row = self._db.execute("SELECT file, revision, items FROM ann_snapshots"
+                               " WHERE tenant = ? AND collection = ? AND space = ?", key).fetchone()
+        if row is None:
+            if self._build(tenant, collection, space, wait=True) is None:
+                return None
+            # The search's transaction predates the new row: read it on a fresh one.
+            with sqlite3.connect(self.path, timeout=30) as fresh:
+                row = fresh.execute("SELECT file, revision, items FROM ann_snapshots"
+                                    " WHERE tenant = ? AND collection = ? AND space = ?", key).fetchone()
+            if row is None:
+                return None
+        state = self._ann.get(key)
+        if state is None or state.snapshot.path.name != row[0]:
+            snapshot = ann.Snapshot.open(self.ann_dir / row[0], int(row[1]), int(row[2]))
+            state = _AnnState(snapshot=snapshot, delta=ann.Delta.empty(snapshot))
+            self._ann[key] = state
+        revision = self._revision(tenant, collection)
+        if state.delta.revision < revision:
+            where, column = self._space_sql(space)
+            rows = self._db.execute(f"SELECT i.pk, {column} {where} AND i.vrev > ?",
+                                    (tenant, collection, state.delta.revision)).fetchall()
+            if rows:
+                dim = state.snapshot.index.d
+                state.delta.add(np.array([r[0] for r in rows], dtype=np.int64),
+                                np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim))
+            state.delta.revision = revision
+        count = self._count(tenant, collection, revision)
+        stale = len(state.delta.pks) + max(0, state.snapshot.count - (count - len(state.delta.pks)))
+        limit = max(self.options.ann_rebuild_min, self.options.ann_rebuild_fraction * state.snapshot.count)
+        if stale > limit and key not in self._building:
+            self._building.add(key)
+
+            def rebuild() -> None:
+                try:
+                    self._build(tenant, collection, space, wait=False)
+                finally:
+                    self._building.discard(key)
+
+            threading.Thread(target=rebuild, daemon=True, name="lookalike-ann-build").start()
+        return state
+
+    def _ann_search(self, tenant: str, collection: str, spaces: tuple[str, ...], q: np.ndarray,
+                    node: Filter | None, min_score: float | None, exclude: frozenset[str], limit: int,
+                    offset: int) -> SearchPage:
+        """Candidates from each space's IVF, rescored with their float32 vectors from SQLite
+        (the best over the spaces, as the exact path scores text), then cut, excluded, ordered
+        by (score desc, id) and paged like the exact path."""
+        count = self._count(tenant, collection, self._revision(tenant, collection))
+        allowed = None if node is None else np.array(self._filtered(tenant, collection, node, "pk"), dtype=np.int64)
+        pool = count if allowed is None else len(allowed)
+        if pool == 0:
+            return SearchPage(hits=[], total=0)
+        states = [(space, self._ann_state(tenant, collection, space)) for space in spaces]
+        k = max(100, self.options.ann_candidates * (offset + limit + len(exclude)))
+        while True:
+            found: list[np.ndarray] = []
+            for _, state in states:
+                if state is None:
+                    continue
+                nprobe = self.options.ann_nprobe
+                if allowed is not None:  # a selective filter visits more lists, up to all
+                    nprobe = math.ceil(nprobe * count / len(allowed))
+                found.append(ann.search(state.snapshot, state.delta, q, k, nprobe, allowed))
+            candidates = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+            scored = self._rescore(tenant, collection, spaces, candidates, q)
+            passing = [(i, sc) for i, sc in scored if (min_score is None or sc >= min_score) and i not in exclude]
+            if min_score is None or len(passing) < len(scored) or k >= min(pool, 20_000):
+                break
+            k *= 4  # every candidate passed min_score: more may pass beyond them
+        passing.sort(key=lambda hit: (-hit[1], hit[0]))
+        if min_score is not None:
+            total = len(passing)  # within the approximate index's recall
+        else:
+            total = pool - self._excluded(tenant, collection, exclude, allowed)
+        chosen = passing[offset:offset + limit]
+        meta = self._metadata(tenant, collection, [i for i, _ in chosen])
+        return SearchPage(hits=[Hit(id=i, score=sc, metadata=meta[i][0], image_key=meta[i][1]) for i, sc in chosen],
+                          total=total)
+
+    def _excluded(self, tenant: str, collection: str, exclude: frozenset[str], allowed: np.ndarray | None) -> int:
+        """How many of ``exclude`` are in the pool the search ranks."""
+        if not exclude:
+            return 0
+        marks = ",".join("?" * len(exclude))
+        pks = [r[0] for r in self._db.execute(
+            f"SELECT pk FROM items WHERE tenant = ? AND collection = ? AND id IN ({marks})",
+            (tenant, collection, *exclude))]
+        return len(pks) if allowed is None else int(np.isin(pks, allowed).sum())
+
+    def _rescore(self, tenant: str, collection: str, spaces: tuple[str, ...], pks: np.ndarray,
+                 q: np.ndarray) -> list[tuple[str, float]]:
+        """(id, exact cosine) of the candidates SQLite still has: the best over ``spaces``."""
+        best: dict[str, float] = {}
+        for start in range(0, len(pks), 900):
+            part = pks[start:start + 900].tolist()
+            marks = ",".join("?" * len(part))
+            if spaces == ("image",):
+                rows = self._db.execute(f"SELECT id, vector FROM items WHERE tenant = ? AND collection = ?"
+                                        f" AND pk IN ({marks})", (tenant, collection, *part)).fetchall()
+            else:
+                fields = ",".join("?" * len(spaces))
+                rows = self._db.execute(
+                    f"SELECT i.id, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE i.tenant = ?"
+                    f" AND i.collection = ? AND t.pk IN ({marks}) AND t.field IN ({fields})",
+                    (tenant, collection, *part, *spaces)).fetchall()
+            if not rows:
+                continue
+            matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            for (item_id, _), score in zip(rows, (matrix @ q).tolist(), strict=True):
+                if score > best.get(item_id, -math.inf):
+                    best[item_id] = score
+        return list(best.items())
 
     def _where(self, tenant: str, collection: str, node: Filter | None) -> tuple[str, list[Any]]:
         params: list[Any] = [tenant, collection]
@@ -585,3 +865,13 @@ def _matrix_remove(m: _Matrix, item_id: str) -> None:
     for field in m.text:
         m.has_text[field][last] = False
     m.ids.pop()
+
+
+@dataclass
+class _AnnState:
+    snapshot: ann.Snapshot
+    delta: ann.Delta
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]

@@ -1,0 +1,181 @@
+"""Approximate nearest neighbours for large collections of the embedded index.
+
+faiss's IVF with 8-bit scalar quantization (``IndexIVFScalarQuantizer``, QT_8bit, inner
+product over unit vectors), chosen by measurement (``bench/ann_choice.py``): on the
+benchmark's real-model vectors an HNSW graph (usearch, faiss) stays near 0.45 recall@10
+whatever its effort, because each query has hundreds of near-equal neighbours, while IVF
+reaches 0.997 at 8 of 512 lists. Codes take 1,280 bytes a vector (1M x 1280 is 1.3 GB,
+not 5 GB), and the file is memory-mapped (``IO_FLAG_MMAP``), so every worker process of a
+server shares one copy through the page cache.
+
+A snapshot covers the items of one collection (one vector space: the image vectors, or one
+caption/prompt field) as of a revision; faiss ids are SQLite ``pk``s. SQLite stays the
+source of truth: candidates are rescored with their float32 vectors read from SQLite in the
+search's own transaction, so every score is the exact cosine and no item that SQLite no
+longer has is ever answered. Writes after the snapshot sit in a small per-process delta
+(the same IVF, in memory), and the snapshot is rebuilt when the delta or the deletions grow
+past a fraction of it.
+
+Files are written to a temporary name, fsynced and renamed, then recorded in SQLite: a
+process killed at any moment leaves either the old snapshot or the new one in force, plus at
+most an orphan file that ``sweep`` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHUNK = 20_000  # vectors read from SQLite per add while building
+TRAIN_PER_LIST = 40  # faiss's k-means wants at least 39 points per list
+
+
+def _faiss() -> Any:
+    import faiss  # imported on first use: small collections never pay for it
+
+    faiss.omp_set_num_threads(1)  # one request per worker process; building sets its own
+    return faiss
+
+
+def list_count(n: int) -> int:
+    """IVF lists for ``n`` vectors: about sqrt(n), a power of two, 1 to 4,096."""
+    if n < 2 * TRAIN_PER_LIST:
+        return 1
+    return int(min(4096, 2 ** round(math.log2(math.sqrt(n)))))
+
+
+@dataclass
+class Snapshot:
+    path: Path
+    revision: int
+    count: int
+    index: Any  # faiss.IndexIVFScalarQuantizer, memory-mapped
+
+    @classmethod
+    def open(cls, path: Path, revision: int, count: int) -> Snapshot:
+        faiss = _faiss()
+        return cls(path=path, revision=revision, count=count, index=faiss.read_index(str(path), faiss.IO_FLAG_MMAP))
+
+
+@dataclass
+class Delta:
+    """Vectors written after the snapshot, in an in-memory IVF with the snapshot's lists."""
+
+    revision: int  # vectors up to this revision are loaded
+    index: Any
+    pks: set[int] = field(default_factory=set)
+    keep: list[Any] = field(default_factory=list)  # faiss objects the index points into
+
+    @classmethod
+    def empty(cls, snapshot: Snapshot) -> Delta:
+        faiss = _faiss()
+        base = snapshot.index
+        quantizer = faiss.IndexFlatIP(base.d)
+        quantizer.add(base.quantizer.reconstruct_n(0, base.nlist))
+        index = faiss.IndexIVFScalarQuantizer(quantizer, base.d, base.nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+        index.sq = base.sq
+        index.is_trained = True
+        return cls(revision=snapshot.revision, index=index, keep=[quantizer])
+
+    def add(self, pks: np.ndarray, vectors: np.ndarray) -> None:
+        known = np.fromiter((pk in self.pks for pk in pks.tolist()), dtype=bool, count=len(pks))
+        if known.any():
+            self.index.remove_ids(pks[known])
+        self.index.add_with_ids(vectors, pks)
+        self.pks.update(pks.tolist())
+
+
+def build(path: Path, dimension: int, count: int, sample: Callable[[int], np.ndarray],
+          chunks: Iterator[tuple[np.ndarray, np.ndarray]], threads: int = 0) -> int:
+    """Train on ``sample(n)`` vectors, add every (pks, vectors) chunk, write ``path``
+    atomically; returns the vectors added."""
+    faiss = _faiss()
+    faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        nlist = list_count(count)
+        quantizer = faiss.IndexFlatIP(dimension)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dimension, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+        train = sample(max(nlist * TRAIN_PER_LIST, min(count, 20_000)))
+        index.train(train if len(train) else np.zeros((1, dimension), dtype=np.float32))
+        added = 0
+        for pks, vectors in chunks:
+            index.add_with_ids(vectors, pks)
+            added += len(pks)
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return added
+    finally:
+        faiss.omp_set_num_threads(1)
+
+
+def search(snapshot: Snapshot, delta: Delta | None, query: np.ndarray, k: int, nprobe: int,
+           allowed: np.ndarray | None = None) -> np.ndarray:
+    """The pks of up to ``k`` approximate neighbours from the snapshot and the delta
+    (snapshot entries the delta replaced are left out); ``allowed`` restricts them."""
+    faiss = _faiss()
+    q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+    params = faiss.SearchParametersIVF()
+    params.nprobe = max(1, min(nprobe, snapshot.index.nlist))
+    selector = None
+    if allowed is not None:
+        selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
+        params.sel = selector
+    found: list[np.ndarray] = []
+    for index in (snapshot.index, delta.index if delta is not None and delta.index.ntotal else None):
+        if index is None:
+            continue
+        _, ids = index.search(q, min(k, max(1, index.ntotal)), params=params)
+        ids = ids[0][ids[0] >= 0]
+        if index is snapshot.index and delta is not None and delta.pks:
+            ids = ids[[pk not in delta.pks for pk in ids.tolist()]]
+        found.append(ids)
+    del selector
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+@contextlib.contextmanager
+def build_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """An exclusive lock across processes on ``path``; yields whether it was taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def sweep(directory: Path, referenced: set[str], older_than_s: float = 600.0) -> int:
+    """Remove snapshot files no collection refers to (left by a killed build or a replaced
+    snapshot), sparing young ones that a build in flight may be about to record."""
+    removed = 0
+    now = time.time()
+    for path in directory.glob("*.faiss") if directory.exists() else ():
+        if path.name not in referenced and now - path.stat().st_mtime > older_than_s:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
