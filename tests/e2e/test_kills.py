@@ -227,3 +227,46 @@ def test_killed_server_keeps_every_acknowledged_put(tmp_path: Path, model_dir: P
     assert acknowledged, "no PUT was acknowledged before the kills"
     assert lookalike(env, "repair", "--older-than", "0").returncode == 0
     assert stray_files(home) == []
+
+
+@pytest.mark.parametrize("point", ["ann-tmp", "ann-renamed", "ann-recorded"])
+def test_killed_approximate_index_build_reopens_consistent(tmp_path: Path, model_dir: Path,
+                                                           vectors: dict[str, np.ndarray], point: str) -> None:
+    """A kill while `lookalike ingest` writes the approximate snapshot (its temporary file,
+    the rename, the record in SQLite): the index reopens on the snapshot in force and answers
+    what the exact search answers; the rerun finishes the job."""
+    from lookalike.contracts import VectorQuery
+    from lookalike_local import ann
+    from lookalike_local.index import LocalIndex, LocalIndexOptions
+
+    home = tmp_path / "home"
+    write_deployment(home, {"defaults": {"embedder": {"name": "efficientnet-lite0"},
+                                         "search": {"name": "local", "options": {"ann_min_items": 5,
+                                                                                 "ann_rebuild_min": 1}}}})
+    env = {**cli_env(home, model_dir), "LOOKALIKE_INGEST_LEASE_S": str(LEASE_S)}
+    catalog = tmp_path / "catalog"
+    first = _write_catalog(catalog, 1)
+    args = ["ingest", str(catalog), "--collection", COLLECTION, "--tenant", "demo"]
+    result = lookalike(env, *args)
+    assert "approximate index built" in result.stdout, result.stdout + result.stderr
+    second = _write_catalog(catalog, 2)
+    code = _killed_ingest(env, [*args, "--update"], point, 1, seed=1)
+    assert code == -signal.SIGKILL, f"the kill point {point} was never reached"
+    check_store(home, {k: {first[k], second[k]} for k in first}, vectors, must_have=second)
+
+    def agree() -> None:
+        approximate = LocalIndex(LocalIndexOptions(path=home / "index.sqlite", ann_min_items=5))
+        exact = LocalIndex(LocalIndexOptions(path=home / "index.sqlite", ann_min_items=0))
+        files = [r[0] for r in approximate._db.execute("SELECT file FROM ann_snapshots")]
+        assert files and all((approximate.ann_dir / f).exists() for f in files)
+        for v in vectors.values():
+            got = approximate.search("demo", COLLECTION, VectorQuery(vector=v, limit=5))
+            want = exact.search("demo", COLLECTION, VectorQuery(vector=v, limit=5))
+            assert [h.id for h in got.hits] == [h.id for h in want.hits] and got.total == want.total == 12
+        referenced = set(files)
+        ann.sweep(approximate.ann_dir, referenced, older_than_s=0)
+        assert {p.name for p in approximate.ann_dir.glob("*.faiss")} == referenced
+
+    agree()
+    assert lookalike(env, *args, "--update").returncode == 0
+    agree()

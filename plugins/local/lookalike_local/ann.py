@@ -107,8 +107,9 @@ def build(path: Path, dimension: int, count: int, sample: Callable[[int], np.nda
         quantizer = faiss.IndexFlatIP(dimension)
         index = faiss.IndexIVFScalarQuantizer(quantizer, dimension, nlist, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 1  # a small space trains on what it has, silently
         train = sample(max(nlist * TRAIN_PER_LIST, min(count, 20_000)))
-        index.train(train if len(train) else np.zeros((1, dimension), dtype=np.float32))
+        index.train(train if len(train) else np.eye(1, dimension, dtype=np.float32))
         added = 0
         for pks, vectors in chunks:
             index.add_with_ids(vectors, pks)

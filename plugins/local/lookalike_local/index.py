@@ -508,7 +508,24 @@ class LocalIndex(SearchBackend):
                 return {}
             _, text_dim = self._dimensions(tenant, collection)
         spaces = ["image", *(TEXT_FIELDS if text_dim is not None else ())]
-        return {space: self._build(tenant, collection, space, wait=True) or 0 for space in spaces}
+        return {space: self._build(tenant, collection, space, wait=True) or 0 for space in spaces
+                if self._stale(tenant, collection, space)}
+
+    def _stale(self, tenant: str, collection: str, space: str) -> bool:
+        """Whether a space has no snapshot, or more writes and deletes since it than the
+        rebuild limit allows."""
+        with self._lock:
+            row = self._db.execute("SELECT revision, items FROM ann_snapshots"
+                                   " WHERE tenant = ? AND collection = ? AND space = ?",
+                                   (tenant, collection, space)).fetchone()
+            if row is None:
+                return True
+            where, _ = self._space_sql(space)
+            key = (tenant, collection)
+            written = self._db.execute(f"SELECT count(*) {where} AND i.vrev > ?", (*key, row[0])).fetchone()[0]
+            live = self._db.execute(f"SELECT count(*) {where}", key).fetchone()[0]
+        stale = written + max(0, int(row[1]) - (live - written))
+        return stale > max(self.options.ann_rebuild_min, self.options.ann_rebuild_fraction * int(row[1]))
 
     def _space_sql(self, space: str) -> tuple[str, str]:
         """(FROM ... WHERE clause over the space's vectors, the vector column) for ``space``."""
