@@ -99,11 +99,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(env: dict[str, str], stop_timeout: float = 30) -> Iterator[str]:
-    """`lookalike serve` on a free port, once it answers: yields its base URL."""
+def serving(env: dict[str, str], stop_timeout: float = 30, pid_out: dict | None = None) -> Iterator[str]:
+    """`lookalike serve` on a free port, once it answers: yields its base URL (and puts the
+    server's pid in ``pid_out``)."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port)], env=env,
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if pid_out is not None:
+        pid_out["pid"] = server.pid
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -168,6 +168,9 @@ def _session(path: Path, threads: int) -> object:
             if not path.exists():
                 build_onnx(path)
             opts = ort.SessionOptions()
+            # Server workers share the cores: an idle intra-op thread must sleep, not spin,
+            # or concurrent requests starve each other (bench/ann.py, 8 and 32 clients).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if threads:
                 opts.intra_op_num_threads = threads

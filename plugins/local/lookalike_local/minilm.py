@@ -114,6 +114,9 @@ def _load(model_dir: Path, threads: int) -> tuple[Any, Any]:
             if not (model_dir / ONNX_NAME).exists() or not (model_dir / TOKENIZER_NAME).exists():
                 build_onnx(model_dir)
             opts = ort.SessionOptions()
+            # Server workers share the cores: an idle intra-op thread must sleep, not spin,
+            # or concurrent requests starve each other (bench/ann.py, 8 and 32 clients).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if threads:
                 opts.intra_op_num_threads = threads
                 opts.inter_op_num_threads = 1
