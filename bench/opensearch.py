@@ -96,7 +96,9 @@ def main() -> None:
     options = {"url": url, "refresh": "false", "hnsw_m": args.m, "ef_construction": args.ef_construction,
                "timeout_seconds": 120, "index_prefix": "bench"}
     write_config = lambda ef: (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {  # noqa: E731
-        "bench": {"api_keys": [{"sha256": hash_key(KEYS["bench"])}]},
+        # The reference is the embedded index's exact search, whatever the collection's size.
+        "bench": {"api_keys": [{"sha256": hash_key(KEYS["bench"])}],
+                  "search": {"name": "local", "options": {"ann_min_items": 0}}},
         "bench-os": {"api_keys": [{"sha256": hash_key(KEYS["bench-os"])}],
                      "search": {"name": "opensearch", "options": {**options, "ef_search": ef}}}}}))
     write_config(args.ef_search[0])
@@ -107,7 +109,7 @@ def main() -> None:
         model_id = EfficientNetLite0().model_id
         name = f"bench-{args.size}"
         t0 = time.perf_counter()
-        build_collection(home, name, args.size, ids, vectors, classes, model_id)
+        build_collection(home, name, args.size, ids, vectors, classes, model_id, approximate=False)
         local_build = time.perf_counter() - t0
         backend = OpenSearchBackend(OpenSearchOptions(**options))
         backend.create_collection("bench-os", CollectionSpec(name=name, model_id=model_id,

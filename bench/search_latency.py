@@ -74,7 +74,7 @@ def jittered_items(size: int, ids: list[str], vectors: np.ndarray, classes: list
 
 
 def build_collection(home: Path, name: str, size: int, ids: list[str], vectors: np.ndarray,
-                     classes: list[str], model_id: str) -> None:
+                     classes: list[str], model_id: str, approximate: bool = True) -> None:
     from lookalike.contracts import BackendContext, CollectionSpec
     from lookalike_local.index import LocalIndex
 
@@ -89,6 +89,8 @@ def build_collection(home: Path, name: str, size: int, ids: list[str], vectors: 
             index.upsert("bench", name, batch)
             batch = []
     index.upsert("bench", name, batch)
+    if approximate:
+        index.optimize("bench", name)  # the approximate snapshot of a large collection, as ingest builds it
     index.close()
 
 

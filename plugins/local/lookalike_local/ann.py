@@ -137,9 +137,13 @@ def search(snapshot: Snapshot, delta: Delta | None, query: np.ndarray, k: int, n
     q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
     params = faiss.SearchParametersIVF()
     params.nprobe = max(1, min(nprobe, snapshot.index.nlist))
-    selector = None
-    if allowed is not None:
-        selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
+    selector = bits = None
+    if allowed is not None:  # a bitmap over the pks: one bit test per entry the scan visits
+        size = int(allowed.max()) + 1 if len(allowed) else 1
+        mask = np.zeros(size, dtype=bool)
+        mask[allowed] = True
+        bits = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # n counts bytes
         params.sel = selector
     found: list[np.ndarray] = []
     for index in (snapshot.index, delta.index if delta is not None and delta.index.ntotal else None):
@@ -150,7 +154,7 @@ def search(snapshot: Snapshot, delta: Delta | None, query: np.ndarray, k: int, n
         if index is snapshot.index and delta is not None and delta.pks:
             ids = ids[[pk not in delta.pks for pk in ids.tolist()]]
         found.append(ids)
-    del selector
+    del selector, bits
     return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 

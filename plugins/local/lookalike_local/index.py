@@ -64,9 +64,9 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS item_fields (
     pk INTEGER NOT NULL, tenant TEXT NOT NULL, collection TEXT NOT NULL, key TEXT NOT NULL,
     text TEXT, num REAL, flag INTEGER);
-CREATE INDEX IF NOT EXISTS item_fields_text ON item_fields (tenant, collection, key, text) WHERE text IS NOT NULL;
-CREATE INDEX IF NOT EXISTS item_fields_num ON item_fields (tenant, collection, key, num) WHERE num IS NOT NULL;
-CREATE INDEX IF NOT EXISTS item_fields_flag ON item_fields (tenant, collection, key, flag) WHERE flag IS NOT NULL;
+CREATE INDEX IF NOT EXISTS item_fields_text ON item_fields (tenant, collection, key, text, pk) WHERE text IS NOT NULL;
+CREATE INDEX IF NOT EXISTS item_fields_num ON item_fields (tenant, collection, key, num, pk) WHERE num IS NOT NULL;
+CREATE INDEX IF NOT EXISTS item_fields_flag ON item_fields (tenant, collection, key, flag, pk) WHERE flag IS NOT NULL;
 CREATE INDEX IF NOT EXISTS item_fields_pk ON item_fields (pk);
 -- The approximate index files in force, one per collection and vector space ('image', or a
 -- caption/prompt field), each covering the vectors written up to its revision.
@@ -96,7 +96,8 @@ class LocalIndexOptions(BaseModel):
     # Collections with at least this many items are searched approximately (bench/ann.py
     # measured the switch-over); 0 turns the approximate index off.
     ann_min_items: int = Field(default=20_000, ge=0)
-    ann_nprobe: int = Field(default=16, ge=1, le=4096)  # IVF lists visited per query
+    # IVF lists visited per query; a filter that passes a share s of the items visits nprobe / sqrt(s).
+    ann_nprobe: int = Field(default=32, ge=1, le=4096)
     ann_candidates: int = Field(default=4, ge=1, le=64)  # candidates rescored per result wanted
     # Rebuild a snapshot once the writes and deletes since it pass this share of it (or 5,000).
     ann_rebuild_fraction: float = Field(default=0.1, gt=0, le=10)
@@ -535,15 +536,21 @@ class LocalIndex(SearchBackend):
         return ("FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE i.tenant = ? AND i.collection = ?"
                 f" AND t.field = '{space}'"), "t.vector"
 
-    def _build(self, tenant: str, collection: str, space: str, wait: bool) -> int | None:
+    def _build(self, tenant: str, collection: str, space: str, wait: bool, first: bool = False) -> int | None:
         """Build and record a snapshot of one space from its own connection; None when another
-        process holds the build lock (and ``wait`` is off) or the collection went away."""
+        process holds the build lock (and ``wait`` is off) or the collection went away. With
+        ``first``, a snapshot another process built while this one waited is kept."""
         lock = self.ann_dir / f".{_digest(tenant, collection, space)}.lock"
         with ann.build_lock(lock, wait) as taken:
             if not taken:
                 return None
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             try:
+                if first:
+                    built = db.execute("SELECT items FROM ann_snapshots WHERE tenant = ? AND collection = ?"
+                                       " AND space = ?", (tenant, collection, space)).fetchone()
+                    if built is not None:
+                        return int(built[0])
                 db.execute("BEGIN")  # one snapshot of the database for the whole build
                 row = db.execute("SELECT revision, dimension, text_dimension, created_at FROM collections"
                                  " WHERE tenant = ? AND name = ?", (tenant, collection)).fetchone()
@@ -612,7 +619,7 @@ class LocalIndex(SearchBackend):
         row = self._db.execute("SELECT file, revision, items FROM ann_snapshots"
                                " WHERE tenant = ? AND collection = ? AND space = ?", key).fetchone()
         if row is None:
-            if self._build(tenant, collection, space, wait=True) is None:
+            if self._build(tenant, collection, space, wait=True, first=True) is None:
                 return None
             # The search's transaction predates the new row: read it on a fresh one.
             with sqlite3.connect(self.path, timeout=30) as fresh:
@@ -669,8 +676,8 @@ class LocalIndex(SearchBackend):
                 if state is None:
                     continue
                 nprobe = self.options.ann_nprobe
-                if allowed is not None:  # a selective filter visits more lists, up to all
-                    nprobe = math.ceil(nprobe * count / len(allowed))
+                if allowed is not None:  # a selective filter visits more lists, up to all (bench/ann.py)
+                    nprobe = math.ceil(nprobe * math.sqrt(count / len(allowed)))
                 found.append(ann.search(state.snapshot, state.delta, q, k, nprobe, allowed))
             candidates = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
             scored = self._rescore(tenant, collection, spaces, candidates, q)
@@ -706,14 +713,15 @@ class LocalIndex(SearchBackend):
             part = pks[start:start + 900].tolist()
             marks = ",".join("?" * len(part))
             if spaces == ("image",):
-                rows = self._db.execute(f"SELECT id, vector FROM items WHERE tenant = ? AND collection = ?"
-                                        f" AND pk IN ({marks})", (tenant, collection, *part)).fetchall()
+                # "+": look the pks up by rowid, never by scanning the (tenant, collection) index.
+                rows = self._db.execute(f"SELECT id, vector FROM items WHERE pk IN ({marks})"
+                                        " AND +tenant = ? AND +collection = ?", (*part, tenant, collection)).fetchall()
             else:
                 fields = ",".join("?" * len(spaces))
                 rows = self._db.execute(
-                    f"SELECT i.id, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE i.tenant = ?"
-                    f" AND i.collection = ? AND t.pk IN ({marks}) AND t.field IN ({fields})",
-                    (tenant, collection, *part, *spaces)).fetchall()
+                    f"SELECT i.id, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE t.pk IN ({marks})"
+                    f" AND t.field IN ({fields}) AND +i.tenant = ? AND +i.collection = ?",
+                    (*part, *spaces, tenant, collection)).fetchall()
             if not rows:
                 continue
             matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
@@ -733,6 +741,8 @@ class LocalIndex(SearchBackend):
         """The ``id`` (or ``pk``) of every item that passes ``node``, from the field index."""
         params: list[Any] = []
         sets = _compile(node, tenant, collection, params)
+        if column == "pk":
+            return [r[0] for r in self._db.execute(sets, params)]
         return [r[0] for r in self._db.execute(f"SELECT items.{column} FROM items WHERE items.pk IN ({sets})",
                                                 params)]
 
