@@ -93,8 +93,8 @@ _INFO_SQL = ("SELECT name, model_id, dimension, settings, status, created_at, {c
 class LocalIndexOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: Path | None = None  # defaults to <home>/index.sqlite
-    # Collections with at least this many items are searched approximately (bench/ann.py
-    # measured the switch-over); 0 turns the approximate index off.
+    # Collections with at least this many items are searched approximately: the two paths
+    # cost the same there (2.3 ms, bench/ann_choice.py); 0 turns the approximate index off.
     ann_min_items: int = Field(default=20_000, ge=0)
     # IVF lists visited per query; a filter that passes a share s of the items visits nprobe / sqrt(s).
     ann_nprobe: int = Field(default=32, ge=1, le=4096)
