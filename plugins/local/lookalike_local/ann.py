@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import math
 import os
 import time
@@ -39,6 +40,15 @@ import numpy as np
 
 CHUNK = 20_000  # vectors read from SQLite per add while building
 TRAIN_PER_LIST = 40  # faiss's k-means wants at least 39 points per list
+
+
+def available() -> bool:
+    """Whether faiss is installed. The Lambda layer leaves it out (66 MB, and a function's
+    local index is small); without it every collection is searched exactly."""
+    return importlib.util.find_spec("faiss") is not None
+
+
+AVAILABLE = available()
 
 
 def _faiss() -> Any:

@@ -499,7 +499,8 @@ class LocalIndex(SearchBackend):
 
     def _approximate(self, tenant: str, collection: str) -> bool:
         minimum = self.options.ann_min_items
-        return bool(minimum) and self._count(tenant, collection, self._revision(tenant, collection)) >= minimum
+        return (bool(minimum) and ann.AVAILABLE
+                and self._count(tenant, collection, self._revision(tenant, collection)) >= minimum)
 
     def optimize(self, tenant: str, collection: str) -> dict[str, int]:
         """Build the approximate snapshots of a large collection now (``lookalike ingest``
