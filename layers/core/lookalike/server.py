@@ -614,4 +614,7 @@ class LocalServer:
         while self._busy() and time.monotonic() < deadline:
             time.sleep(0.05)
         # Closing every channel (in the loop's own thread) empties the map, which ends run().
-        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
+        try:
+            self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
+        except OSError:
+            pass  # the loop already ended and closed its trigger: nothing is left to close
