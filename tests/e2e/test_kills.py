@@ -94,12 +94,21 @@ def check_store(home: Path, allowed: dict[str, set[str]], vectors: dict[str, np.
 def stray_files(home: Path) -> list[str]:
     """Images no item refers to, and temporary files."""
     db = sqlite3.connect(home / "index.sqlite")
-    referenced = {r[0] for r in db.execute("SELECT image_key FROM items")}
+    referenced = {k for r in db.execute("SELECT image_key FROM items") for k in (r[0], r[0] + ".features")}
     db.close()
     blobs = FilesystemBlobStore(FilesystemOptions(root=home / "blobs"), BackendContext(home=home))
     orphans = [k for k, _ in blobs.list_keys("demo/") if "/images/" in k and k not in referenced]
     temporaries = [str(p) for p in (home / "blobs").rglob(".tmp-*")]
     return orphans + temporaries
+
+
+def missing_features(home: Path) -> list[str]:
+    """Items whose photo's local features (for re-ranking) are not stored beside it."""
+    db = sqlite3.connect(home / "index.sqlite")
+    keys = [r[0] for r in db.execute("SELECT image_key FROM items")]
+    db.close()
+    blobs = FilesystemBlobStore(FilesystemOptions(root=home / "blobs"), BackendContext(home=home))
+    return [k for k in keys if not blobs.exists(k + ".features")]
 
 
 def status(env: dict[str, str]) -> str:
@@ -152,7 +161,7 @@ def test_killed_ingest_leaves_nothing_torn(tmp_path: Path, model_dir: Path, vect
     assert status(env) == "READY"  # by itself, with no rerun
     result = lookalike(env, "repair", "--older-than", "0")
     assert result.returncode == 0, result.stderr
-    assert stray_files(home) == []
+    assert stray_files(home) == [] and missing_features(home) == []
 
     # Rerunning the same command completes the job.
     assert lookalike(env, *args).returncode == 0

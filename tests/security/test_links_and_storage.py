@@ -84,7 +84,8 @@ def test_deleting_a_collection_removes_its_images(site: str) -> None:
                          files={"image": ("p.jpg", photo.read_bytes(), "image/jpeg")})
         assert r.status_code == 200
     folder = Path(os.environ["LOOKALIKE_HOME"]) / "blobs" / DEMO.name / "collections" / "short-lived"
-    assert len([p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".meta.json")]) == 3
+    stored = [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".meta.json")]
+    assert len(stored) == 6 and sum(p.name.endswith(".features") for p in stored) == 3  # photos + features
     assert requests.delete(f"{site}/v1/collections/short-lived", headers=V1, timeout=30).status_code == 200
     assert not folder.exists()
     assert not list((Path(os.environ["LOOKALIKE_HOME"]) / "blobs").glob(".trash-*"))

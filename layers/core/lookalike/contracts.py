@@ -112,6 +112,8 @@ class Hit:
     score: float  # cosine similarity, higher is closer
     metadata: Mapping[str, Any]
     image_key: str | None
+    inliers: int | None = None  # geometric verification, when the search re-ranked (lookalike.geometry)
+    exact_match: bool = False  # the re-ranking verified this hit as a copy of the query photo
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,8 @@ class SearchOptions(Strict):
     offset: int = Field(default=0, ge=0, le=10_000)
     filter: dict[str, Any] | None = None
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
+    rerank: bool = Field(default=False, description=(
+        "verify the best 20 hits by local features and put copies of the query photo first (slower)"))
     threshold: int | None = Field(default=None, ge=0, le=len(CUTOFFS) - 1, description=(
         "group near-identical hits on the page (the Visual Layer threshold: 0 only copies, 4 close variants)"))
 
@@ -156,6 +158,10 @@ class HitOut(BaseModel):
     full_image_url: str = Field(description="a signed, expiring link to the image, for <img src>")
     cluster: str | None = Field(default=None, description="with threshold: the id of the hit leading its group")
     cluster_size: int | None = Field(default=None, description="with threshold: hits in its group on this page")
+    inliers: int | None = Field(default=None, description=(
+        "with rerank: keypoints of the query photo that agree on one geometry with this hit's"))
+    exact_match: bool | None = Field(default=None, description=(
+        "with rerank: the hit is verified as the query photo's original (cropped, turned, re-encoded), ranked first"))
 
 
 class SearchResponse(BaseModel):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from lookalike import images, media
+from lookalike import geometry, images, media
 from lookalike.clustering import Cluster, cluster
 from lookalike.config import (
     BackendChoice,
@@ -69,6 +69,7 @@ ITEM_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,255}$"
 _ITEM_ID = re.compile(ITEM_ID_PATTERN)
 _ANCHOR_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_METADATA_BYTES = 16 * 1024
+RERANK_DEPTH = 20  # hits a re-ranking search verifies by local features (bench/rerank.py)
 MAX_METADATA_KEYS = 64
 MAX_FAILURES_KEPT = 50
 _FAILURES_LOCK = threading.Lock()  # an SQS batch notes its records' failures from several threads
@@ -376,6 +377,25 @@ class TenantService:
         return self.embedder.embed_images([self.decode(data).image])[0]
 
     def query_vector(self, collection: str, ref: ImageRef) -> np.ndarray:
+        return self._query(collection, ref)[0]
+
+    def _query(self, collection: str, ref: ImageRef, want_image: bool = False) -> tuple[np.ndarray, Image.Image | None]:
+        """The query's vector and, when ``want_image``, its photo (for re-ranking)."""
+        kind = ref.kind()
+        if want_image and kind in ("anchor_id", "item_id"):
+            vector = self._query(collection, ref)[0]
+            if kind == "anchor_id":
+                data = self.blobs.get(self._anchor_key(ref.anchor_id or "")).data
+            else:
+                data, _ = self.item_image(collection, ref.item_id or "")
+            return vector, self.decode(data).image
+        if kind in ("anchor_id", "item_id"):
+            return self._query_stored(collection, ref), None
+        data, _ = self.image_bytes(ref, collection)
+        image = self.decode(data).image
+        return self.embedder.embed_images([image])[0], image
+
+    def _query_stored(self, collection: str, ref: ImageRef) -> np.ndarray:
         kind = ref.kind()
         if kind == "anchor_id":
             anchor, vector = self._load_anchor(ref.anchor_id or "")
@@ -387,8 +407,7 @@ class TenantService:
             if item is None:
                 raise NotFound("Item not found")
             return item.vector
-        data, _ = self.image_bytes(ref, collection)
-        return self.embedder.embed_images([self.decode(data).image])[0]
+        raise AssertionError(kind)
 
     # ------------------------------------------------------------ anchors
 
@@ -524,11 +543,17 @@ class TenantService:
             for item, (item_id, data, decoded, _, _) in zip(items, rows, strict=True):
                 self.blobs.put(item.image_key or "", data, decoded.mime, {"item_id": item_id})
                 written.append(item.image_key or "")
+                if geometry.available():  # the photo's local features, for re-ranking searches
+                    key = geometry.features_key(item.image_key or "")
+                    self.blobs.put(key, geometry.dumps(geometry.extract(decoded.image)), "application/octet-stream",
+                                   {"item_id": item_id})
+                    written.append(key)
             self.search_backend.upsert(self.id, collection, items)
         except BaseException:
             self._delete_blobs(written)  # nothing refers to them
             raise
-        self._delete_blobs([key for key in previous.values() if key and key not in written])
+        self._delete_blobs([k for key in previous.values() if key and key not in written
+                            for k in (key, geometry.features_key(key))])
         return items
 
     def _delete_blobs(self, keys: Iterable[str]) -> None:
@@ -553,7 +578,8 @@ class TenantService:
                 continue
             item_id = key[len(prefix):].rpartition("/")[0]
             item = self.search_backend.get_item(self.id, collection, item_id) if _ITEM_ID.match(item_id) else None
-            if item is None or item.image_key != key:
+            photo = key.removesuffix(geometry.features_key(""))  # a photo's features go with it
+            if item is None or item.image_key != photo:
                 self.blobs.delete(key)
                 removed += 1
         return removed
@@ -592,7 +618,7 @@ class TenantService:
         item = self.search_backend.get_item(self.id, collection, check_item_id(item_id))
         removed = self.search_backend.delete(self.id, collection, [item_id]) > 0
         if item is not None and item.image_key:
-            self._delete_blobs([item.image_key])
+            self._delete_blobs([item.image_key, geometry.features_key(item.image_key)])
         return removed
 
     def media_url(self, base: str, collection: str, item: Hit | Item, size: media.Size = "full") -> str:
@@ -624,23 +650,64 @@ class TenantService:
     # ------------------------------------------------------------ search
 
     def search(self, collection: str, ref: ImageRef, *, limit: int = 10, offset: int = 0,
-               filter: Filter | None = None, min_score: float | None = None) -> SearchPage:
+               filter: Filter | None = None, min_score: float | None = None, rerank: bool = False) -> SearchPage:
         return self.search_with_vector(collection, ref, limit=limit, offset=offset, filter=filter,
-                                       min_score=min_score)[0]
+                                       min_score=min_score, rerank=rerank)[0]
 
     def search_with_vector(self, collection: str, ref: ImageRef, *, limit: int = 10, offset: int = 0,
                            filter: Filter | None = None, min_score: float | None = None,
-                           max_limit: int | None = None) -> tuple[SearchPage, np.ndarray]:
+                           max_limit: int | None = None, rerank: bool = False) -> tuple[SearchPage, np.ndarray]:
         """The page and the query vector (for callers that post-process hits, e.g. clustering,
-        which may allow themselves a larger ``max_limit`` than a client's page)."""
+        which may allow themselves a larger ``max_limit`` than a client's page).
+
+        ``rerank`` verifies the best ``RERANK_DEPTH`` hits by local features
+        (``lookalike.geometry``): verified near-duplicates move first, most inliers first, and
+        every hit keeps its cosine ``score`` (so ``min_score`` means what it meant)."""
         self._searchable(collection)
         self._check_page(limit, offset, max_limit)
-        vector = self.query_vector(collection, ref)
+        rerank = rerank and geometry.available()
+        vector, image = self._query(collection, ref, want_image=rerank)
         # "More like this" should not return the item itself.
         exclude = frozenset([ref.item_id]) if ref.item_id else frozenset()
+        depth = max(RERANK_DEPTH, offset + limit) if rerank else limit
         page = self.search_backend.search(self.id, collection, VectorQuery(
-            vector=vector, limit=limit, offset=offset, filter=filter, min_score=min_score, exclude_ids=exclude))
+            vector=vector, limit=depth, offset=0 if rerank else offset, filter=filter, min_score=min_score,
+            exclude_ids=exclude))
+        if rerank and image is not None:
+            hits = self._verified(collection, page.hits, geometry.extract(image))
+            page = SearchPage(hits=hits[offset:offset + limit], total=page.total)
         return page, vector
+
+    def _verified(self, collection: str, hits: Sequence[Hit], query: geometry.Features) -> list[Hit]:
+        """``hits`` with the first RERANK_DEPTH counted by inliers: the one verified original
+        (``geometry.verified``), if any, moves first; the rest keep their order."""
+        checked = [replace(h, inliers=geometry.inliers(query, self._features(collection, h)))
+                   for h in hits[:RERANK_DEPTH]]
+        best = geometry.verified([h.inliers or 0 for h in checked])
+        if best is not None:
+            checked.insert(0, replace(checked.pop(best), exact_match=True))
+        return [*checked, *hits[RERANK_DEPTH:]]
+
+    def _features(self, collection: str, hit: Hit) -> geometry.Features:
+        """A catalog photo's stored features; computed from the photo (and stored) when it
+        was ingested before features were."""
+        if not hit.image_key:
+            return geometry.Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+        key = geometry.features_key(hit.image_key)
+        try:
+            return geometry.loads(self.blobs.get(key).data)
+        except (NotFound, ValueError):
+            pass
+        try:
+            photo = self.decode(self.blobs.get(hit.image_key).data).image
+        except (NotFound, BadRequest):
+            return geometry.Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+        features = geometry.extract(photo)
+        try:
+            self.blobs.put(key, geometry.dumps(features), "application/octet-stream", {"item_id": hit.id})
+        except LookalikeError:
+            logger.warning("could not store an item's features", extra={"error_type": "blob"})
+        return features
 
     def cluster_hits(self, collection: str, hits: Sequence[Hit], threshold: int) -> list[Cluster]:
         """Group ranked ``hits`` of near-identical images by their stored vectors (threshold 0-4)."""

@@ -64,6 +64,7 @@ embedding = Router()  # embed function
 FORM_JSON_FIELDS = ("filter", "metadata", "bounding_box")
 FORM_INT_FIELDS = ("limit", "offset", "dimension", "threshold")
 FORM_FLOAT_FIELDS = ("min_score",)
+FORM_BOOL_FIELDS = ("rerank",)
 
 
 def _image_request(event: Any) -> tuple[dict[str, Any], ImageRef | None]:
@@ -80,6 +81,10 @@ def _image_request(event: Any) -> tuple[dict[str, Any], ImageRef | None]:
                     data[name] = int(value)
                 elif name in FORM_FLOAT_FIELDS:
                     data[name] = float(value)
+                elif name in FORM_BOOL_FIELDS:
+                    if value.lower() not in ("true", "false"):
+                        raise ValueError(value)
+                    data[name] = value.lower() == "true"
                 else:
                     data[name] = value
             except ValueError:
@@ -104,7 +109,8 @@ def _hit(tenant: TenantService, collection: str, hit: Hit, base: str) -> HitOut:
     return HitOut(id=hit.id, score=round(hit.score, 6), metadata=dict(hit.metadata),
                   image_url=image_path(collection, hit.id),
                   thumbnail_url=tenant.media_url(base, collection, hit, "thumb"),
-                  full_image_url=tenant.media_url(base, collection, hit, "full"))
+                  full_image_url=tenant.media_url(base, collection, hit, "full"),
+                  inliers=hit.inliers, exact_match=None if hit.inliers is None else hit.exact_match)
 
 
 def _page(tenant: TenantService, collection: str, page: SearchPage, options: SearchOptions | TextSearchRequest,
@@ -245,7 +251,7 @@ def search_by_image(collection: str) -> SearchResponse:
     data, upload = _image_request(search.current_event)
     body: SearchOptions = validate(SearchOptions if upload is not None else SearchRequest, data)
     page = tenant.search(collection, _ref(body, upload), limit=body.limit, offset=body.offset,
-                         filter=filters.from_json(body.filter), min_score=body.min_score)
+                         filter=filters.from_json(body.filter), min_score=body.min_score, rerank=body.rerank)
     return _page(tenant, collection, page, body, search.current_event, started)
 
 

@@ -1,0 +1,120 @@
+"""Near-duplicate verification by local features: "is this the same product photo?".
+
+A global embedding ranks a cropped or rotated copy of a catalog photo high but not always
+first. Local features settle it: ORB keypoints (FAST corners, rotated BRIEF descriptors,
+500 on a 512 px side), matched with Lowe's ratio test, then a RANSAC fit of one similarity
+transform (rotation, scale, shift: what cropping and turning a photo do). The inliers of
+that fit count the keypoints that agree on one geometry. Unrelated photos share a few, up to
+about twenty, so a candidate is verified only when it clears a floor and dominates the rest.
+
+ORB, not SIFT or RootSIFT, by measurement (150 catalog photos, a half-side off-centre crop
+and a 20 degree turn, 20 global candidates): the same recall@1 after re-ranking (0.893 /
+0.993 for ORB against 0.900 / 0.993 for RootSIFT) with extraction at 2.4 ms against 21 ms,
+which keeps ingest at the model's speed.
+
+The catalog side is computed once, at ingest, and stored beside the photo in the blob store
+(``features_key``), so every search backend gets it; a query pays for its own features and
+the matching. OpenCV is imported on first use; where it is not installed (the Lambda layer
+leaves its 150 MB out) ``available()`` is False and nothing is verified.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+KEYPOINTS = 500
+SIDE = 512  # the longest side features are taken at
+RATIO = 0.8  # Lowe's ratio test
+REPROJECTION_PX = 5.0  # RANSAC: a match within this of the fitted transform is an inlier
+# The candidate with the most inliers is the query's original when it has at least
+# MIN_INLIERS and DOMINANCE times the runner-up's: unrelated photos share up to about 20
+# spurious inliers with a query, but then so do the others (tests/e2e/test_seed_surfaces.py).
+MIN_INLIERS = 10
+DOMINANCE = 1.5
+_MAGIC = b"LKF1"
+
+
+@dataclass(frozen=True)
+class Features:
+    points: np.ndarray  # (n, 2) float32, pixels at SIDE scale
+    descriptors: np.ndarray  # (n, 32) uint8, ORB
+
+
+def available() -> bool:
+    return importlib.util.find_spec("cv2") is not None
+
+
+@cache
+def _cv() -> Any:
+    import cv2
+
+    cv2.setNumThreads(1)  # one request per worker process
+    return cv2
+
+
+def features_key(image_key: str) -> str:
+    """Where an item's features live: beside its photo, under the same version."""
+    return image_key + ".features"
+
+
+def extract(img: Image.Image) -> Features:
+    cv2 = _cv()
+    gray = np.asarray(img.convert("L"))
+    # Every photo at one scale: a shopper's crop is enlarged like the catalog photo is shrunk,
+    # so both offer corners at comparable sizes.
+    scale = SIDE / max(gray.shape)
+    if scale != 1:
+        gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    orb = cv2.ORB_create(nfeatures=KEYPOINTS, fastThreshold=10)
+    keypoints, descriptors = orb.detectAndCompute(gray, None)
+    if descriptors is None:
+        return Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+    return Features(np.float32([k.pt for k in keypoints]), descriptors.astype(np.uint8))
+
+
+def dumps(f: Features) -> bytes:
+    n = len(f.descriptors)
+    return _MAGIC + struct.pack("<H", n) + f.points.astype(np.float16).tobytes() + f.descriptors.tobytes()
+
+
+def loads(data: bytes) -> Features:
+    if data[:4] != _MAGIC:
+        raise ValueError("not a features blob")
+    (n,) = struct.unpack("<H", data[4:6])
+    points = np.frombuffer(data, dtype=np.float16, count=2 * n, offset=6).reshape(n, 2).astype(np.float32)
+    descriptors = np.frombuffer(data, dtype=np.uint8, count=32 * n, offset=6 + 4 * n).reshape(n, 32)
+    return Features(points, descriptors)
+
+
+def inliers(query: Features, candidate: Features) -> int:
+    """Keypoints of ``query`` that map onto ``candidate`` by one similarity transform."""
+    if len(query.descriptors) < 5 or len(candidate.descriptors) < 5:
+        return 0
+    cv2 = _cv()
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query.descriptors, candidate.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < 6:
+        return 0
+    src = query.points[[g.queryIdx for g in good]]
+    dst = candidate.points[[g.trainIdx for g in good]]
+    _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX)
+    return int(mask.sum()) if mask is not None else 0
+
+
+def verified(counts: list[int]) -> int | None:
+    """The index of the one verified candidate among ``counts`` (inliers each), or None."""
+    if not counts:
+        return None
+    best = max(range(len(counts)), key=counts.__getitem__)
+    runner_up = max((c for n, c in enumerate(counts) if n != best), default=0)
+    if counts[best] >= MIN_INLIERS and counts[best] >= DOMINANCE * runner_up:
+        return best
+    return None
