@@ -98,6 +98,7 @@ def test_search_by_photo_filter_page_and_more_like_this(site: str, page: sync_ap
     scores = [float(r["score"].split()[1]) for r in first]
     assert scores == sorted(scores, reverse=True)
     assert all(r["alt"] for r in results(page)), "every thumbnail has alt text"
+    sync_api.expect(page.locator("#results .badge.exact")).to_have_count(0)  # another product: no copy of it
     for img in page.locator("#results img").all():  # the signed thumbnail links really load
         sync_api.expect(img).to_have_js_property("complete", True)
         assert img.evaluate("i => i.naturalWidth") > 0
@@ -138,6 +139,21 @@ def test_search_by_photo_filter_page_and_more_like_this(site: str, page: sync_ap
     # The key stays in session storage and travels only in headers.
     assert page.evaluate("sessionStorage.getItem('lookalike.key')") == KEY
     assert not [u for u in page.requested if KEY in u]  # type: ignore[attr-defined]
+
+
+def test_a_turned_copy_of_a_catalog_photo_shows_as_the_exact_match(site: str, page: sync_api.Page,
+                                                                      tmp_path: Path) -> None:
+    from PIL import Image
+
+    original = sorted((FIXTURES / "images" / "hat").glob("*.jpg"))[0]
+    turned = tmp_path / "my-photo.jpg"
+    Image.open(original).convert("RGB").rotate(20, expand=True, fillcolor=(255, 255, 255)).save(turned, quality=80)
+    sign_in(page, site)
+    page.locator("#file-input").set_input_files(str(turned))
+    exact = page.locator("#results .card").first.locator(".badge.exact")
+    sync_api.expect(exact).to_have_text("exact match")
+    assert original.stem in page.locator("#results .card").first.locator(".id").text_content()
+    sync_api.expect(page.locator("#results .badge.exact")).to_have_count(1)
 
 
 def test_text_search_and_region(site: str, page: sync_api.Page) -> None:

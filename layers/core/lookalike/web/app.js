@@ -229,8 +229,10 @@ async function runSearch(offset, restaged = false) {
       page = await api("POST", `${base}/search/text`,
         { query: state.query.text, fields: state.query.fields, ...paging });
     } else {
+      // A photo's search is re-ranked: a shopper's crop or turn of a catalog photo comes first.
       page = await api("POST", `${base}/search`,
-        { ...state.query, ...paging, threshold: group === "" ? undefined : Number(group) });
+        { ...state.query, ...paging, rerank: state.query.anchor_id !== undefined,
+          threshold: group === "" ? undefined : Number(group) });
     }
     say("");
     renderResults(page);
@@ -267,7 +269,8 @@ function renderResults(page) {
         el("div", { class: "id", text: hit.id }),
         el("div", { class: "score", text: `score ${hit.score.toFixed(3)}` }),
         tags(hit) ? el("div", { class: "tags", text: tags(hit) }) : null)),
-      stacked ? el("span", { class: "badge", text: `${members.length} similar` }) : null);
+      stacked ? el("span", { class: "badge", text: `${members.length} similar` }) : null,
+      hit.exact_match ? el("span", { class: "badge exact", text: "exact match" }) : null);
   }));
   const pages = Math.max(1, Math.ceil(page.total / page.limit));
   const current = Math.floor(page.offset / page.limit) + 1;
