@@ -168,3 +168,23 @@ def test_reopening_maps_the_recorded_snapshot_and_sweeps_orphans(tmp_path: Path,
     assert time.perf_counter() - started < 5  # mapped, not rebuilt
     assert _ids(got) == _ids(approximate.search("t", "c", VectorQuery(vector=q, limit=10)))
     assert reopened._db.execute("SELECT count(*) FROM ann_snapshots").fetchone()[0] == 3  # image, caption, prompt
+
+
+def test_a_large_collection_without_a_snapshot_is_built_in_the_background(
+        tmp_path: Path, data: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the size a request can wait for, the first search answers 503 "retry" and the
+    snapshot is built beside it; the next searches use it."""
+    from lookalike.errors import BackendUnavailable
+    from lookalike_local import index as index_module
+
+    monkeypatch.setattr(index_module, "SYNC_BUILD_MAX", 1000)
+    big = LocalIndex(LocalIndexOptions(path=tmp_path / "i.sqlite", ann_min_items=1000))
+    big.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM))
+    big.upsert("t", "c", [Item(f"i{n:05d}", data["vectors"][n]) for n in range(3000)])
+    q = data["queries"][0]
+    with pytest.raises(BackendUnavailable, match="retry"):
+        big.search("t", "c", VectorQuery(vector=q, limit=5))
+    deadline = time.monotonic() + 60
+    while big._building and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(big.search("t", "c", VectorQuery(vector=q, limit=5)).hits) == 5

@@ -41,7 +41,7 @@ from lookalike.contracts import (
     TextQuery,
     VectorQuery,
 )
-from lookalike.errors import BadRequest, Conflict, NotFound
+from lookalike.errors import BackendUnavailable, BadRequest, Conflict, NotFound
 from lookalike.filters import And, Filter, Not, Or, Range, Term, as_number
 from lookalike.ranking import top_k
 from lookalike_local import ann
@@ -88,6 +88,11 @@ _MIGRATIONS = (
 _COUNT_SQL = "(SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name)"
 _INFO_SQL = ("SELECT name, model_id, dimension, settings, status, created_at, {count},"
              " text_model_id, text_dimension, revision FROM collections c")
+
+
+# A first snapshot of a collection larger than this is built in the background, not inside
+# the search that needs it (1M items take about a minute; a request has 30 s).
+SYNC_BUILD_MAX = 200_000
 
 
 class LocalIndexOptions(BaseModel):
@@ -620,6 +625,11 @@ class LocalIndex(SearchBackend):
         row = self._db.execute("SELECT file, revision, items FROM ann_snapshots"
                                " WHERE tenant = ? AND collection = ? AND space = ?", key).fetchone()
         if row is None:
+            if self._count(tenant, collection, self._revision(tenant, collection)) > SYNC_BUILD_MAX:
+                # Too long to build inside a request (a worker is stopped at its timeout and
+                # would start over): build in the background, and ask the caller to come back.
+                self._rebuild_in_background(key)
+                raise BackendUnavailable("this collection's search index is being built; retry in a minute")
             if self._build(tenant, collection, space, wait=True, first=True) is None:
                 return None
             # The search's transaction predates the new row: read it on a fresh one.
@@ -646,17 +656,22 @@ class LocalIndex(SearchBackend):
         count = self._count(tenant, collection, revision)
         stale = len(state.delta.pks) + max(0, state.snapshot.count - (count - len(state.delta.pks)))
         limit = max(self.options.ann_rebuild_min, self.options.ann_rebuild_fraction * state.snapshot.count)
-        if stale > limit and key not in self._building:
-            self._building.add(key)
-
-            def rebuild() -> None:
-                try:
-                    self._build(tenant, collection, space, wait=False)
-                finally:
-                    self._building.discard(key)
-
-            threading.Thread(target=rebuild, daemon=True, name="lookalike-ann-build").start()
+        if stale > limit:
+            self._rebuild_in_background(key)
         return state
+
+    def _rebuild_in_background(self, key: tuple[str, str, str]) -> None:
+        if key in self._building:
+            return
+        self._building.add(key)
+
+        def rebuild() -> None:
+            try:
+                self._build(*key, wait=False)
+            finally:
+                self._building.discard(key)
+
+        threading.Thread(target=rebuild, daemon=True, name="lookalike-ann-build").start()
 
     def _ann_search(self, tenant: str, collection: str, spaces: tuple[str, ...], q: np.ndarray,
                     node: Filter | None, min_score: float | None, exclude: frozenset[str], limit: int,
