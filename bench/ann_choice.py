@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_latency import DATA, RESULTS, catalog_vectors, percentile
+from search_latency import DATA, RESULTS, bench_tenant, catalog_vectors, percentile
 
 CANDIDATES = 100
 
@@ -140,14 +140,8 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"benchmark photos not found at {DATA}")
-    home = Path(tempfile.mkdtemp(prefix="lookalike-choice-"))
-    (home / "config.yaml").write_text("tenants: {bench: {}}\n")
-    os.environ["LOOKALIKE_HOME"] = str(home)
+    home, tenant = bench_tenant("lookalike-choice-")
     _, base, _ = catalog_vectors(home)
-    from lookalike.config import Settings
-    from lookalike.service import Lookalike
-
-    tenant = Lookalike(Settings(home=home)).tenant("bench")
     photos = sorted((DATA / "validation").rglob("*.jpg"))[: args.queries]
     queries = tenant.embedder.embed_images([tenant.decode(p.read_bytes()).image for p in photos])
     libs = libraries(dataset(args.items, base), queries)

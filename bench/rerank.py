@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_latency import DATA, RESULTS, percentile
+from search_latency import DATA, RESULTS, bench_tenant, percentile
 
 TRANSFORMS = ("crop_half_area", "crop_quarter_area", "rotate20", "rotate15_crop80", "listing", "forwarded")
 
@@ -74,14 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"benchmark photos not found at {DATA}")
-    home = Path(tempfile.mkdtemp(prefix="lookalike-rerank-"))
-    (home / "config.yaml").write_text("tenants: {bench: {}}\n")
-    os.environ["LOOKALIKE_HOME"] = str(home)
+    _, tenant = bench_tenant("lookalike-rerank-")
     from lookalike import geometry
-    from lookalike.config import Settings
-    from lookalike.service import ImageRef, Lookalike
-
-    tenant = Lookalike(Settings(home=home)).tenant("bench")
+    from lookalike.service import ImageRef
     catalog = sorted((DATA / "train").rglob("*.jpg"))
     tenant.create_collection("catalog")
     started = time.perf_counter()

@@ -13,10 +13,8 @@ extraction time per photo and the matching time per query, one thread.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_latency import DATA, catalog_vectors, percentile
+from search_latency import DATA, bench_tenant, catalog_vectors, percentile
 
 
 def extractor(kind: str):  # type: ignore[no-untyped-def]
@@ -66,14 +64,9 @@ def main() -> None:
     if not DATA.exists():
         sys.exit(f"benchmark photos not found at {DATA}")
     from lookalike import geometry
-    from lookalike.config import Settings
-    from lookalike.service import Lookalike
 
-    home = Path(tempfile.mkdtemp(prefix="lookalike-features-"))
-    (home / "config.yaml").write_text("tenants: {bench: {}}\n")
-    os.environ["LOOKALIKE_HOME"] = str(home)
+    home, tenant = bench_tenant("lookalike-features-")
     _, vectors, _ = catalog_vectors(home)
-    tenant = Lookalike(Settings(home=home)).tenant("bench")
     paths = sorted((DATA / "train").rglob("*.jpg"))
     rng = random.Random(0)
     sample = rng.sample(range(len(paths)), args.sample)

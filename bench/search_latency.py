@@ -34,6 +34,7 @@ import yaml
 
 if TYPE_CHECKING:
     from lookalike.contracts import Item
+    from lookalike.service import TenantService
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "clothing"
@@ -57,6 +58,18 @@ def catalog_vectors(home: Path) -> tuple[list[str], np.ndarray, list[str]]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     np.savez(cache, vectors=vectors)
     return [p.stem for p in paths], vectors, [p.parent.name for p in paths]
+
+
+def bench_tenant(prefix: str) -> tuple[Path, TenantService]:
+    """A fresh home with one tenant, ``bench``, on the embedded default (set as LOOKALIKE_HOME),
+    and that tenant's service."""
+    from lookalike.config import Settings
+    from lookalike.service import Lookalike
+
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    (home / "config.yaml").write_text("tenants: {bench: {}}\n")
+    os.environ["LOOKALIKE_HOME"] = str(home)
+    return home, Lookalike(Settings(home=home)).tenant("bench")
 
 
 def jittered_items(size: int, ids: list[str], vectors: np.ndarray, classes: list[str]) -> Iterator[Item]:
