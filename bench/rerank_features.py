@@ -102,7 +102,7 @@ def main() -> None:
                 counts = [inliers(q, catalog[c]) for c in top]
                 match_ms.append((time.perf_counter() - t) * 1000)
                 best = geometry.verified(counts)
-                reranked += (top[best] if best is not None else top[0]) == i
+                reranked += (top[best[0]] if best else top[0]) == i
             print(f"| {kind} | {edit_name} | {plain / len(sample):.3f} | {reranked / len(sample):.3f} | "
                   f"{percentile(extract_ms, 50):.1f} | {percentile(match_ms, 50):.1f} |")
 

@@ -249,3 +249,22 @@ def test_page_is_served_with_a_strict_policy(site: str) -> None:
     assert f'<base href="{site}/ui/">' in r.text
     assert requests.get(f"{site}/ui/app.js", timeout=10).headers["Content-Type"].startswith("text/javascript")
     assert requests.get(f"{site}/ui/secret.py", timeout=10).status_code == 404
+
+
+def test_an_items_verified_duplicates(site: str) -> None:
+    """GET .../items/{id}/duplicates: the catalog's copy of a shoe photo is its duplicate, and
+    a hat has none (other hats are other products)."""
+    from lookalike.ingest import item_id_for
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    shoe = item_id_for(sorted((FIXTURES / "images" / "shoes").glob("*.jpg"))[0])
+    r = requests.get(f"{site}/v1/collections/clothing/items/{shoe}/duplicates", headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
+    found = r.json()["duplicates"]
+    assert [h["id"] for h in found] == [item_id_for(Path("copy-of-a-shoe.jpg"))], found
+    assert found[0]["exact_match"] is True and found[0]["inliers"] >= 10
+    hat = item_id_for(sorted((FIXTURES / "images" / "hat").glob("*.jpg"))[0])
+    r = requests.get(f"{site}/v1/collections/clothing/items/{hat}/duplicates", headers=auth, timeout=60)
+    assert r.status_code == 200 and r.json() == {"id": hat, "duplicates": []}, r.text
+    missing = requests.get(f"{site}/v1/collections/clothing/items/nope/duplicates", headers=auth, timeout=60)
+    assert missing.status_code == 404 and missing.json() == {"error": "Item not found"}

@@ -69,6 +69,8 @@ AIMED: dict[tuple[str, str], Probe] = {
         f"{s}/v1/collections/{t['collection']}/items/{t['item']}", headers=bearer(GLOBEX), timeout=30),
     ("GET", "/v1/collections/{collection}/items/{item_id}/image"): lambda s, t: requests.get(
         f"{s}/v1/collections/{t['collection']}/items/{t['item']}/image", headers=bearer(GLOBEX), timeout=30),
+    ("GET", "/v1/collections/{collection}/items/{item_id}/duplicates"): lambda s, t: requests.get(
+        f"{s}/v1/collections/{t['collection']}/items/{t['item']}/duplicates", headers=bearer(GLOBEX), timeout=30),
     ("PUT", "/v1/collections/{collection}/items/{item_id}"): lambda s, t: requests.put(
         f"{s}/v1/collections/{t['collection']}/items/{t['item']}", headers=bearer(GLOBEX),
         json={"data_url": DATA_URL, "metadata": {"owner": "globex"}}, timeout=30),

@@ -33,9 +33,9 @@ KEYPOINTS = 500
 SIDE = 512  # the longest side features are taken at
 RATIO = 0.8  # Lowe's ratio test
 REPROJECTION_PX = 5.0  # RANSAC: a match within this of the fitted transform is an inlier
-# The candidate with the most inliers is the query's original when it has at least
-# MIN_INLIERS and DOMINANCE times the runner-up's: unrelated photos share up to about 20
-# spurious inliers with a query, but then so do the others (tests/e2e/test_seed_surfaces.py).
+# Candidates are verified when they have at least MIN_INLIERS and DOMINANCE times the next
+# candidate's (``verified``): unrelated photos share up to about 20 spurious inliers with a
+# query, but then so do the others (tests/e2e/test_seed_surfaces.py, bench/rerank.py).
 MIN_INLIERS = 10
 DOMINANCE = 1.5
 _MAGIC = b"LKF1"
@@ -109,12 +109,17 @@ def inliers(query: Features, candidate: Features) -> int:
     return int(mask.sum()) if mask is not None else 0
 
 
-def verified(counts: list[int]) -> int | None:
-    """The index of the one verified candidate among ``counts`` (inliers each), or None."""
-    if not counts:
-        return None
-    best = max(range(len(counts)), key=counts.__getitem__)
-    runner_up = max((c for n, c in enumerate(counts) if n != best), default=0)
-    if counts[best] >= MIN_INLIERS and counts[best] >= DOMINANCE * runner_up:
-        return best
-    return None
+def verified(counts: list[int]) -> list[int]:
+    """The indexes of the verified candidates among ``counts`` (inliers each), most first:
+    the smallest leading group whose weakest member has MIN_INLIERS and DOMINANCE times the
+    next count. One photo's copy is usually a group of one; a catalog that holds the same
+    photo twice makes a group of two, which no single winner could dominate."""
+    order = sorted(range(len(counts)), key=lambda n: -counts[n])
+    for k in range(1, len(order) + 1):
+        weakest = counts[order[k - 1]]
+        following = counts[order[k]] if k < len(order) else 0
+        if weakest < MIN_INLIERS:
+            return []
+        if weakest >= DOMINANCE * following:
+            return order[:k]
+    return []

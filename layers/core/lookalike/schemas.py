@@ -164,6 +164,13 @@ class HitOut(BaseModel):
         "with rerank: the hit is verified as the query photo's original (cropped, turned, re-encoded), ranked first"))
 
 
+class DuplicatesResponse(BaseModel):
+    id: str
+    duplicates: list[HitOut] = Field(description=(
+        "verified near-duplicates of the item in its collection (the same photo again, cropped, turned or "
+        "re-encoded), most inliers first"))
+
+
 class SearchResponse(BaseModel):
     hits: list[HitOut]
     total: int

@@ -679,14 +679,26 @@ class TenantService:
         return page, vector
 
     def _verified(self, collection: str, hits: Sequence[Hit], query: geometry.Features) -> list[Hit]:
-        """``hits`` with the first RERANK_DEPTH counted by inliers: the one verified original
-        (``geometry.verified``), if any, moves first; the rest keep their order."""
+        """``hits`` with the first RERANK_DEPTH counted by inliers: the verified originals
+        (``geometry.verified``), if any, move first; the rest keep their order."""
         checked = [replace(h, inliers=geometry.inliers(query, self._features(collection, h)))
                    for h in hits[:RERANK_DEPTH]]
-        best = geometry.verified([h.inliers or 0 for h in checked])
-        if best is not None:
-            checked.insert(0, replace(checked.pop(best), exact_match=True))
-        return [*checked, *hits[RERANK_DEPTH:]]
+        chosen = geometry.verified([h.inliers or 0 for h in checked])
+        first = [replace(checked[n], exact_match=True) for n in chosen]
+        return [*first, *(h for n, h in enumerate(checked) if n not in chosen), *hits[RERANK_DEPTH:]]
+
+    def duplicates(self, collection: str, item_id: str) -> list[Hit]:
+        """The verified near-duplicates of an item within its collection: the same photo
+        again, cropped, turned or re-encoded (``geometry.verified`` over its best 20)."""
+        self._searchable(collection)
+        item = self.get_item(collection, item_id)
+        if not geometry.available():
+            raise BadRequest("near-duplicate detection needs OpenCV, which this deployment lacks")
+        page = self.search_backend.search(self.id, collection, VectorQuery(
+            vector=np.asarray(item.vector, dtype=np.float32), limit=RERANK_DEPTH, exclude_ids=frozenset([item_id])))
+        own = self._features(collection, Hit(id=item.id, score=1.0, metadata=item.metadata, image_key=item.image_key))
+        checked = [replace(h, inliers=geometry.inliers(own, self._features(collection, h))) for h in page.hits]
+        return [replace(checked[n], exact_match=True) for n in geometry.verified([h.inliers or 0 for h in checked])]
 
     def _features(self, collection: str, hit: Hit) -> geometry.Features:
         """A catalog photo's stored features; computed from the photo (and stored) when it

@@ -34,6 +34,7 @@ from lookalike.schemas import (
     CollectionOut,
     CreateCollection,
     Deleted,
+    DuplicatesResponse,
     EmbedOptions,
     EmbedRequest,
     EmbedResponse,
@@ -190,6 +191,14 @@ def ingest_status(collection: str) -> IngestStatus:
 def get_item(collection: str, item_id: str) -> ItemOut:
     tenant = tenant_from_bearer(catalog.current_event)
     return ItemOut.of(tenant.get_item(collection, item_id), collection)
+
+
+@catalog.get("/v1/collections/<collection>/items/<item_id>/duplicates")
+def get_item_duplicates(collection: str, item_id: str) -> DuplicatesResponse:
+    tenant = tenant_from_bearer(catalog.current_event)
+    base = media.base_url(catalog.current_event)
+    return DuplicatesResponse(id=item_id, duplicates=[_hit(tenant, collection, h, base)
+                                                      for h in tenant.duplicates(collection, item_id)])
 
 
 # Binary body: skip response validation (it would serialise the bytes as text).
