@@ -9,8 +9,8 @@ about twenty, so a candidate is verified only when it clears a floor and dominat
 
 ORB, not RootSIFT, by measurement (``bench/rerank_features.py``: 150 catalog photos cropped
 to half of each side off centre or turned 20 degrees, 20 global candidates): recall@1 after
-re-ranking 0.900 / 0.973 with ORB against 0.873 / 0.973 with RootSIFT, extraction 2.9-3.8 ms
-against 28-48 ms, matching 27 ms against 41, which keeps ingest at the model's speed.
+re-ranking 0.900 / 0.973 with ORB against 0.867 / 0.967 with RootSIFT, extraction 2.8-3.9 ms
+against 26-45 ms, matching 27 ms against 39, which keeps ingest at the model's speed.
 
 The catalog side is computed once, at ingest, and stored beside the photo in the blob store
 (``features_key``), so every search backend gets it; a query pays for its own features and
