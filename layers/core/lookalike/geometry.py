@@ -47,6 +47,9 @@ class Features:
     descriptors: np.ndarray  # (n, 32) uint8, ORB
 
 
+NO_FEATURES = Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))  # a photo without corners
+
+
 def available() -> bool:
     return importlib.util.find_spec("cv2") is not None
 
@@ -76,7 +79,7 @@ def extract(img: Image.Image) -> Features:
     orb = cv2.ORB_create(nfeatures=KEYPOINTS, fastThreshold=10)
     keypoints, descriptors = orb.detectAndCompute(gray, None)
     if descriptors is None:
-        return Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+        return NO_FEATURES
     return Features(np.float32([k.pt for k in keypoints]), descriptors.astype(np.uint8))
 
 

@@ -704,7 +704,7 @@ class TenantService:
         """A catalog photo's stored features; computed from the photo (and stored) when it
         was ingested before features were."""
         if not hit.image_key:
-            return geometry.Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+            return geometry.NO_FEATURES
         key = geometry.features_key(hit.image_key)
         try:
             return geometry.loads(self.blobs.get(key).data)
@@ -713,7 +713,7 @@ class TenantService:
         try:
             photo = self.decode(self.blobs.get(hit.image_key).data).image
         except (NotFound, BadRequest):
-            return geometry.Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+            return geometry.NO_FEATURES
         features = geometry.extract(photo)
         try:
             self.blobs.put(key, geometry.dumps(features), "application/octet-stream", {"item_id": hit.id})

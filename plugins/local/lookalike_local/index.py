@@ -591,7 +591,7 @@ class LocalIndex(SearchBackend):
                             return
                         last = rows[-1][0]
                         yield (np.array([r[0] for r in rows], dtype=np.int64),
-                               np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim))
+                               _stacked(rows, dim))
 
                 name = f"{_digest(tenant, collection, space)}-{revision}-{uuid.uuid4().hex[:8]}.faiss"
                 self.ann_dir.mkdir(parents=True, exist_ok=True)
@@ -651,7 +651,7 @@ class LocalIndex(SearchBackend):
             if rows:
                 dim = state.snapshot.index.d
                 state.delta.add(np.array([r[0] for r in rows], dtype=np.int64),
-                                np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim))
+                                _stacked(rows, dim))
             state.delta.revision = revision
         count = self._count(tenant, collection, revision)
         stale = len(state.delta.pks) + max(0, state.snapshot.count - (count - len(state.delta.pks)))
@@ -740,7 +740,7 @@ class LocalIndex(SearchBackend):
                     (*part, *spaces, tenant, collection)).fetchall()
             if not rows:
                 continue
-            matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            matrix = _stacked(rows, -1)
             for (item_id, _), score in zip(rows, (matrix @ q).tolist(), strict=True):
                 if score > best.get(item_id, -math.inf):
                     best[item_id] = score
@@ -914,6 +914,11 @@ def _matrix_remove(m: _Matrix, item_id: str) -> None:
 class _AnnState:
     snapshot: ann.Snapshot
     delta: ann.Delta
+
+
+def _stacked(rows: Sequence[tuple[Any, bytes]], dim: int) -> np.ndarray:
+    """The float32 vector blobs in the second column of ``rows``, as one (n, dim) matrix."""
+    return np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
 
 
 def _digest(*parts: str) -> str:
