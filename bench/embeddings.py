@@ -7,7 +7,10 @@ queries) it reports:
 - class precision@10 and @1 of the validation queries against the catalog;
 - near-duplicate recall@1 of transformed catalog photos (70 % center crop, 12 degree
   rotation, brightness x1.3 + saturation x0.6, mirror + 1/3 downscale; each re-encoded as
-  JPEG quality 35) among the whole catalog;
+  JPEG quality 35) among the whole catalog, and of the harder shoppers' and listings' edits
+  of ``bench/rerank.py`` (off-centre crops to half and a quarter of the area, a 20 degree
+  turn, a turned crop, a listing banner, a forwarded photo), which reports them with
+  geometric re-ranking too;
 - the same at the 512- and 1024-d projections (the PixLab dimensions);
 - the text model's ms per caption, one at a time and batched;
 - ms per image on one thread (batch of 1, preprocessing included) and batched on all cores,
@@ -35,7 +38,11 @@ from PIL import Image, ImageEnhance, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "clothing"
 RESULTS = ROOT / "bench" / "results"
-TRANSFORMS = ("crop70", "rotate12", "recolor", "mirror_down3")
+sys.path.insert(0, str(ROOT / "bench"))
+from rerank import TRANSFORMS as HARD_TRANSFORMS  # noqa: E402 - the script's sibling
+from rerank import edit  # noqa: E402
+
+TRANSFORMS = ("crop70", "rotate12", "recolor", "mirror_down3", *HARD_TRANSFORMS)
 
 
 def decode(data: bytes) -> Image.Image:
@@ -50,13 +57,13 @@ def jpeg35(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def transformed(img: Image.Image) -> list[bytes]:
+def transformed(img: Image.Image, rng: random.Random) -> list[bytes]:
     w, h = img.size
     crop = img.crop((round(w * 0.15), round(h * 0.15), round(w * 0.85), round(h * 0.85)))
     rotate = img.rotate(12, resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
     recolor = ImageEnhance.Color(ImageEnhance.Brightness(img).enhance(1.3)).enhance(0.6)
     mirror = ImageOps.mirror(img).resize((max(1, w // 3), max(1, h // 3)), Image.Resampling.BILINEAR)
-    return [jpeg35(x) for x in (crop, rotate, recolor, mirror)]
+    return [*(jpeg35(x) for x in (crop, rotate, recolor, mirror)), *(edit(img, kind, rng) for kind in HARD_TRANSFORMS)]
 
 
 def l2(x: np.ndarray) -> np.ndarray:
@@ -110,7 +117,7 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dup-sample", type=int, default=300, help="catalog photos to transform (x4 queries)")
+    parser.add_argument("--dup-sample", type=int, default=300, help="catalog photos to transform (x10 queries)")
     parser.add_argument("--option", action="append", default=[], help="embedder option key=value")
     parser.add_argument("--timing-images", type=int, default=200)
     args = parser.parse_args()
@@ -132,7 +139,8 @@ def main() -> None:
 
     train_imgs = [decode(p.read_bytes()) for p in train]
     val_imgs = [decode(p.read_bytes()) for p in val]
-    dup_imgs = [decode(b) for i in dup_src for b in transformed(train_imgs[i])]
+    rng = random.Random(1)
+    dup_imgs = [decode(b) for i in dup_src for b in transformed(train_imgs[i], rng)]
 
     timing = train_imgs[: args.timing_images]
     single.embed_images(timing[:5])  # warm-up

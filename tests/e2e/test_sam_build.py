@@ -10,11 +10,6 @@ the template does not set fails here. AWS is moto's S3, SSM and DynamoDB over HT
 from __future__ import annotations
 
 import json
-import os
-import select
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,98 +17,14 @@ from typing import Any
 import boto3
 import pytest
 
-from lookalike.config import hash_key
 from lookalike.server import load_template
-from tests.conftest import EVENTS, FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT
+from tests.e2e.lambda_stand_in import BUILD, LAMBDA_RUNTIME, MOTO_CREDENTIALS, Function, functions, stack_resources
 
-BUILD = ROOT / ".aws-sam" / "build"
-LAMBDA_RUNTIME = ROOT / ".venv-sam" / "lambda-runtime"  # boto3 as the python3.11 runtime provides it
-RUNNER = Path(__file__).with_name("lambda_runtime.py")
-INVOKE_TIMEOUT_S = 180
-MOTO_CREDENTIALS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 pytestmark = pytest.mark.skipif(
     not (BUILD / "template.yaml").is_file() or not LAMBDA_RUNTIME.is_dir(),
     reason="needs the `sam build` output in .aws-sam/build and .venv-sam/lambda-runtime: run `make sam-build`",
 )
-
-
-def _overlay(src: Path, dst: Path) -> None:
-    """Merge a layer into the /opt stand-in as Lambda extracts layers: later files win."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for entry in src.iterdir():
-        target = dst / entry.name
-        if entry.is_dir() and target.is_dir():
-            if target.is_symlink():  # first layer's folder linked whole; split it to merge
-                linked = target.resolve()
-                target.unlink()
-                _overlay(linked, target)
-            _overlay(entry, target)
-        else:
-            if target.is_symlink() or target.exists():
-                target.unlink()
-            target.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
-
-
-def _resolve(value: Any, refs: dict[str, str]) -> str:
-    if isinstance(value, dict) and set(value) == {"Ref"}:
-        name = value["Ref"]
-        assert name in refs, f"template environment refers to {name}, which this test does not provide"
-        return refs[name]
-    assert isinstance(value, str | int | float), f"unsupported template value {value!r}"
-    return str(value)
-
-
-class Function:
-    """One function's process, kept warm between invocations like a Lambda execution environment."""
-
-    def __init__(self, name: str, spec: dict[str, Any], globals_: dict[str, Any], refs: dict[str, str],
-                 opt_root: Path, extra_env: dict[str, str]) -> None:
-        props = {**globals_, **spec["Properties"]}
-        layers = [ref["Ref"] for ref in globals_.get("Layers", []) + spec["Properties"].get("Layers", [])]
-        opt = opt_root / "-".join(layers)
-        if not opt.exists():
-            for layer in layers:
-                _overlay(BUILD / layer, opt)
-        code = BUILD / props["CodeUri"]
-        variables = {**globals_.get("Environment", {}).get("Variables", {}),
-                     **props.get("Environment", {}).get("Variables", {})}
-        env = {k: _resolve(v, refs).replace("/opt/", f"{opt}/") for k, v in variables.items()}
-        env.update(extra_env, PATH=os.environ.get("PATH", "/usr/bin:/bin"), LAMBDA_TASK_ROOT=str(code),
-                   AWS_LAMBDA_FUNCTION_NAME=name, AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(props["MemorySize"]),
-                   AWS_LAMBDA_FUNCTION_TIMEOUT=str(props["Timeout"]), AWS_EXECUTION_ENV="AWS_Lambda_python3.11",
-                   PYTHONPATH=os.pathsep.join([str(code), str(opt / "python"), str(LAMBDA_RUNTIME)]))
-        self.read_fd, write_fd = os.pipe()
-        self.stderr = opt_root.parent / f"{name}.stderr"
-        with self.stderr.open("w") as stderr:
-            self.proc = subprocess.Popen(  # -S: no site-packages; -P: no script folder on sys.path
-                [sys.executable, "-S", "-P", str(RUNNER), props["Handler"], str(write_fd)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
-                env=env, cwd=code, pass_fds=(write_fd,))
-        os.close(write_fd)
-        self.results = os.fdopen(self.read_fd, encoding="utf-8")
-
-    def invoke(self, event_name: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(str(EVENTS / f"{event_name}.json") + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.results], [], [], INVOKE_TIMEOUT_S)
-        if not ready:
-            raise AssertionError(f"{event_name}: no answer in {INVOKE_TIMEOUT_S} s")
-        line = self.results.readline()
-        if not line:
-            raise AssertionError(f"{event_name}: the function process died: {self.stderr.read_text()[-4000:]}")
-        out = json.loads(line)
-        assert "result" in out, f"{event_name}: {out['errorType']}: {out['errorMessage']}"
-        return out["result"]
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.results.close()
 
 
 def _body(result: dict[str, Any]) -> dict[str, Any]:
@@ -124,34 +35,12 @@ def _body(result: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture()
 def stack(moto_server: str, tmp_path: Path) -> Iterator[tuple[dict[str, Function], dict[str, str]]]:
     """The built functions, wired to a fresh set of moto resources named as the stack would name them."""
-    run = uuid.uuid4().hex[:8]
-    names = {"AnchorsBucket": f"anchors-{run}", "IdempotencyTable": f"idempotency-{run}",
-             "TenantConfigParameter": f"/lookalike-{run}/config", "ConfigTtlSeconds": "0",
-             "OpenSearchEndpoint": "", "MediaSigningSecret": "s" * 32, "CatalogBucket": "lookalike-catalog"}
-    aws = {"AWS_ENDPOINT_URL": moto_server, "LOOKALIKE_S3_ENDPOINT_URL": moto_server,
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
-    client = {"endpoint_url": moto_server, **MOTO_CREDENTIALS}
-    s3 = boto3.client("s3", **client)
-    for bucket in (names["AnchorsBucket"], names["CatalogBucket"]):
-        s3.create_bucket(Bucket=bucket)
-    boto3.client("dynamodb", **client).create_table(
-        TableName=names["IdempotencyTable"], BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
-    config = {"tenants": {"demo": {"api_keys": [{"sha256": hash_key("demo-key")}]}}}
-    boto3.client("ssm", **client).put_parameter(Name=names["TenantConfigParameter"], Type="SecureString",
-                                                Value=json.dumps(config), Overwrite=True)
-
-    built = load_template(BUILD / "template.yaml")
-    globals_ = built["Globals"]["Function"]
-    functions = {name: Function(name, spec, globals_, names, tmp_path / "opt",
-                                {**aws, "LOOKALIKE_HOME": str(tmp_path / "home")})
-                 for name, spec in built["Resources"].items() if spec["Type"] == "AWS::Serverless::Function"}
+    names, aws = stack_resources(moto_server)
+    fns = functions(names, aws, tmp_path)
     try:
-        yield functions, {**names, "moto": moto_server}
+        yield fns, {**names, "moto": moto_server}
     finally:
-        for fn in functions.values():
+        for fn in fns.values():
             fn.close()
 
 

@@ -340,6 +340,13 @@ def test_an_edited_copy_of_a_catalog_photo_is_found_first(server: str, kind: str
         assert all(h["exact_match"] is False for h in hits[1:]) and all(h["inliers"] is not None for h in hits)
         if original.parent.name != "pants":  # plain denim has too few corners to verify a crop of
             assert hits[0]["exact_match"] is True and hits[0]["inliers"] >= 10, hits
+        # Visual Layer explore with rerank: the original leads the first cluster.
+        anchor = requests.post(f"{server}/api/v1/dataset/clothing/search-image-similarity", headers=vl_headers(),
+                               files={"file": ("q.jpg", query, "image/jpeg")},
+                               params={"threshold": 0, "entity_type": "IMAGES"}, timeout=30).json()
+        clusters = explore(server, {"threshold": 0, "entity_type": "IMAGES", "page_number": 0, "rerank": "true",
+                                    **anchor}).json()["clusters"]
+        assert clusters[0]["previews"][0]["media_id"] == expected, clusters[0]
     # Photos of other products of the same kinds: nothing is verified, the order is the cosine's.
     for kind in ("hat", "pants", "shoes"):
         photo = query_image(kind).read_bytes()
@@ -351,6 +358,36 @@ def test_an_edited_copy_of_a_catalog_photo_is_found_first(server: str, kind: str
                               data={"limit": "5"}, files={"image": ("q.jpg", photo, "image/jpeg")}).json()["hits"]
         assert [h["id"] for h in hits] == [h["id"] for h in plain]
         assert plain[0]["inliers"] is None and plain[0]["exact_match"] is None  # without rerank, not verified
+
+
+def test_visual_layer_threshold_groups_verified_copies(server: str) -> None:
+    """Explore with rerank: a catalog photo and its turned copy are both verified copies of a
+    shopper's crop of it, so they are one cluster even at threshold 0, where cosines keep them
+    apart."""
+    original = catalog_images()[0]
+    copies = {"original": original.read_bytes(), "turned": _edited(original, "rotate")}
+    created = requests.post(f"{server}/v1/collections", headers=BEARER, json={"name": "copies"}, timeout=30)
+    assert created.status_code == 201, created.text
+    for item_id, data in [*copies.items(), *((f"other-{n}", p.read_bytes())
+                                            for n, p in enumerate(catalog_images()[1:]))]:
+        r = requests.put(f"{server}/v1/collections/copies/items/{item_id}", headers=BEARER, timeout=30,
+                         files={"image": ("p.jpg", data, "image/jpeg")})
+        assert r.status_code in (200, 201), r.text
+    anchor = requests.post(f"{server}/api/v1/dataset/copies/search-image-similarity", headers=vl_headers(),
+                           files={"file": ("q.jpg", _edited(original, "crop"), "image/jpeg")},
+                           params={"threshold": 0, "entity_type": "IMAGES"}, timeout=30).json()
+
+    def groups(rerank: bool) -> list[list[str]]:
+        r = explore(server, {"threshold": 0, "entity_type": "IMAGES", "page_number": 0, "rerank": str(rerank).lower(),
+                             **anchor}, dataset="copies")
+        assert r.status_code == 200, r.text
+        return [[p["media_id"] for p in c["previews"]] for c in r.json()["clusters"]]
+
+    verified = groups(True)
+    assert sorted(verified[0]) == ["original", "turned"], verified
+    assert all(len(g) == 1 for g in verified[1:]), verified
+    plain = groups(False)
+    assert len(plain) == len(copies) + len(catalog_images()) - 1 and all(len(g) == 1 for g in plain), plain
 
 
 @pytest.mark.parametrize(("body", "headers", "index", "status", "error"), [

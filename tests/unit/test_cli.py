@@ -75,3 +75,28 @@ def test_cli_needs_a_tenant_when_several(runner: CliRunner) -> None:
     assert parse_config(Settings().config_path.read_text()).tenants["b"].default_collection == "shop"
     assert "choose a tenant with --tenant" in run(runner, "collections", code=2)
     assert "no configuration" in CliRunner().invoke(main, ["tenants"], env={"LOOKALIKE_HOME": "/nonexistent"}).output
+
+
+def test_cli_duplicates_reports_a_turned_crop_of_a_catalog_photo(runner: CliRunner, tmp_path: Path) -> None:
+    """`lookalike duplicates`: a cropped, turned, re-encoded copy of a hat photo is grouped with
+    its original; the other hats (other products of the same kind) and the shoes are not."""
+    from PIL import Image
+
+    from lookalike.ingest import item_id_for
+
+    run(runner, "init", "--tenant", "acme")
+    folder = tmp_path / "catalog"
+    shutil.copytree(FIXTURES / "images" / "hat", folder / "hat")
+    shutil.copytree(FIXTURES / "images" / "shoes", folder / "shoes")
+    original = sorted((folder / "hat").iterdir())[0]
+    img = Image.open(original).convert("RGB")
+    w, h = img.size
+    copy = folder / "listing-copy.jpg"
+    img.crop((w // 10, h // 10, w - w // 8, h - h // 8)).rotate(
+        12, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255)).save(copy, quality=75)
+    run(runner, "ingest", str(folder), "--collection", "shop")
+    groups = json.loads(run(runner, "duplicates", "--collection", "shop", "--json"))["groups"]
+    assert groups == [sorted([item_id_for(original.relative_to(folder)), item_id_for(copy.relative_to(folder))])]
+    text = run(runner, "duplicates", "--collection", "shop")
+    assert text.splitlines()[-1].startswith("1 groups of verified duplicates (2 items)")
+    assert "Collection not found" in run(runner, "duplicates", "--collection", "nope", code=1)

@@ -1,4 +1,4 @@
-"""The ``lookalike`` command: set up, ingest, search, embed, list, serve."""
+"""The ``lookalike`` command: set up, ingest, search, find duplicates, embed, list, serve."""
 
 from __future__ import annotations
 
@@ -213,6 +213,30 @@ def search(image: Path, collection: str, tenant: str | None, limit: int, as_json
     for rank, h in enumerate(page.hits, 1):
         label = h.metadata.get("category") or h.metadata.get("path") or ""
         click.echo(f"{rank:>3}  {h.score:.4f}  {h.id}  {label}")
+
+
+@main.command()
+@click.option("--collection", required=True)
+@click.option("--tenant")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"groups\": [[id, ...], ...]}.")
+def duplicates(collection: str, tenant: str | None, as_json: bool) -> None:
+    """List the groups of verified near-duplicates in COLLECTION: the same photo again,
+    cropped, turned, resized or re-encoded (local features, as `rerank` searches verify)."""
+    t = _tenant(_service(), tenant)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done % 500 == 0:
+            click.echo(f"  checked {done}/{total} items", err=True)
+
+    groups = t.duplicate_groups(collection, progress)
+    if as_json:
+        click.echo(json.dumps({"groups": groups}))
+        return
+    for n, group in enumerate(groups, 1):
+        click.echo(f"{n:>4}  {len(group)} items: {' '.join(group)}")
+    click.echo(f"{len(groups)} groups of verified duplicates ({sum(map(len, groups))} items) "
+               f"in {time.perf_counter() - started:.1f} s")
 
 
 @main.command()

@@ -133,7 +133,7 @@ class SearchOptions(Strict):
     filter: dict[str, Any] | None = None
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
     rerank: bool = Field(default=False, description=(
-        "verify the best 20 hits by local features and put copies of the query photo first (slower)"))
+        "verify the best 50 hits by local features and put copies of the query photo first (slower)"))
     threshold: int | None = Field(default=None, ge=0, le=len(CUTOFFS) - 1, description=(
         "group near-identical hits on the page (the Visual Layer threshold: 0 only copies, 4 close variants)"))
 

@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -69,7 +69,11 @@ ITEM_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,255}$"
 _ITEM_ID = re.compile(ITEM_ID_PATTERN)
 _ANCHOR_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_METADATA_BYTES = 16 * 1024
-RERANK_DEPTH = 20  # hits a re-ranking search verifies by local features (bench/rerank.py)
+RERANK_DEPTH = 50  # hits a re-ranking search verifies by local features (bench/rerank.py)
+# Two whole catalog photos verified alike are duplicates only when their cosine agrees too:
+# products shot on one floor or bedspread share 100 and more inliers of the backdrop at
+# cosines of 0.70-0.85, where the demo catalog's re-shot products have 0.90 and more.
+DUPLICATE_MIN_SCORE = 0.9
 MAX_METADATA_KEYS = 64
 MAX_FAILURES_KEPT = 50
 _FAILURES_LOCK = threading.Lock()  # an SQS batch notes its records' failures from several threads
@@ -164,6 +168,21 @@ class PreparedImage:
 
     decoded: images.DecodedImage
     vector: np.ndarray
+    features: bytes | None = None  # geometry.dumps of the photo's local features, where OpenCV is
+
+
+def _features_blob(image: Image.Image) -> bytes | None:
+    return geometry.dumps(geometry.extract(image)) if geometry.available() else None
+
+
+def _crop(image: Image.Image, region: tuple[float, ...]) -> Image.Image:
+    """``region``: x, y, width, height as fractions of the image."""
+    x, y, w, h = region
+    width, height = image.size
+    box = (round(x * width), round(y * height), round((x + w) * width), round((y + h) * height))
+    if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+        raise BadRequest("bounding_box selects less than one pixel")
+    return image.crop(box)
 
 
 def _chunks(entries: Iterable[Any], size: int) -> Iterable[list[Any]]:
@@ -384,11 +403,16 @@ class TenantService:
         kind = ref.kind()
         if want_image and kind in ("anchor_id", "item_id"):
             vector = self._query(collection, ref)[0]
+            region = None
             if kind == "anchor_id":
-                data = self.blobs.get(self._anchor_key(ref.anchor_id or "")).data
+                blob = self.blobs.get(self._anchor_key(ref.anchor_id or ""))
+                data = blob.data
+                if blob.metadata.get("region"):
+                    region = tuple(float(v) for v in blob.metadata["region"].split(","))
             else:
                 data, _ = self.item_image(collection, ref.item_id or "")
-            return vector, self.decode(data).image
+            image = self.decode(data).image
+            return vector, _crop(image, region) if region else image
         if kind in ("anchor_id", "item_id"):
             return self._query_stored(collection, ref), None
         data, _ = self.image_bytes(ref, collection)
@@ -425,19 +449,14 @@ class TenantService:
         """
         data, _ = self.image_bytes(ref)
         decoded = self.decode(data)
-        image = decoded.image
-        if region is not None:
-            x, y, w, h = region
-            width, height = image.size
-            box = (round(x * width), round(y * height), round((x + w) * width), round((y + h) * height))
-            if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-                raise BadRequest("bounding_box selects less than one pixel")
-            image = image.crop(box)
+        image = _crop(decoded.image, region) if region is not None else decoded.image
         vector = self.embedder.embed_images([image])[0]
         anchor = Anchor(id=uuid.uuid4().hex, model_id=self.embedder.model_id,
                         expires_at=time.time() + self.limits.anchor_ttl_seconds)
         key = self._anchor_key(anchor.id)
         meta = {"model_id": anchor.model_id, "expires_at": f"{anchor.expires_at:.3f}"}
+        if region is not None:  # a re-ranking search verifies the part that was embedded
+            meta["region"] = ",".join(repr(float(v)) for v in region)
         buf = io.BytesIO()
         np.save(buf, vector.astype(np.float32), allow_pickle=False)
         self.blobs.put(key + ".npy", buf.getvalue(), "application/x-npy", meta)
@@ -470,29 +489,32 @@ class TenantService:
         data, _ = self.image_bytes(ref, collection)
         if prepared is None:
             decoded = self.decode(data)
-            prepared = PreparedImage(decoded, self.embedder.embed_images([decoded.image])[0])
+            prepared = PreparedImage(decoded, self.embedder.embed_images([decoded.image])[0],
+                                     _features_blob(decoded.image))
             if not np.any(prepared.vector):  # prepare_images refuses these itself
                 raise BadRequest(ZERO_VECTOR)
-        return self._store(info.name, [(item_id, data, prepared.decoded, prepared.vector, meta)])[0]
+        return self._store(info.name, [(item_id, data, prepared, meta)])[0]
 
     def prepare_images(self, datas: Sequence[bytes], pool: ThreadPoolExecutor) -> list[PreparedImage | BadRequest]:
         """Decode ``datas`` on ``pool`` and embed the decodable ones in batches: the costly part of
         ingestion, done for many images at once. An undecodable image gets its BadRequest."""
 
-        def decode(data: bytes) -> images.DecodedImage | BadRequest:
+        def decode(data: bytes) -> tuple[images.DecodedImage, bytes | None] | BadRequest:
             try:
-                return self.decode(data)
+                decoded = self.decode(data)
             except BadRequest as exc:
                 return exc
+            # The local features too: OpenCV releases the GIL, so they overlap like decoding.
+            return decoded, _features_blob(decoded.image)
 
         decoded = list(pool.map(decode, datas))
         out: dict[int, PreparedImage | BadRequest] = {
             n: d for n, d in enumerate(decoded) if isinstance(d, BadRequest)}
         ok = [(n, d) for n, d in enumerate(decoded) if not isinstance(d, BadRequest)]
         for chunk in _chunks(ok, self.embedder.batch_size):
-            vectors = self.embedder.embed_images([d.image for _, d in chunk])
-            out.update({n: PreparedImage(d, v) if np.any(v) else BadRequest(ZERO_VECTOR)
-                        for (n, d), v in zip(chunk, vectors, strict=True)})
+            vectors = self.embedder.embed_images([d.image for _, (d, _) in chunk])
+            out.update({n: PreparedImage(d, v, f) if np.any(v) else BadRequest(ZERO_VECTOR)
+                        for (n, (d, f)), v in zip(chunk, vectors, strict=True)})
         return [out[n] for n in range(len(decoded))]
 
     def put_items(self, collection: str, entries: Iterable[tuple[str, bytes, Any]], threads: int = 2) -> IngestReport:
@@ -514,7 +536,7 @@ class TenantService:
                     if isinstance(image, BadRequest):
                         report.failed.append((item_id, image.message))
                     else:
-                        ready.append((item_id, data, image.decoded, image.vector, meta))
+                        ready.append((item_id, data, image, meta))
                 if ready:
                     self._store(info.name, ready)
                     report.indexed.extend(r[0] for r in ready)
@@ -530,23 +552,23 @@ class TenantService:
         return f"{self.id}/collections/{collection}/images/"
 
     def _store(self, collection: str,
-               rows: Sequence[tuple[str, bytes, images.DecodedImage, np.ndarray, dict]]) -> list[Item]:
+               rows: Sequence[tuple[str, bytes, PreparedImage, dict]]) -> list[Item]:
         items = []
-        for item_id, _, decoded, vector, meta in rows:
-            meta = {**meta, "width": meta.get("width", decoded.width), "height": meta.get("height", decoded.height)}
-            items.append(Item(id=item_id, vector=vector, metadata=meta, image_key=self._image_key(collection, item_id)))
+        for item_id, _, image, meta in rows:
+            size = {"width": meta.get("width", image.decoded.width), "height": meta.get("height", image.decoded.height)}
+            items.append(Item(id=item_id, vector=image.vector, metadata={**meta, **size},
+                              image_key=self._image_key(collection, item_id)))
         self._embed_texts(collection, items)  # may refuse: nothing is written yet
         previous = {item.id: old.image_key for item in items
                     if (old := self.search_backend.get_item(self.id, collection, item.id)) is not None}
         written: list[str] = []
         try:
-            for item, (item_id, data, decoded, _, _) in zip(items, rows, strict=True):
-                self.blobs.put(item.image_key or "", data, decoded.mime, {"item_id": item_id})
+            for item, (item_id, data, image, _) in zip(items, rows, strict=True):
+                self.blobs.put(item.image_key or "", data, image.decoded.mime, {"item_id": item_id})
                 written.append(item.image_key or "")
-                if geometry.available():  # the photo's local features, for re-ranking searches
+                if image.features is not None:  # the photo's local features, for re-ranking searches
                     key = geometry.features_key(item.image_key or "")
-                    self.blobs.put(key, geometry.dumps(geometry.extract(decoded.image)), "application/octet-stream",
-                                   {"item_id": item_id})
+                    self.blobs.put(key, image.features, "application/octet-stream", {"item_id": item_id})
                     written.append(key)
             self.search_backend.upsert(self.id, collection, items)
         except BaseException:
@@ -689,7 +711,8 @@ class TenantService:
 
     def duplicates(self, collection: str, item_id: str) -> list[Hit]:
         """The verified near-duplicates of an item within its collection: the same photo
-        again, cropped, turned or re-encoded (``geometry.verified`` over its best 20)."""
+        again, cropped, turned or re-encoded (``geometry.verified`` over its best RERANK_DEPTH,
+        at a cosine of DUPLICATE_MIN_SCORE or more)."""
         self._searchable(collection)
         item = self.get_item(collection, item_id)
         if not geometry.available():
@@ -698,7 +721,44 @@ class TenantService:
             vector=np.asarray(item.vector, dtype=np.float32), limit=RERANK_DEPTH, exclude_ids=frozenset([item_id])))
         own = self._features(collection, Hit(id=item.id, score=1.0, metadata=item.metadata, image_key=item.image_key))
         checked = [replace(h, inliers=geometry.inliers(own, self._features(collection, h))) for h in page.hits]
-        return [replace(checked[n], exact_match=True) for n in geometry.verified([h.inliers or 0 for h in checked])]
+        return [replace(checked[n], exact_match=True) for n in geometry.verified([h.inliers or 0 for h in checked])
+                if checked[n].score >= DUPLICATE_MIN_SCORE]
+
+    def item_ids(self, collection: str) -> list[str]:
+        """Every item of ``collection`` that has a photo, sorted: walked through the blob store,
+        which every backend writes photos to (``_image_key``)."""
+        self.collection(collection)
+        prefix = self._images_prefix(collection)
+        ids = {key[len(prefix):].rpartition("/")[0] for key, _ in self.blobs.list_keys(prefix)}
+        return sorted(i for i in ids if _ITEM_ID.match(i)
+                      and (item := self.search_backend.get_item(self.id, collection, i)) is not None
+                      and item.image_key)
+
+    def duplicate_groups(self, collection: str,
+                         progress: Callable[[int, int], None] | None = None) -> list[list[str]]:
+        """The catalog's groups of verified near-duplicates (item ids): each item's
+        ``duplicates`` joined into connected groups, largest first, each sorted by id.
+        One search and up to RERANK_DEPTH matches per item (tens of ms each on one core)."""
+        ids = self.item_ids(collection)
+        parent = {i: i for i in ids}
+
+        def root(i: str) -> str:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for n, item_id in enumerate(ids, 1):
+            for hit in self.duplicates(collection, item_id):
+                if hit.id in parent:  # not written since the walk began
+                    a, b = root(item_id), root(hit.id)
+                    parent[max(a, b)] = min(a, b)
+            if progress is not None:
+                progress(n, len(ids))
+        groups: dict[str, list[str]] = {}
+        for i in ids:
+            groups.setdefault(root(i), []).append(i)
+        return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
 
     def _features(self, collection: str, hit: Hit) -> geometry.Features:
         """A catalog photo's stored features; computed from the photo (and stored) when it

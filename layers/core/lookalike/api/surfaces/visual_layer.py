@@ -5,7 +5,8 @@ cropped) query image as an anchor; ``GET /api/v1/explore/{dataset_id}`` ranks th
 (a collection) against it and groups near-identical results into clusters, 100 a page, with
 cosine *distance* scores (lower is closer). Auth: ``Authorization: Bearer <JWT>`` verified
 against the tenant's key (signature, expiry, issuer). Only whole-image search is available:
-``entity_type=OBJECTS`` is refused with 400.
+``entity_type=OBJECTS`` is refused with 400. ``rerank=true`` (Lookalike's addition) re-ranks
+the best hits by local features, as ``/v1`` search does.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class ExploreParams(BaseModel):
     entity_type: Literal["IMAGES", "OBJECTS"]
     threshold: int = Field(default=0, ge=0, le=len(CUTOFFS) - 1)
     page_number: int = Field(default=0, ge=0, le=MAX_RESULTS // PAGE_SIZE)
+    # Lookalike's addition: verify the best hits by local features (slower, finds crops and
+    # turned copies); verified copies of the anchor form one cluster.
+    rerank: bool = False
 
 
 def _tenant(event: Any) -> TenantService:
@@ -128,7 +132,7 @@ def explore(dataset_id: str) -> dict[str, Any]:
     else:
         ref = ImageRef(item_id=params.anchor_media_id)
     page, _ = tenant.search_with_vector(dataset_id, ref, limit=min(MAX_RESULTS, max(1, info.item_count)),
-                                        max_limit=MAX_RESULTS)
+                                        max_limit=MAX_RESULTS, rerank=params.rerank)
     groups = tenant.cluster_hits(dataset_id, page.hits, params.threshold)
     start = params.page_number * PAGE_SIZE
     base = media.base_url(event)

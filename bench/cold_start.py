@@ -1,0 +1,135 @@
+"""Lambda cold starts of the `sam build` output: process start to the first answered event.
+
+    make sam-build && .venv/bin/python bench/cold_start.py [--runs 7]
+
+Every function runs as ``tests/e2e/test_sam_build.py`` runs it (``tests/e2e/lambda_stand_in.py``):
+its built code folder as the task root, its layers merged as Lambda mounts them at /opt,
+``python -S`` (nothing from the virtualenv), the runtime's boto3, and moto's S3, SSM and
+DynamoDB over HTTP on loopback. For each function, ``--runs`` fresh processes each answer one
+sample event from events/ (the first request of an execution environment: the tenant
+configuration read from SSM, the model loaded, the image decoded and embedded). Reported per
+function, as medians: process start to the first answer, the handler's import, the first
+request (the rest), and the process's peak RSS.
+
+Goals (issue 19): search, embed and upload within 600 ms; taxonomy and generate within 400 ms.
+Writes bench/results/cold_start.json; prints the previous run's figures and configuration first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+
+from lookalike.server import load_template  # noqa: E402
+from tests.e2e.lambda_stand_in import (  # noqa: E402 - after the path is set
+    BUILD,
+    LAMBDA_RUNTIME,
+    MOTO_CREDENTIALS,
+    functions,
+    stack_resources,
+)
+
+FIRST_EVENT = {"ReverseSearchFunction": "reverse_search", "EmbedFunction": "embed",
+               "UploadFunction": "upload_put_item", "TaxonomyFunction": "taxonomy_list_collections",
+               "GenerateFunction": "generate", "IngestFunction": "ingest_object_created"}
+GOAL_MS = {"ReverseSearchFunction": 600, "EmbedFunction": 600, "UploadFunction": 600,
+           "TaxonomyFunction": 400, "GenerateFunction": 400}
+
+
+def configuration() -> dict[str, Any]:
+    """What the figures were measured on: the commit, the runtime, the layers' sizes."""
+    def du(path: Path) -> float:
+        return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
+
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                            text=True, check=False).stdout.strip()
+    template = load_template(BUILD / "template.yaml")
+    return {"commit": commit, "python": platform.python_version(),
+            "runtime": template["Globals"]["Function"]["Runtime"],
+            "layers_mb": {p.name: du(p) for p in sorted(BUILD.iterdir()) if p.name.endswith("Layer")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7, help="fresh processes per function")
+    args = parser.parse_args()
+    if not (BUILD / "template.yaml").is_file() or not LAMBDA_RUNTIME.is_dir():
+        sys.exit("needs the `sam build` output: run `make sam-build` first")
+    previous = RESULTS / "cold_start.json"
+    if previous.exists():
+        before = json.loads(previous.read_text())
+        print("previous run:", json.dumps(before["configuration"]))
+        for name, row in before["functions"].items():
+            print(f"  {name}: {row['first_answer_ms']} ms (import {row['import_ms']}), {row['peak_rss_mb']} MB")
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import FIXTURES, free_port
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        names, aws = stack_resources(endpoint)
+        with tempfile.TemporaryDirectory(prefix="lookalike-cold-") as tmp:
+            work = Path(tmp)
+            # A collection with an item, and a catalog object for the ingest event.
+            warm = functions(names, aws, work)
+            try:
+                warm["TaxonomyFunction"].invoke("taxonomy_create_collection")
+                warm["UploadFunction"].invoke("upload_put_item")
+            finally:
+                for fn in warm.values():
+                    fn.close()
+            shoe = sorted((FIXTURES / "images" / "shoes").iterdir())[1]
+            boto3.client("s3", endpoint_url=endpoint, **MOTO_CREDENTIALS).put_object(
+                Bucket=names["CatalogBucket"], Key="demo/clothing/shoe-2.jpg", Body=shoe.read_bytes())
+            samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in FIRST_EVENT}
+            for _ in range(args.runs):
+                for name, event in FIRST_EVENT.items():
+                    fn = functions(names, aws, work, only=name)[name]
+                    try:
+                        result = fn.invoke(event)
+                        answered = time.perf_counter()
+                        status = result.get("statusCode", 200)
+                        assert status < 300 and not result.get("batchItemFailures"), (name, result)
+                        samples[name].append(((answered - fn.started) * 1000, fn.last["init_ms"],
+                                              fn.last["max_rss_mb"]))
+                    finally:
+                        fn.close()
+    finally:
+        moto.stop()
+    for name, runs in samples.items():
+        total, imports, rss = (statistics.median(x) for x in zip(*runs, strict=True))
+        rows[name] = {"event": FIRST_EVENT[name], "first_answer_ms": round(total), "import_ms": round(imports),
+                      "first_request_ms": round(total - imports), "peak_rss_mb": round(rss),
+                      "max_first_answer_ms": round(max(r[0] for r in runs)), "goal_ms": GOAL_MS.get(name)}
+    report = {"benchmark": "cold_start", "runs": args.runs, "configuration": configuration(), "functions": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    previous.write_text(json.dumps(report, indent=2))
+    print(f"\nthis run: {json.dumps(report['configuration'])}")
+    print(f"| function (median of {args.runs}) | event | first answer ms | import ms | first request ms "
+          "| peak RSS MB | goal ms |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['event']} | {r['first_answer_ms']} | {r['import_ms']} | {r['first_request_ms']} "
+              f"| {r['peak_rss_mb']} | {r['goal_ms'] or '-'} |")
+
+
+if __name__ == "__main__":
+    main()
