@@ -106,6 +106,9 @@ build-CoreLayer:
 		-r layers/requirements-lambda-nodeps.txt . ./plugins/local ./plugins/aws ./plugins/opensearch ./plugins/pixlab ./plugins/marqo
 	rm -rf "$(ARTIFACTS_DIR)"/python/numpy/*/tests "$(ARTIFACTS_DIR)"/python/numpy/_core/tests \
 		"$(ARTIFACTS_DIR)"/python/onnxruntime/transformers "$(ARTIFACTS_DIR)"/python/onnxruntime/quantization
+	# Bytecode now, not at every cold start: /opt is read-only on Lambda, so Python would compile
+	# every module it imports, every time. unchecked-hash: valid whatever mtimes the zip restores.
+	$(PY) -m compileall -q -j 0 --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)/python"
 
 build-ImageModelLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local

@@ -74,8 +74,12 @@ def main() -> None:
         for name, row in before["functions"].items():
             print(f"  {name}: {row['first_answer_ms']} ms (import {row['import_ms']}), {row['peak_rss_mb']} MB")
 
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
 
     from tests.conftest import FIXTURES, free_port
 

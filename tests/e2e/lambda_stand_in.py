@@ -75,6 +75,7 @@ class Function:
         env.update(extra_env, PATH=os.environ.get("PATH", "/usr/bin:/bin"), LAMBDA_TASK_ROOT=str(code),
                    AWS_LAMBDA_FUNCTION_NAME=name, AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(props["MemorySize"]),
                    AWS_LAMBDA_FUNCTION_TIMEOUT=str(props["Timeout"]), AWS_EXECUTION_ENV="AWS_Lambda_python3.11",
+                   PYTHONDONTWRITEBYTECODE="1",  # /var/task and /opt are read-only on Lambda: no __pycache__
                    PYTHONPATH=os.pathsep.join([str(code), str(opt / "python"), str(LAMBDA_RUNTIME)]))
         self.read_fd, write_fd = os.pipe()
         self.started = time.perf_counter()
@@ -118,7 +119,8 @@ def stack_resources(moto: str) -> tuple[dict[str, str], dict[str, str]]:
     run = uuid.uuid4().hex[:8]
     names = {"AnchorsBucket": f"anchors-{run}", "IdempotencyTable": f"idempotency-{run}",
              "TenantConfigParameter": f"/lookalike-{run}/config", "ConfigTtlSeconds": "0",
-             "OpenSearchEndpoint": "", "MediaSigningSecret": "s" * 32, "CatalogBucket": "lookalike-catalog"}
+             "OpenSearchEndpoint": "", "Tracing": "PassThrough", "MediaSigningSecret": "s" * 32,
+             "CatalogBucket": "lookalike-catalog"}
     aws = {"AWS_ENDPOINT_URL": moto, "LOOKALIKE_S3_ENDPOINT_URL": moto,
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}

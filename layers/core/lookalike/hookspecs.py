@@ -2,7 +2,9 @@
 
 Few hooks, each named ``register_<thing>(register)``: the core passes a callback and keeps
 the registry itself (the shape of simonw/llm's and tox 4's hookspecs). A plugin module
-implements any of them with ``@lookalike.hookimpl``.
+implements any of them with ``@lookalike.hookimpl``. ``register`` takes the class, or a
+``"module:Class"`` reference that is imported only when configuration first names it (a
+Lambda cold start then never imports the backends its tenants do not use).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_embedders(register: Callable[[str, type], None]) -> None:
+def register_embedders(register: Callable[[str, type | str], None]) -> None:
     """Register embedder classes (subclasses of :class:`lookalike.contracts.Embedder`).
 
     :param register: call ``register(name, cls)`` once per embedder; ``name`` is what
@@ -26,7 +28,7 @@ def register_embedders(register: Callable[[str, type], None]) -> None:
 
 
 @hookspec
-def register_search_backends(register: Callable[[str, type], None]) -> None:
+def register_search_backends(register: Callable[[str, type | str], None]) -> None:
     """Register search backend classes (subclasses of :class:`lookalike.contracts.SearchBackend`).
 
     :param register: call ``register(name, cls)`` once per backend; ``name`` is what tenant
@@ -35,7 +37,7 @@ def register_search_backends(register: Callable[[str, type], None]) -> None:
 
 
 @hookspec
-def register_blob_stores(register: Callable[[str, type], None]) -> None:
+def register_blob_stores(register: Callable[[str, type | str], None]) -> None:
     """Register blob store classes (subclasses of :class:`lookalike.contracts.BlobStore`).
 
     :param register: call ``register(name, cls)`` once per store; ``name`` is what

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -25,21 +26,34 @@ DEFAULT_PLUGINS: tuple[str, ...] = ("lookalike_local", "lookalike_aws", "lookali
 ENTRY_POINT_GROUP = "lookalike"
 
 
+#: What each kind of plugin must subclass.
+BASES: dict[str, type] = {"embedders": Embedder, "search_backends": SearchBackend, "blob_stores": BlobStore}
+
+
 @dataclass
 class Registry:
-    """What the plugins registered, by kind and name."""
+    """What the plugins registered, by kind and name: a class, or a ``"module:Class"``
+    reference imported on first lookup (so a cold start imports only the backends its
+    tenants use: the built-ins register references)."""
 
-    embedders: dict[str, type[Embedder]] = field(default_factory=dict)
-    search_backends: dict[str, type[SearchBackend]] = field(default_factory=dict)
-    blob_stores: dict[str, type[BlobStore]] = field(default_factory=dict)
+    embedders: dict[str, type[Embedder] | str] = field(default_factory=dict)
+    search_backends: dict[str, type[SearchBackend] | str] = field(default_factory=dict)
+    blob_stores: dict[str, type[BlobStore] | str] = field(default_factory=dict)
 
     def lookup(self, kind: str, name: str) -> type[Any]:
-        table: dict[str, type[Any]] = getattr(self, kind)
+        table: dict[str, type[Any] | str] = getattr(self, kind)
         try:
-            return table[name]
+            entry = table[name]
         except KeyError:
             known = ", ".join(sorted(table)) or "none"
             raise ConfigurationError(f"unknown {kind[:-1].replace('_', ' ')} {name!r} (known: {known})") from None
+        if isinstance(entry, str):
+            module, _, attr = entry.partition(":")
+            entry = getattr(importlib.import_module(module), attr)
+            if not (isinstance(entry, type) and issubclass(entry, BASES[kind])):
+                raise ConfigurationError(f"{kind} plugin {name!r} is not a {BASES[kind].__name__}")
+            table[name] = entry
+        return entry
 
 
 def _allow_list(raw: str | None) -> set[str] | None:
@@ -79,16 +93,12 @@ def make_plugin_manager(
 
 def collect(pm: pluggy.PluginManager) -> Registry:
     registry = Registry()
-    expected = {
-        "embedders": Embedder,
-        "search_backends": SearchBackend,
-        "blob_stores": BlobStore,
-    }
-    for kind, base in expected.items():
-        table: dict[str, type[Any]] = getattr(registry, kind)
+    for kind, base in BASES.items():
+        table: dict[str, type[Any] | str] = getattr(registry, kind)
 
-        def register(name: str, cls: type, _table: dict = table, _base: type = base, _kind: str = kind) -> None:
-            if not (isinstance(cls, type) and issubclass(cls, _base)):
+        def register(name: str, cls: type | str, _table: dict = table, _base: type = base, _kind: str = kind) -> None:
+            reference = isinstance(cls, str) and re.fullmatch(r"[\w.]+:\w+", cls)
+            if not reference and not (isinstance(cls, type) and issubclass(cls, _base)):
                 raise ConfigurationError(f"{_kind} plugin {name!r} is not a {_base.__name__}")
             if name in _table and _table[name] is not cls:
                 raise ConfigurationError(f"{_kind} name {name!r} registered twice")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lookalike.hookspecs import hookimpl
-from lookalike_aws.s3 import S3BlobStore
 
 
 @hookimpl
-def register_blob_stores(register: Callable[[str, type], None]) -> None:
-    register("s3", S3BlobStore)
+def register_blob_stores(register: Callable[[str, type | str], None]) -> None:
+    register("s3", "lookalike_aws.s3:S3BlobStore")

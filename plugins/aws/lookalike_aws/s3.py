@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
@@ -25,7 +26,12 @@ class S3BlobStore(BlobStore):
 
     def __init__(self, options: S3Options, context: BackendContext | None = None) -> None:
         self.options = options
-        self.client = s3_client(options.endpoint_url, options.region)
+
+    @property
+    def client(self) -> Any:
+        """Created on first use: a cold start whose request touches no blob (a listing, a
+        search by upload) does not pay for it (about 50 ms)."""
+        return s3_client(self.options.endpoint_url, self.options.region)
 
     def _key(self, key: str) -> str:
         return self.options.prefix + key

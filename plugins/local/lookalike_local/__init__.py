@@ -8,23 +8,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lookalike.hookspecs import hookimpl
-from lookalike_local.blobstore import FilesystemBlobStore
-from lookalike_local.efficientnet import EfficientNetLite0
-from lookalike_local.index import LocalIndex
-from lookalike_local.minilm import MiniLM
 
 
 @hookimpl
-def register_embedders(register: Callable[[str, type], None]) -> None:
-    register("efficientnet-lite0", EfficientNetLite0)
-    register("all-minilm-l6-v2", MiniLM)
+def register_embedders(register: Callable[[str, type | str], None]) -> None:
+    register("efficientnet-lite0", "lookalike_local.efficientnet:EfficientNetLite0")
+    register("all-minilm-l6-v2", "lookalike_local.minilm:MiniLM")
 
 
 @hookimpl
-def register_search_backends(register: Callable[[str, type], None]) -> None:
-    register("local", LocalIndex)
+def register_search_backends(register: Callable[[str, type | str], None]) -> None:
+    register("local", "lookalike_local.index:LocalIndex")
 
 
 @hookimpl
-def register_blob_stores(register: Callable[[str, type], None]) -> None:
-    register("filesystem", FilesystemBlobStore)
+def register_blob_stores(register: Callable[[str, type | str], None]) -> None:
+    register("filesystem", "lookalike_local.blobstore:FilesystemBlobStore")

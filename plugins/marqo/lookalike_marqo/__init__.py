@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lookalike.hookspecs import hookimpl
-from lookalike_marqo.backend import MarqoBackend
 
 
 @hookimpl
-def register_search_backends(register: Callable[[str, type], None]) -> None:
-    register("marqo", MarqoBackend)
+def register_search_backends(register: Callable[[str, type | str], None]) -> None:
+    register("marqo", "lookalike_marqo.backend:MarqoBackend")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lookalike.hookspecs import hookimpl
-from lookalike_opensearch.backend import OpenSearchBackend
 
 
 @hookimpl
-def register_search_backends(register: Callable[[str, type], None]) -> None:
-    register("opensearch", OpenSearchBackend)
+def register_search_backends(register: Callable[[str, type | str], None]) -> None:
+    register("opensearch", "lookalike_opensearch.backend:OpenSearchBackend")

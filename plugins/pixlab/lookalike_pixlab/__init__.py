@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lookalike.hookspecs import hookimpl
-from lookalike_pixlab.embedder import PixLabEmbedder
 
 
 @hookimpl
-def register_embedders(register: Callable[[str, type], None]) -> None:
-    register("pixlab", PixLabEmbedder)
+def register_embedders(register: Callable[[str, type | str], None]) -> None:
+    register("pixlab", "lookalike_pixlab.embedder:PixLabEmbedder")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
@@ -19,8 +20,25 @@ from lookalike.errors import LookalikeError, describe_validation
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 logger = Logger(service="lookalike")
-tracer = Tracer(service="lookalike")
 metrics = Metrics(namespace="Lookalike", service="lookalike")
+
+
+def tracing_on() -> bool:
+    """X-Ray tracing: on Lambda with the template's ``Tracing`` Active (LOOKALIKE_TRACING),
+    unless Powertools' POWERTOOLS_TRACE_DISABLED says otherwise."""
+    disabled = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() in ("1", "true")
+    return (not disabled and "AWS_LAMBDA_FUNCTION_NAME" in os.environ
+            and os.environ.get("LOOKALIKE_TRACING", "Active") == "Active")
+
+
+def traced(handler: Any) -> Any:
+    """``handler`` under Powertools' Tracer when tracing is on. The Tracer is built only then:
+    building it imports the X-Ray SDK and botocore even when disabled (0.18 s of a cold start)."""
+    if not tracing_on():
+        return handler
+    from aws_lambda_powertools import Tracer
+
+    return Tracer(service="lookalike").capture_lambda_handler(capture_response=False)(handler)
 
 
 def error_response(status: int, message: str) -> Response:
@@ -61,7 +79,7 @@ def build_handler(*routers: Router) -> tuple[APIGatewayRestResolver, Any]:
 
     # Never log the event: it carries API keys and images (POWERTOOLS_LOGGER_LOG_EVENT stays off).
     @logger.inject_lambda_context(clear_state=True, log_event=False)
-    @tracer.capture_lambda_handler(capture_response=False)
+    @traced
     @metrics.log_metrics
     def handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         started = time.perf_counter()

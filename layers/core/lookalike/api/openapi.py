@@ -11,7 +11,6 @@ import json
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from pydantic import BaseModel
 
@@ -20,7 +19,8 @@ from lookalike.api import v1
 from lookalike.api.app import build_app
 from lookalike.api.surfaces import imgen, marqo, pixlab, visual_layer, xgen
 
-router = Router()  # taxonomy function: GET /openapi.json
+# Served by lookalike.api.web at GET /openapi.json, which imports this module (every router
+# and model) only for that route.
 ROUTERS: tuple[Router, ...] = (
     v1.catalog, v1.items, v1.search, v1.text, v1.embedding, xgen.router, marqo.router, pixlab.router,
     imgen.search_router, imgen.taxonomy_router, visual_layer.upload_router, visual_layer.explore_router,
@@ -140,8 +140,3 @@ def document() -> dict[str, Any]:
                 responses.setdefault(status, {"description": text, "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
     return doc
-
-
-@router.get("/openapi.json", include_in_schema=False)
-def openapi_json() -> Response[dict]:
-    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=document())

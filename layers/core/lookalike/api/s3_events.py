@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lookalike.api.app import logger, metrics, tracer, with_metrics_cleared
+from lookalike.api.app import logger, metrics, traced, with_metrics_cleared
 from lookalike.api.request import service
 from lookalike.aws import s3_client
 from lookalike.errors import BadRequest, LookalikeError
@@ -81,7 +81,7 @@ def _sqs_batch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context(clear_state=True, log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
+@traced
 @metrics.log_metrics
 def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     _once().config.register_lambda_context(context)  # in-progress records expire with the invocation

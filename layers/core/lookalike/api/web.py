@@ -1,5 +1,5 @@
 """The search page: static files from ``lookalike/web``, served next to the API so the page
-calls it from the same origin (no CORS, no separate hosting). No build step: plain HTML,
+calls it from the same origin (no CORS, no separate hosting), and the OpenAPI document. No build step: plain HTML,
 CSS and a JavaScript module, readable as an example of calling the public /v1 API."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import html
 from functools import cache
 from importlib import resources
 
-from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from lookalike import media
@@ -31,6 +31,15 @@ SECURITY_HEADERS = {
 @cache
 def _asset(name: str) -> str:
     return resources.files("lookalike").joinpath("web", name).read_text(encoding="utf-8")
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi_json() -> Response[dict]:
+    # Imported here: the document imports every route and model, which the taxonomy
+    # function's other routes never need at a cold start.
+    from lookalike.api.openapi import document
+
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=document())
 
 
 @router.get("/ui", include_in_schema=False, enable_validation=False)
