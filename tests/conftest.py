@@ -46,11 +46,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lookalike_local import efficientnet, minilm
 
     env = os.environ.get("LOOKALIKE_MODEL_DIR")
-    if env and all((Path(env) / name).exists() for name in (efficientnet.ONNX_NAME, minilm.ONNX_NAME,
-                                                               minilm.TOKENIZER_NAME)):
+    if env and all((Path(env) / name).exists() for name in (efficientnet.ONNX_NAME, efficientnet.ONNX_INT8_NAME,
+                                                               minilm.ONNX_NAME, minilm.TOKENIZER_NAME)):
         return Path(env)
     out = tmp_path_factory.mktemp("models")
     efficientnet.build_onnx(out / efficientnet.ONNX_NAME)
+    efficientnet.build_int8(out / efficientnet.ONNX_INT8_NAME)
     minilm.build_onnx(out)
     return out
 

@@ -4,7 +4,7 @@ Like the real runtime it imports the handler from the function's code folder wit
 on ``sys.path`` (and nothing from the test's virtualenv), then answers invocations: one event
 file name per line on stdin, one JSON result per line on the file descriptor given as argv[2]
 (stdout belongs to the function's logs, as it does on Lambda). Each result also carries the
-handler's import time and the process's peak memory.
+handler's import time, the invocation's CPU time and the process's peak memory.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main() -> None:
         if handler is None:
             out = {"errorType": "Runtime.ImportModuleError", "errorMessage": init_error}
         else:
+            cpu_started = time.process_time()
             try:
                 out = {"result": handler(event, Context(timeout_s))}
             except Exception as exc:  # noqa: BLE001 - reported as the runtime reports unhandled errors
@@ -60,6 +61,8 @@ def main() -> None:
         # For bench/cold_start.py: the import's time, and the process's peak memory so far.
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         out.update(init_ms=round(init_ms, 1), max_rss_mb=round(peak_mb, 1))
+        if handler is not None:
+            out["cpu_ms"] = round((time.process_time() - cpu_started) * 1000, 1)
         results.write(json.dumps(out) + "\n")
         results.flush()
 

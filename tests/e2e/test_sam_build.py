@@ -59,6 +59,25 @@ def test_build_is_current() -> None:
             assert (BUILD / built["Resources"][name]["Properties"]["CodeUri"] / "app.py").is_file()
 
 
+LAMBDA_UNZIPPED_LIMIT = 262_144_000  # bytes: a function's code and all its layers, unzipped
+
+
+def _bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_every_function_fits_lambdas_size_limit() -> None:
+    """Lambda refuses a function whose code and layers exceed 250 MB unzipped."""
+    built = load_template(BUILD / "template.yaml")
+    globals_ = built["Globals"]["Function"]
+    for name, spec in built["Resources"].items():
+        if spec["Type"] != "AWS::Serverless::Function":
+            continue
+        layers = [ref["Ref"] for ref in globals_.get("Layers", []) + spec["Properties"].get("Layers", [])]
+        size = _bytes(BUILD / spec["Properties"]["CodeUri"]) + sum(_bytes(BUILD / layer) for layer in layers)
+        assert size < LAMBDA_UNZIPPED_LIMIT, f"{name}: {size / 2**20:.0f} MiB with {layers}"
+
+
 def test_built_functions_serve_the_sample_events(stack: tuple[dict[str, Function], dict[str, str]]) -> None:
     fns, names = stack
     s3 = boto3.client("s3", endpoint_url=names["moto"], **MOTO_CREDENTIALS)

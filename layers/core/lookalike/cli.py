@@ -259,12 +259,14 @@ def models() -> None:
 @click.option("--model-dir", type=click.Path(path_type=Path))
 @click.option("--only", type=click.Choice(["image", "text"]), help="Build one of the two models.")
 def models_build(model_dir: Path | None, only: str | None) -> None:
-    """Convert the packaged EfficientNet-Lite0 and all-MiniLM-L6-v2 weights to ONNX (numpy + onnx, no torch)."""
+    """Convert the packaged EfficientNet-Lite0 (float32 and int8) and all-MiniLM-L6-v2 weights to ONNX
+    (numpy + onnx + onnxruntime's quantiser, no torch)."""
     from lookalike_local import efficientnet, minilm
 
     target = model_dir or efficientnet.default_model_dir()
     if only in (None, "image"):
         click.echo(f"wrote {efficientnet.build_onnx(target / efficientnet.ONNX_NAME)}")
+        click.echo(f"wrote {efficientnet.build_int8(target / efficientnet.ONNX_INT8_NAME)}")
     if only in (None, "text"):
         click.echo(f"wrote {minilm.build_onnx(target)}")
 

@@ -53,6 +53,15 @@ class Embedder(abc.ABC):
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Return an (n, dimension) float32 array of L2-normalised rows."""
 
+    def prepare_image(self, image: Image.Image) -> Any:
+        """The per-image share of embedding (resizing, normalising), which ingestion runs in
+        its decoding threads; ``embed_prepared`` finishes a batch of them. By default the image."""
+        return image
+
+    def embed_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
+        """``embed_images`` of images already through ``prepare_image``."""
+        return self.embed_images(prepared)
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} does not embed text")
 

@@ -499,22 +499,23 @@ class TenantService:
         """Decode ``datas`` on ``pool`` and embed the decodable ones in batches: the costly part of
         ingestion, done for many images at once. An undecodable image gets its BadRequest."""
 
-        def decode(data: bytes) -> tuple[images.DecodedImage, bytes | None] | BadRequest:
+        def decode(data: bytes) -> tuple[images.DecodedImage, bytes | None, Any] | BadRequest:
             try:
                 decoded = self.decode(data)
             except BadRequest as exc:
                 return exc
-            # The local features too: OpenCV releases the GIL, so they overlap like decoding.
-            return decoded, _features_blob(decoded.image)
+            # The local features and the model's resizing too: OpenCV, Pillow and numpy
+            # release the GIL, so they overlap like decoding.
+            return decoded, _features_blob(decoded.image), self.embedder.prepare_image(decoded.image)
 
         decoded = list(pool.map(decode, datas))
         out: dict[int, PreparedImage | BadRequest] = {
             n: d for n, d in enumerate(decoded) if isinstance(d, BadRequest)}
         ok = [(n, d) for n, d in enumerate(decoded) if not isinstance(d, BadRequest)]
         for chunk in _chunks(ok, self.embedder.batch_size):
-            vectors = self.embedder.embed_images([d.image for _, (d, _) in chunk])
+            vectors = self.embedder.embed_prepared([p for _, (_, _, p) in chunk])
             out.update({n: PreparedImage(d, v, f) if np.any(v) else BadRequest(ZERO_VECTOR)
-                        for (n, (d, f)), v in zip(chunk, vectors, strict=True)})
+                        for (n, (d, f, _)), v in zip(chunk, vectors, strict=True)})
         return [out[n] for n in range(len(decoded))]
 
     def put_items(self, collection: str, entries: Iterable[tuple[str, bytes, Any]], threads: int = 2) -> IngestReport:
