@@ -73,6 +73,11 @@ def main() -> None:
     if not paths:
         sys.exit(f"no photos under {DATA / 'train'}")
     paths = paths[: args.limit or None]
+    previous = RESULTS / "ingest.json"
+    if previous.exists():  # the figure this run replaces, and what it was measured on
+        before = json.loads(previous.read_text())
+        print(f"previous run: {before.get('images_per_second')} images/s, model alone "
+              f"{before.get('model_only_images_per_second')}, configuration {json.dumps(before.get('configuration'))}")
 
     home = Path(tempfile.mkdtemp(prefix="lookalike-bench-ingest-"))
     (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {"bench": {"api_keys": []}},
@@ -145,6 +150,9 @@ def main() -> None:
         "model_only_images_per_second": round(model_only, 1),
         "last_image_searchable": hit.id == paths[-1].stem,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "configuration": {"commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                                   capture_output=True, text=True, check=False).stdout.strip(),
+                          "model_id": tenant.embedder.model_id, "batch": args.batch},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ingest.json").write_text(json.dumps(report, indent=2))
