@@ -45,18 +45,18 @@ KEY = "bench-key"
 def catalog_vectors(home: Path) -> tuple[list[str], np.ndarray, list[str]]:
     cache = RESULTS / "catalog_vectors.npz"
     paths = sorted((DATA / "train").rglob("*.jpg"))
-    if cache.exists():
-        saved = np.load(cache)
-        if len(saved["vectors"]) == len(paths):
-            return [p.stem for p in paths], saved["vectors"], [p.parent.name for p in paths]
     from lookalike.config import Settings
     from lookalike.service import Lookalike
 
     tenant = Lookalike(Settings(home=home)).tenant("bench")
+    if cache.exists():  # the same photos, embedded by the same model
+        saved = np.load(cache)
+        if len(saved["vectors"]) == len(paths) and str(saved.get("model_id", "")) == tenant.embedder.model_id:
+            return [p.stem for p in paths], saved["vectors"], [p.parent.name for p in paths]
     decoded = [tenant.decode(p.read_bytes()).image for p in paths]
     vectors = tenant.embedder.embed_images(decoded)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, vectors=vectors)
+    np.savez(cache, vectors=vectors, model_id=np.array(tenant.embedder.model_id))
     return [p.stem for p in paths], vectors, [p.parent.name for p in paths]
 
 
