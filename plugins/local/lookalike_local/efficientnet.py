@@ -351,7 +351,11 @@ class EfficientNetLite0(Embedder):
         return l2_normalize(np.asarray(vectors, dtype=np.float32) @ matrix)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.embed_prepared([self.prepare_image(img) for img in images])
+        # A batch at a time: each image's views take 1.2 MB.
+        chunks = [images[start:start + self.batch_size] for start in range(0, len(images), self.batch_size)]
+        if not chunks:
+            return self.embed_prepared([])
+        return np.concatenate([self.embed_prepared([self.prepare_image(img) for img in chunk]) for chunk in chunks])
 
     def embed_prepared(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         out = [self._run(np.stack(prepared[start:start + self.batch_size]))
