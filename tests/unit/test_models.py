@@ -13,7 +13,7 @@ from lookalike.errors import BadRequest, ModelMismatch
 from lookalike.service import ImageRef, Lookalike
 from lookalike_local.efficientnet import EfficientNetLite0, EfficientNetOptions, projection_matrix
 from lookalike_local.minilm import MiniLM, MiniLMOptions
-from tests.conftest import query_image, write_deployment
+from tests.conftest import catalog_images, query_image, write_deployment
 
 
 def test_minilm_reproduces_sentence_transformers(model_dir: Path) -> None:
@@ -51,7 +51,7 @@ def test_projection_is_fixed_orthonormal_and_keeps_neighbours() -> None:
 
 def test_image_embedder_views_projection_and_ids(model_dir: Path) -> None:
     native = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
-    assert native.model_id == "efficientnet-lite0/gem3/crop+pad/224" and native.dimension == 1280
+    assert native.model_id == "efficientnet-lite0-int8/gem3/crop+pad/224" and native.dimension == 1280
     img = Image.open(query_image("shoes")).convert("RGB")
     mirrored_small = ImageOps.mirror(img).resize((img.width // 3, img.height // 3))
     a, b, other = native.embed_images([img, mirrored_small, Image.open(query_image("hat")).convert("RGB")])
@@ -61,7 +61,22 @@ def test_image_embedder_views_projection_and_ids(model_dir: Path) -> None:
     projected = small.embed_images([img])
     assert projected.shape == (1, 512) and np.allclose(projected, native.project(a[None], 512), atol=1e-5)
     single = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, views=["crop"], gem_p=1))
-    assert single.model_id == "efficientnet-lite0/gap/crop/224"
+    assert single.model_id == "efficientnet-lite0-int8/gap/crop/224"
+
+
+def test_the_int8_model_embeds_as_the_float32_one_does(model_dir: Path) -> None:
+    """The quantised network's vectors stay next to the float model's, and keep the float
+    model's neighbourhoods; each records its own model id, so collections never mix them."""
+    int8 = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
+    float32 = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, precision="float32"))
+    assert float32.model_id == "efficientnet-lite0/gem3/crop+pad/224" != int8.model_id
+    photos = [Image.open(p).convert("RGB") for p in catalog_images()]
+    a, b = int8.embed_images(photos), float32.embed_images(photos)
+    assert float(np.min(np.sum(a * b, axis=1))) > 0.95
+    # Each photo's nearest other photo under int8 is one of its two nearest under float32.
+    nearest_int8 = [int(np.argsort(-row)[1]) for row in a @ a.T]
+    nearest_float32 = [set(np.argsort(-row)[1:3].tolist()) for row in b @ b.T]
+    assert all(n in f for n, f in zip(nearest_int8, nearest_float32, strict=True))
 
 
 def test_captions_are_searched_by_meaning(deployment: Path) -> None:
