@@ -19,7 +19,7 @@ from lookalike import images
 from lookalike.errors import InvalidImage, ModelMismatch, NotFound, PayloadTooLarge
 from lookalike.fetch import FetchError, FetchPolicy, address_allowed, fetch
 from lookalike.service import ImageRef, Lookalike
-from tests.conftest import query_image
+from tests.conftest import query_image, write_deployment
 
 LIMITS = {"max_bytes": 5 * 1024 * 1024, "max_pixels": 40_000_000}
 
@@ -252,3 +252,18 @@ def test_anchor_expiry_and_model_mismatch(deployment: Path, monkeypatch: pytest.
     monkeypatch.setattr(tenant.embedder, "model_id", "some-other-model")
     with pytest.raises(ModelMismatch, match="was built with model efficientnet-lite0"):
         tenant.search("c", ImageRef(data=query_image().read_bytes()))
+
+
+def test_a_collection_from_before_the_int8_default_says_how_to_keep_it(deployment: Path) -> None:
+    """Upgrading turns the default model int8: a float32 collection answers 409 with the way
+    back, and the float32 embedder searches it again."""
+    from lookalike.contracts import CollectionSpec
+
+    tenant = Lookalike().tenant("demo")
+    tenant.search_backend.create_collection(tenant.id, CollectionSpec(
+        name="old", model_id="efficientnet-lite0/gem3/crop+pad/224", dimension=1280))
+    with pytest.raises(ModelMismatch, match="keep it with the embedder option precision: float32"):
+        tenant.search("old", ImageRef(data=query_image().read_bytes()))
+    write_deployment(deployment, {"defaults": {"embedder": {
+        "name": "efficientnet-lite0", "options": {"precision": "float32"}}}})
+    assert Lookalike().tenant("demo").search("old", ImageRef(data=query_image().read_bytes())).hits == []

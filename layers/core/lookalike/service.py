@@ -175,6 +175,10 @@ def _features_blob(image: Image.Image) -> bytes | None:
     return geometry.dumps(geometry.extract(image)) if geometry.available() else None
 
 
+# Collections embedded before the int8 default carry the float32 model's id.
+_FLOAT32_HINT = ": re-ingest it, or keep it with the embedder option precision: float32"
+
+
 def _crop(image: Image.Image, region: tuple[float, ...]) -> Image.Image:
     """``region``: x, y, width, height as fractions of the image."""
     x, y, w, h = region
@@ -355,6 +359,8 @@ class TenantService:
             raise ModelMismatch(
                 f"collection {name!r} was built with model {info.model_id} ({info.dimension}-d); "
                 f"this tenant embeds with {self.embedder.model_id} ({self.embedder.dimension}-d)"
+                + _FLOAT32_HINT * (info.model_id.replace("efficientnet-lite0/", "efficientnet-lite0-int8/", 1)
+                                   == self.embedder.model_id)
             )
         return info
 
