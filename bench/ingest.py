@@ -1,6 +1,6 @@
 """Ingestion throughput: images per second from S3 event to searchable.
 
-    .venv/bin/python bench/ingest.py [--limit 3068] [--batch 10]
+    .venv/bin/python bench/ingest.py [--limit 3068] [--batch 10] [--concurrency 1]
 
 1. Starts moto's S3 server in its own process on loopback and uploads the 3,068 catalog photos of
    ../shared/data/clothing/train under ``bench/clothing/<id>.jpg`` (not timed).
@@ -8,6 +8,9 @@
    SQS event per ``--batch`` S3 ObjectCreated notifications, as Lambda's event source
    mapping does: S3 GET, sidecar lookup, HEAD, decode, EfficientNet-Lite0, once-only record,
    upsert into the embedded index. Stops the clock when every photo is searchable.
+   With ``--concurrency N``, N warm processes take the batches side by side, as Lambda runs
+   concurrent execution environments for a backed-up queue (one embedded index and
+   once-only store, shared by the processes as by `lookalike serve`'s workers).
 3. Reports the CPU seconds of Lookalike and of the S3 server while the clock ran, and the
    model's own rate on the same photos (EfficientNet-Lite0, two views): the ceiling.
 
@@ -23,8 +26,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -32,6 +37,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -64,10 +70,35 @@ def process_cpu_seconds(pid: int) -> float:
     return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
+_handler = None
+
+
+def _load_handler() -> Any:
+    """The deployed ingest handler, as a Lambda execution environment imports it."""
+    global _handler
+    if _handler is None:
+        spec = importlib.util.spec_from_file_location("ingest_app", ROOT / "functions" / "ingest" / "app.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _handler = module.lambda_handler
+    return _handler
+
+
+def _invoke(event: dict[str, Any]) -> int:
+    """One SQS batch through the handler; its failed records."""
+    from lookalike.lambda_context import LocalContext
+
+    return len(_load_handler()(event, LocalContext(function_name="ingest"))["batchItemFailures"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=0, help="photos to ingest (0: all)")
     parser.add_argument("--batch", type=int, default=10, help="SQS batch size (the template's BatchSize)")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="execution environments taking batches side by side, as Lambda scales an SQS "
+                             "trigger (each a process of its own)")
     args = parser.parse_args()
     paths = sorted((DATA / "train").rglob("*.jpg"))
     if not paths:
@@ -102,13 +133,8 @@ def main() -> None:
     for path in paths:
         s3.put_object(Bucket=BUCKET, Key=f"bench/clothing/{path.stem}.jpg", Body=path.read_bytes())
 
-    spec = importlib.util.spec_from_file_location("ingest_app", ROOT / "functions" / "ingest" / "app.py")
-    assert spec and spec.loader
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
     from lookalike.api.request import service
     from lookalike.contracts import VectorQuery
-    from lookalike.lambda_context import LocalContext
 
     tenant = service().tenant("bench")
     tenant.create_collection("clothing")
@@ -119,20 +145,30 @@ def main() -> None:
     tenant.embedder.embed_images(sample)
     model_only = len(sample) / (time.perf_counter() - model_started)
 
-    context = LocalContext(function_name="ingest")
-    failures = 0
+    events = [{"Records": [{
+        "messageId": f"m{start + n}", "receiptHandle": f"r{start + n}", "attributes": {},
+        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:ingest", "awsRegion": "us-east-1",
+        "body": json.dumps({"Records": [{
+            "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": BUCKET}, "object": {"key": f"bench/clothing/{p.stem}.jpg",
+                                                          "sequencer": f"{start + n:018X}"}}}]})}
+        for n, p in enumerate(paths[start:start + args.batch])]} for start in range(0, len(paths), args.batch)]
+    if args.concurrency > 1:  # warm execution environments, as a scaled-out trigger keeps them
+        workers = multiprocessing.get_context("spawn").Pool(args.concurrency, initializer=_load_handler)
+        workers.map(abs, range(args.concurrency))  # every worker has imported the handler
+    else:
+        _load_handler()
     started, cpu_started, s3_cpu_started = time.perf_counter(), time.process_time(), process_cpu_seconds(server.pid)
-    for start in range(0, len(paths), args.batch):
-        event = {"Records": [{
-            "messageId": f"m{start + n}", "receiptHandle": f"r{start + n}", "attributes": {},
-            "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:ingest", "awsRegion": "us-east-1",
-            "body": json.dumps({"Records": [{
-                "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": BUCKET}, "object": {"key": f"bench/clothing/{p.stem}.jpg",
-                                                              "sequencer": f"{start + n:018X}"}}}]})}
-            for n, p in enumerate(paths[start:start + args.batch])]}
-        failures += len(app.lambda_handler(event, context)["batchItemFailures"])
+    children_started = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if args.concurrency > 1:
+        failures = sum(workers.imap_unordered(_invoke, events))
+        workers.close()
+        workers.join()
+    else:
+        failures = sum(_invoke(event) for event in events)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children_cpu = (children.ru_utime - children_started.ru_utime) + (children.ru_stime - children_started.ru_stime)
     info = tenant.collection("clothing")
     last = tenant.search_backend.get_item("bench", "clothing", paths[-1].stem)
     assert last is not None
@@ -145,14 +181,16 @@ def main() -> None:
     report = {
         "images": len(paths), "indexed": info.item_count, "failures": failures, "seconds": round(elapsed, 2),
         "images_per_second": round(info.item_count / elapsed, 1), "batch": args.batch,
-        "lookalike_cpu_seconds": round(time.process_time() - cpu_started, 2),
+        "lookalike_cpu_seconds": round(time.process_time() - cpu_started + children_cpu, 2),
+        "concurrency": args.concurrency,
         "s3_server_cpu_seconds": round(s3_cpu, 2),
         "model_only_images_per_second": round(model_only, 1),
         "last_image_searchable": hit.id == paths[-1].stem,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "configuration": {"commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                                                    capture_output=True, text=True, check=False).stdout.strip(),
-                          "model_id": tenant.embedder.model_id, "batch": args.batch},
+                          "model_id": tenant.embedder.model_id, "batch": args.batch,
+                          "concurrency": args.concurrency},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ingest.json").write_text(json.dumps(report, indent=2))

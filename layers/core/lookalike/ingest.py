@@ -23,7 +23,7 @@ from urllib.parse import unquote_plus
 from lookalike.errors import BadRequest, Conflict, LookalikeError, NotFound
 from lookalike.fetch import fetch
 from lookalike.idempotency import OnceOnly
-from lookalike.service import ImageRef, IngestReport, Lookalike, PreparedImage, TenantService
+from lookalike.service import DecodedForIngest, ImageRef, IngestReport, Lookalike, PreparedImage, TenantService
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 MAX_MANIFEST_LINE = 64 * 1024
@@ -291,29 +291,33 @@ class Prefetched:
 
 def prefetch(tenant: TenantService, objects: ObjectSource, keys: Sequence[str], pool: ThreadPoolExecutor,
              ) -> dict[str, Prefetched]:
-    """Read ``keys`` concurrently, then decode and embed them together: the SQS batch's I/O and
+    """Read and decode ``keys`` concurrently, then embed them together: the SQS batch's I/O and
     model time, paid once for the batch instead of once per record. A failure here is kept and
     raised in that record's own step, so it is retried or parked like any other."""
 
-    def read(key: str) -> Prefetched:
+    def read(key: str) -> tuple[Prefetched, DecodedForIngest | BadRequest | None]:
+        # Each thread decodes what it has just read, so one object's S3 wait overlaps another's
+        # decoding instead of every read waiting for the slowest.
         try:
-            return Prefetched(obj=objects.read(key, tenant.limits.max_image_bytes))
+            fetched = Prefetched(obj=objects.read(key, tenant.limits.max_image_bytes))
+            return fetched, tenant.decode_for_ingest(fetched.obj.data) if fetched.obj else None
         except Exception as exc:  # noqa: BLE001 - raised again in the record's own step
-            return Prefetched(error=exc)
+            return Prefetched(error=exc), None
 
-    out = dict(zip(keys, pool.map(read, keys), strict=True))
-    present = [p for p in out.values() if p.obj is not None]
+    results = dict(zip(keys, pool.map(read, keys), strict=True))
+    out = {key: fetched for key, (fetched, _) in results.items()}
+    present = [(fetched, decoded) for fetched, decoded in results.values() if decoded is not None]
     try:
-        images = tenant.prepare_images([p.obj.data for p in present if p.obj], pool)
+        images = tenant.embed_decoded([decoded for _, decoded in present])
     except Exception as exc:  # noqa: BLE001 - the model failed for the batch: each record retries
-        for p in present:
-            p.error = exc
+        for fetched, _ in present:
+            fetched.error = exc
         return out
-    for p, image in zip(present, images, strict=True):
+    for (fetched, _), image in zip(present, images, strict=True):
         if isinstance(image, BadRequest):
-            p.error = PoisonObject(f"refused: {image.message}")
+            fetched.error = PoisonObject(f"refused: {image.message}")
         else:
-            p.image = image
+            fetched.image = image
     return out
 
 

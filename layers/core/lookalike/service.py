@@ -171,6 +171,15 @@ class PreparedImage:
     features: bytes | None = None  # geometry.dumps of the photo's local features, where OpenCV is
 
 
+@dataclass
+class DecodedForIngest:
+    """An image through ``decode_for_ingest``, waiting for the model."""
+
+    decoded: images.DecodedImage
+    features: bytes | None
+    model_input: Any  # Embedder.prepare_image's
+
+
 def _features_blob(image: Image.Image) -> bytes | None:
     return geometry.dumps(geometry.extract(image)) if geometry.available() else None
 
@@ -504,24 +513,26 @@ class TenantService:
     def prepare_images(self, datas: Sequence[bytes], pool: ThreadPoolExecutor) -> list[PreparedImage | BadRequest]:
         """Decode ``datas`` on ``pool`` and embed the decodable ones in batches: the costly part of
         ingestion, done for many images at once. An undecodable image gets its BadRequest."""
+        return self.embed_decoded(list(pool.map(self.decode_for_ingest, datas)))
 
-        def decode(data: bytes) -> tuple[images.DecodedImage, bytes | None, Any] | BadRequest:
-            try:
-                decoded = self.decode(data)
-            except BadRequest as exc:
-                return exc
-            # The local features and the model's resizing too: OpenCV, Pillow and numpy
-            # release the GIL, so they overlap like decoding.
-            return decoded, _features_blob(decoded.image), self.embedder.prepare_image(decoded.image)
+    def decode_for_ingest(self, data: bytes) -> DecodedForIngest | BadRequest:
+        """An image's share of ingestion that runs in a thread: decoding, the local features
+        and the model's resizing (OpenCV, Pillow and numpy release the GIL, so these overlap)."""
+        try:
+            decoded = self.decode(data)
+        except BadRequest as exc:
+            return exc
+        return DecodedForIngest(decoded, _features_blob(decoded.image), self.embedder.prepare_image(decoded.image))
 
-        decoded = list(pool.map(decode, datas))
+    def embed_decoded(self, decoded: Sequence[DecodedForIngest | BadRequest]) -> list[PreparedImage | BadRequest]:
+        """``decode_for_ingest``'s results embedded, a model batch at a time."""
         out: dict[int, PreparedImage | BadRequest] = {
             n: d for n, d in enumerate(decoded) if isinstance(d, BadRequest)}
         ok = [(n, d) for n, d in enumerate(decoded) if not isinstance(d, BadRequest)]
         for chunk in _chunks(ok, self.embedder.batch_size):
-            vectors = self.embedder.embed_prepared([p for _, (_, _, p) in chunk])
-            out.update({n: PreparedImage(d, v, f) if np.any(v) else BadRequest(ZERO_VECTOR)
-                        for (n, (d, f, _)), v in zip(chunk, vectors, strict=True)})
+            vectors = self.embedder.embed_prepared([d.model_input for _, d in chunk])
+            out.update({n: PreparedImage(d.decoded, v, d.features) if np.any(v) else BadRequest(ZERO_VECTOR)
+                        for (n, d), v in zip(chunk, vectors, strict=True)})
         return [out[n] for n in range(len(decoded))]
 
     def put_items(self, collection: str, entries: Iterable[tuple[str, bytes, Any]], threads: int = 2) -> IngestReport:
