@@ -48,6 +48,7 @@ from tests.e2e.lambda_stand_in import (  # noqa: E402 - after the path is set
     MOTO_CREDENTIALS,
     functions,
     stack_resources,
+    tree_bytes,
 )
 
 FIRST_EVENT = {"ReverseSearchFunction": "reverse_search", "EmbedFunction": "embed",
@@ -71,15 +72,13 @@ def at_memory(wall_ms: float, cpu_ms: float, memory_mb: int) -> tuple[float, flo
 
 def configuration() -> dict[str, Any]:
     """What the figures were measured on: the commit, the runtime, the layers' sizes."""
-    def du(path: Path) -> float:
-        return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
-
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                             text=True, check=False).stdout.strip()
     template = load_template(BUILD / "template.yaml")
     return {"commit": commit, "python": platform.python_version(),
             "runtime": template["Globals"]["Function"]["Runtime"],
-            "layers_mb": {p.name: du(p) for p in sorted(BUILD.iterdir()) if p.name.endswith("Layer")}}
+            "layers_mb": {p.name: round(tree_bytes(p) / 2**20, 1) for p in sorted(BUILD.iterdir())
+                          if p.name.endswith("Layer")}}
 
 
 def main() -> None:

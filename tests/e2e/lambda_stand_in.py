@@ -48,6 +48,16 @@ def _overlay(src: Path, dst: Path) -> None:
             target.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
 
 
+def function_layers(globals_: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """The layers a function mounts: the template's global ones, then its own."""
+    return [ref["Ref"] for ref in globals_.get("Layers", []) + spec["Properties"].get("Layers", [])]
+
+
+def tree_bytes(path: Path) -> int:
+    """The unzipped size of a built folder."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def _resolve(value: Any, refs: dict[str, str]) -> str:
     if isinstance(value, dict) and set(value) == {"Ref"}:
         name = value["Ref"]
@@ -63,7 +73,7 @@ class Function:
     def __init__(self, name: str, spec: dict[str, Any], globals_: dict[str, Any], refs: dict[str, str],
                  opt_root: Path, extra_env: dict[str, str]) -> None:
         props = {**globals_, **spec["Properties"]}
-        layers = [ref["Ref"] for ref in globals_.get("Layers", []) + spec["Properties"].get("Layers", [])]
+        layers = function_layers(globals_, spec)
         opt = opt_root / "-".join(layers)
         if not opt.exists():
             for layer in layers:

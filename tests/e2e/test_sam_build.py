@@ -19,7 +19,16 @@ import pytest
 
 from lookalike.server import load_template
 from tests.conftest import FIXTURES, ROOT
-from tests.e2e.lambda_stand_in import BUILD, LAMBDA_RUNTIME, MOTO_CREDENTIALS, Function, functions, stack_resources
+from tests.e2e.lambda_stand_in import (
+    BUILD,
+    LAMBDA_RUNTIME,
+    MOTO_CREDENTIALS,
+    Function,
+    function_layers,
+    functions,
+    stack_resources,
+    tree_bytes,
+)
 
 pytestmark = pytest.mark.skipif(
     not (BUILD / "template.yaml").is_file() or not LAMBDA_RUNTIME.is_dir(),
@@ -62,10 +71,6 @@ def test_build_is_current() -> None:
 LAMBDA_UNZIPPED_LIMIT = 262_144_000  # bytes: a function's code and all its layers, unzipped
 
 
-def _bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def test_every_function_fits_lambdas_size_limit() -> None:
     """Lambda refuses a function whose code and layers exceed 250 MB unzipped."""
     built = load_template(BUILD / "template.yaml")
@@ -73,8 +78,8 @@ def test_every_function_fits_lambdas_size_limit() -> None:
     for name, spec in built["Resources"].items():
         if spec["Type"] != "AWS::Serverless::Function":
             continue
-        layers = [ref["Ref"] for ref in globals_.get("Layers", []) + spec["Properties"].get("Layers", [])]
-        size = _bytes(BUILD / spec["Properties"]["CodeUri"]) + sum(_bytes(BUILD / layer) for layer in layers)
+        layers = function_layers(globals_, spec)
+        size = tree_bytes(BUILD / spec["Properties"]["CodeUri"]) + sum(tree_bytes(BUILD / layer) for layer in layers)
         assert size < LAMBDA_UNZIPPED_LIMIT, f"{name}: {size / 2**20:.0f} MiB with {layers}"
 
 

@@ -131,9 +131,12 @@ def test_an_image_that_embeds_to_zero_is_refused_and_stores_nothing(deployment: 
 
     tenant = Lookalike().tenant("demo")
     tenant.create_collection("zeros")
-    # Every image path ends in embed_prepared (embed_images too, for EfficientNet-Lite0).
-    monkeypatch.setattr(tenant.embedder, "embed_prepared", lambda prepared: np.zeros(
-        (len(prepared), tenant.embedder.dimension), dtype=np.float32))
+    def zeros(images: list) -> np.ndarray:
+        return np.zeros((len(images), tenant.embedder.dimension), dtype=np.float32)
+
+    # Both ways in: one image (put_item) and images the ingest threads prepared (put_items).
+    monkeypatch.setattr(tenant.embedder, "embed_images", zeros)
+    monkeypatch.setattr(tenant.embedder, "embed_prepared", zeros)
     with pytest.raises(BadRequest, match="zero vector"):
         tenant.put_item("zeros", "z", ImageRef(data=PHOTO))
     report = tenant.put_items("zeros", [("z1", PHOTO, {}), ("z2", PHOTO, {})])

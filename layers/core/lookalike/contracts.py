@@ -65,6 +65,11 @@ class Embedder(abc.ABC):
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} does not embed text")
 
+    def mismatch_hint(self, model_id: str) -> str:
+        """What to do about a collection built with ``model_id``, which is not this embedder's
+        (appended to the 409 that refuses it); empty when there is nothing more to say."""
+        return ""
+
     def project(self, vectors: np.ndarray, dimension: int) -> np.ndarray:
         """This model's vectors at another ``dimension`` (the PixLab 512 / 1024), if it defines one."""
         if dimension == self.dimension:

@@ -100,7 +100,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
             reference = isinstance(cls, str) and re.fullmatch(r"[\w.]+:\w+", cls)
             if not reference and not (isinstance(cls, type) and issubclass(cls, _base)):
                 raise ConfigurationError(f"{_kind} plugin {name!r} is not a {_base.__name__}")
-            if name in _table and _table[name] is not cls:
+            if name in _table and _table[name] != cls:  # a class by identity, a reference by value
                 raise ConfigurationError(f"{_kind} name {name!r} registered twice")
             _table[name] = cls
 

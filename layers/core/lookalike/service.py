@@ -184,10 +184,6 @@ def _features_blob(image: Image.Image) -> bytes | None:
     return geometry.dumps(geometry.extract(image)) if geometry.available() else None
 
 
-# Collections embedded before the int8 default carry the float32 model's id.
-_FLOAT32_HINT = ": re-ingest it, or keep it with the embedder option precision: float32"
-
-
 def _crop(image: Image.Image, region: tuple[float, ...]) -> Image.Image:
     """``region``: x, y, width, height as fractions of the image."""
     x, y, w, h = region
@@ -368,8 +364,7 @@ class TenantService:
             raise ModelMismatch(
                 f"collection {name!r} was built with model {info.model_id} ({info.dimension}-d); "
                 f"this tenant embeds with {self.embedder.model_id} ({self.embedder.dimension}-d)"
-                + _FLOAT32_HINT * (info.model_id.replace("efficientnet-lite0/", "efficientnet-lite0-int8/", 1)
-                                   == self.embedder.model_id)
+                + self.embedder.mismatch_hint(info.model_id)
             )
         return info
 
@@ -417,15 +412,16 @@ class TenantService:
         """The query's vector and, when ``want_image``, its photo (for re-ranking)."""
         kind = ref.kind()
         if want_image and kind in ("anchor_id", "item_id"):
-            vector = self._query(collection, ref)[0]
             region = None
             if kind == "anchor_id":
+                vector = self._query_stored(collection, ref)
                 blob = self.blobs.get(self._anchor_key(ref.anchor_id or ""))
                 data = blob.data
                 if blob.metadata.get("region"):
                     region = tuple(float(v) for v in blob.metadata["region"].split(","))
             else:
-                data, _ = self.item_image(collection, ref.item_id or "")
+                item = self.get_item(collection, ref.item_id or "")
+                vector, (data, _) = item.vector, self._photo(item)
             image = self.decode(data).image
             return vector, _crop(image, region) if region else image
         if kind in ("anchor_id", "item_id"):
@@ -678,7 +674,9 @@ class TenantService:
 
     def item_image(self, collection: str, item_id: str, version: str | None = None) -> tuple[bytes, str]:
         """The stored image; with ``version`` (a media link's), only if it is still that image."""
-        item = self.get_item(collection, item_id)
+        return self._photo(self.get_item(collection, item_id), version)
+
+    def _photo(self, item: Item, version: str | None = None) -> tuple[bytes, str]:
         if not item.image_key or (version is not None and media.version_of(item.image_key) != version):
             raise NotFound("Item not found")
         try:
@@ -721,9 +719,7 @@ class TenantService:
     def _verified(self, collection: str, hits: Sequence[Hit], query: geometry.Features) -> list[Hit]:
         """``hits`` with the first RERANK_DEPTH counted by inliers: the verified originals
         (``geometry.verified``), if any, move first; the rest keep their order."""
-        checked = [replace(h, inliers=geometry.inliers(query, self._features(collection, h)))
-                   for h in hits[:RERANK_DEPTH]]
-        chosen = geometry.verified([h.inliers or 0 for h in checked])
+        checked, chosen = self._checked(collection, hits[:RERANK_DEPTH], query)
         first = [replace(checked[n], exact_match=True) for n in chosen]
         return [*first, *(h for n, h in enumerate(checked) if n not in chosen), *hits[RERANK_DEPTH:]]
 
@@ -737,10 +733,13 @@ class TenantService:
             raise BadRequest("near-duplicate detection needs OpenCV, which this deployment lacks")
         page = self.search_backend.search(self.id, collection, VectorQuery(
             vector=np.asarray(item.vector, dtype=np.float32), limit=RERANK_DEPTH, exclude_ids=frozenset([item_id])))
-        own = self._features(collection, Hit(id=item.id, score=1.0, metadata=item.metadata, image_key=item.image_key))
-        checked = [replace(h, inliers=geometry.inliers(own, self._features(collection, h))) for h in page.hits]
-        return [replace(checked[n], exact_match=True) for n in geometry.verified([h.inliers or 0 for h in checked])
-                if checked[n].score >= DUPLICATE_MIN_SCORE]
+        checked, chosen = self._checked(collection, page.hits, self._features(collection, item))
+        return [replace(checked[n], exact_match=True) for n in chosen if checked[n].score >= DUPLICATE_MIN_SCORE]
+
+    def _checked(self, collection: str, hits: Sequence[Hit], query: geometry.Features) -> tuple[list[Hit], list[int]]:
+        """``hits`` with their inliers against ``query``, and the indexes ``geometry.verified`` picks."""
+        checked = [replace(h, inliers=geometry.inliers(query, self._features(collection, h))) for h in hits]
+        return checked, geometry.verified([h.inliers or 0 for h in checked])
 
     def item_ids(self, collection: str) -> list[str]:
         """Every item of ``collection`` that has a photo, sorted: walked through the blob store,
@@ -778,7 +777,7 @@ class TenantService:
             groups.setdefault(root(i), []).append(i)
         return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
 
-    def _features(self, collection: str, hit: Hit) -> geometry.Features:
+    def _features(self, collection: str, hit: Hit | Item) -> geometry.Features:
         """A catalog photo's stored features; computed from the photo (and stored) when it
         was ingested before features were."""
         if not hit.image_key:

@@ -314,6 +314,12 @@ class EfficientNetLite0(Embedder):
         model_dir = o.model_dir or default_model_dir()
         self._model_path = model_dir / (ONNX_INT8_NAME if o.precision == "int8" else ONNX_NAME)
 
+    def mismatch_hint(self, model_id: str) -> str:
+        # Collections embedded before the int8 default carry the float32 model's id.
+        if self.options.precision == "int8" and model_id == self.model_id.replace("-int8/", "/", 1):
+            return ": re-ingest it, or keep it with the embedder option precision: float32"
+        return ""
+
     @property
     def session(self) -> Any:
         """Loaded on first use: functions that never embed an image (taxonomy, generate) never
@@ -352,15 +358,15 @@ class EfficientNetLite0(Embedder):
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         # A batch at a time: each image's views take 1.2 MB.
-        chunks = [images[start:start + self.batch_size] for start in range(0, len(images), self.batch_size)]
-        if not chunks:
-            return self.embed_prepared([])
-        return np.concatenate([self.embed_prepared([self.prepare_image(img) for img in chunk]) for chunk in chunks])
+        return self._projected([self.native(images[start:start + self.batch_size])
+                                for start in range(0, len(images), self.batch_size)])
 
     def embed_prepared(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
-        out = [self._run(np.stack(prepared[start:start + self.batch_size]))
-               for start in range(0, len(prepared), self.batch_size)]
-        if not out:
+        return self._projected([self._run(np.stack(prepared[start:start + self.batch_size]))
+                                for start in range(0, len(prepared), self.batch_size)])
+
+    def _projected(self, batches: list[np.ndarray]) -> np.ndarray:
+        if not batches:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = np.concatenate(out)
+        vectors = np.concatenate(batches)
         return self.project(vectors) if self._projection is not None else vectors

@@ -1,6 +1,7 @@
 """The search page: static files from ``lookalike/web``, served next to the API so the page
-calls it from the same origin (no CORS, no separate hosting), and the OpenAPI document. No build step: plain HTML,
-CSS and a JavaScript module, readable as an example of calling the public /v1 API."""
+calls it from the same origin (no CORS, no separate hosting). No build step: plain HTML,
+CSS and a JavaScript module, readable as an example of calling the public /v1 API. Also the
+OpenAPI document, /openapi.json."""
 
 from __future__ import annotations
 
