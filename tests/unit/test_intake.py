@@ -267,3 +267,16 @@ def test_a_collection_from_before_the_int8_default_says_how_to_keep_it(deploymen
     write_deployment(deployment, {"defaults": {"embedder": {
         "name": "efficientnet-lite0", "options": {"precision": "float32"}}}})
     assert Lookalike().tenant("demo").search("old", ImageRef(data=query_image().read_bytes())).hits == []
+
+
+def test_a_collection_of_the_retired_int8_model_answers_409_with_the_way_forward(deployment: Path) -> None:
+    """The first int8 model's vectors depended on the CPU (issue 24): its collections are never
+    searched with the new model's vectors, and the 409 says why and what to do."""
+    from lookalike.contracts import CollectionSpec
+
+    tenant = Lookalike().tenant("demo")
+    tenant.search_backend.create_collection(tenant.id, CollectionSpec(
+        name="retired", model_id="efficientnet-lite0-int8/gem3/crop+pad/224", dimension=1280))
+    with pytest.raises(ModelMismatch, match=r"built with model efficientnet-lite0-int8/gem3/crop\+pad/224 .*"
+                                            r"efficientnet-lite0-int8v2/gem3/crop\+pad/224.*re-ingest its photos"):
+        tenant.search("retired", ImageRef(data=query_image().read_bytes()))

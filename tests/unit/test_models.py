@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +54,7 @@ def test_projection_is_fixed_orthonormal_and_keeps_neighbours() -> None:
 
 def test_image_embedder_views_projection_and_ids(model_dir: Path) -> None:
     native = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
-    assert native.model_id == "efficientnet-lite0-int8/gem3/crop+pad/224" and native.dimension == 1280
+    assert native.model_id == "efficientnet-lite0-int8v2/gem3/crop+pad/224" and native.dimension == 1280
     img = Image.open(query_image("shoes")).convert("RGB")
     mirrored_small = ImageOps.mirror(img).resize((img.width // 3, img.height // 3))
     a, b, other = native.embed_images([img, mirrored_small, Image.open(query_image("hat")).convert("RGB")])
@@ -61,7 +64,7 @@ def test_image_embedder_views_projection_and_ids(model_dir: Path) -> None:
     projected = small.embed_images([img])
     assert projected.shape == (1, 512) and np.allclose(projected, native.project(a[None], 512), atol=1e-5)
     single = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, views=["crop"], gem_p=1))
-    assert single.model_id == "efficientnet-lite0-int8/gap/crop/224"
+    assert single.model_id == "efficientnet-lite0-int8v2/gap/crop/224"
 
 
 def test_the_int8_model_embeds_as_the_float32_one_does(model_dir: Path) -> None:
@@ -77,6 +80,46 @@ def test_the_int8_model_embeds_as_the_float32_one_does(model_dir: Path) -> None:
     nearest_int8 = [int(np.argsort(-row)[1]) for row in a @ a.T]
     nearest_float32 = [set(np.argsort(-row)[1:3].tolist()) for row in b @ b.T]
     assert all(n in f for n, f in zip(nearest_int8, nearest_float32, strict=True))
+
+
+# Emulated x86 CPUs whose int8 kernels differ from this one's: onnxruntime picks kernels by
+# CPUID, which qemu answers for the CPU named. Haswell (AVX2, no AVX-512 or VNNI) is where
+# U8S8 products saturate in 16 bits; Nehalem has SSE4.1 only.
+EMULATED_CPUS = ("Haswell", "Nehalem")
+EMBED_PHOTOS = """
+import sys
+import numpy as np
+from PIL import Image
+from lookalike_local.efficientnet import EfficientNetLite0, EfficientNetOptions
+model_dir, out, *photos = sys.argv[1:]
+embedder = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
+np.save(out, embedder.embed_images([Image.open(p).convert("RGB") for p in photos]))
+"""
+
+
+def test_the_int8_network_computes_its_quantised_graph_on_every_cpu(model_dir: Path, tmp_path: Path) -> None:
+    """One photo, one vector: the int8 model, run as the embedder runs it, gives the embedding
+    a saturation-free reference of its own quantised graph gives (its integer arithmetic in
+    float64), on this CPU's kernels and on emulated AVX2 and SSE4.1 CPUs. Before issue 24 the
+    AVX2 kernels' 16-bit sums gave 0.85 (bench/int8_models.py)."""
+    from lookalike_local.qdq_reference import QDQReference
+
+    embedder = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.skip("needs qemu-x86_64 (Debian's qemu-user; `make test` installs it) to emulate other CPUs")
+    photos = catalog_images()[::3]  # one photo in three: the reference takes half a second a view
+    images = [Image.open(p).convert("RGB") for p in photos]
+    reference = embedder.embed_views(np.stack([embedder.prepare_image(img) for img in images]),
+                                     network=QDQReference(embedder.model_path))
+    got = {"this CPU": embedder.embed_images(images)}
+    for cpu in EMULATED_CPUS:
+        out = tmp_path / f"{cpu}.npy"
+        subprocess.run([qemu, "-cpu", cpu, sys.executable, "-c", EMBED_PHOTOS, str(model_dir), str(out),
+                        *map(str, photos)], check=True, timeout=600, capture_output=True)
+        got[cpu] = np.load(out)
+    agreement = {cpu: round(float(np.min(np.sum(v * reference, axis=1))), 4) for cpu, v in got.items()}
+    assert all(cos >= 0.995 for cos in agreement.values()), agreement
 
 
 def test_captions_are_searched_by_meaning(deployment: Path) -> None:

@@ -9,8 +9,10 @@ convolutions), so neither setup nor Lambda ever needs torch. The architecture fo
 from __future__ import annotations
 
 import os
+import platform
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +37,12 @@ LITE0_STAGES = (
 BN_EPS = 1e-3
 FEATURE_DIM = 1280
 ONNX_NAME = "efficientnet-lite0.onnx"
-ONNX_INT8_NAME = "efficientnet-lite0-int8.onnx"
+# The int8 network's file and model id change whenever its vectors do, so a collection
+# embedded by one is never searched with another (a 409). "-int8" was the U8S8 model of
+# issue 19, whose vectors depended on the CPU; "-int8v2" is issue 24's (Int8Recipe).
+ONNX_INT8_NAME = "efficientnet-lite0-int8v2.onnx"
+INT8_ID_SUFFIX = "-int8v2"
+RETIRED_INT8_ID_SUFFIX = "-int8"
 # 15 CC0 photos (the test fixtures' catalog and queries, at 320 px) the int8 model's
 # activation ranges are calibrated on: shipped with the package, so every build derives them.
 CALIBRATION = Path(__file__).with_name("calibration")
@@ -139,11 +146,32 @@ def build_onnx(out_path: Path, checkpoint: Path | None = None) -> Path:
     return out_path
 
 
-def build_int8(out_path: Path, float_model: Path | None = None) -> Path:
-    """Quantise the float model to int8 (onnxruntime's static QDQ quantiser, per-channel
-    weights, activation ranges at the 99.99th percentile of the calibration photos' two
-    views): 2.4 times faster on a core with VNNI, within 0.01 of the float model's retrieval
-    quality (bench/embeddings.py). Built once, like the float model, never at run time on Lambda."""
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How the float network is quantised (onnxruntime's static QDQ quantiser, unsigned 8-bit
+    activations, per-channel symmetric weights, activation ranges at the 99.99th percentile of
+    the calibration photos' two views). The defaults are what bench/int8_models.py chose.
+
+    ``weights`` "s8" with unsigned activations is onnxruntime's U8S8, the fast kernels: on x86
+    without VNNI they add pairs of products in 16 bits, and 255 x 127 x 2 saturates, so the
+    session converts such a model to U8U8 there (``saturating_int8_kernels``). "u8" stores
+    U8U8 weights in the file, summed exactly everywhere, VNNI's kernels unused.
+    ``reduce_range`` quantises weights to [-64, 64], the quantiser's other remedy (255 x 64 x 2
+    fits 16 bits): on every convolution ("all") or on those run as matrix products ("gemm":
+    the stem and the 1x1s; depthwise kernels widen to 16 bits first). It costs accuracy.
+    ``keep_float`` "head" keeps the head (the last 1x1 convolution) float, whose output is
+    quantised again; "tail" also keeps its feature maps and the classifier float, 4 MB more
+    for the same vectors to within 0.0001 (bench/int8_models.py).
+    """
+
+    weights: Literal["s8", "u8"] = "s8"
+    reduce_range: Literal["none", "gemm", "all"] = "none"
+    keep_float: Literal["tail", "head", "none"] = "head"
+
+
+def build_int8(out_path: Path, float_model: Path | None = None, recipe: Int8Recipe = Int8Recipe()) -> Path:
+    """Quantise the float model to int8 by ``recipe`` (bench/int8_models.py measured the
+    choices). Built once, like the float model, never at run time on Lambda."""
     import tempfile
 
     import onnx
@@ -180,14 +208,21 @@ def build_int8(out_path: Path, float_model: Path | None = None) -> Path:
         model = onnx.load(str(prepared))
         for n, node in enumerate(model.graph.node):
             node.name = node.name or f"{node.op_type.lower()}{n}"
-        # The head (the last 1x1 convolution and its ReLU6) stays float: its output is the
-        # feature maps the embedding is pooled from, which 8 bits would coarsen; it is a small
-        # share of the work.
-        head = [node.name for node in model.graph.node if node.op_type in ("Conv", "Clip")][-2:]
+        head = max(n for n, node in enumerate(model.graph.node) if node.op_type == "Conv")
+        float_nodes = {"tail": [node.name for node in model.graph.node[head:]],
+                       "head": [node.name for node in model.graph.node[head:head + 2]], "none": []}[recipe.keep_float]
+        # Convolutions run as matrix products (group 1: the stem and every 1x1) are the ones
+        # whose U8S8 kernels add products in pairs; depthwise ones widen to 16 bits first.
+        gemm_weights = [node.input[1] for node in model.graph.node if node.op_type == "Conv"
+                        and all(a.name != "group" or a.i == 1 for a in node.attribute)]
+        seven_bit = gemm_weights if recipe.reduce_range == "gemm" else []
         onnx.save(model, str(prepared))
         quantize_static(str(prepared), str(quantised), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=head,
-                        calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99})
+                        activation_type=QuantType.QUInt8, reduce_range=recipe.reduce_range == "all",
+                        weight_type=QuantType.QUInt8 if recipe.weights == "u8" else QuantType.QInt8,
+                        nodes_to_exclude=float_nodes, calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"CalibPercentile": 99.99, "TensorQuantOverrides": {
+                            name: [{"axis": 0, "reduce_range": True}] for name in seven_bit}})
         os.replace(quantised, out_path)  # atomic, as build_onnx
     return out_path
 
@@ -218,6 +253,25 @@ _sessions: dict[tuple[str, int], object] = {}
 _sessions_lock = threading.Lock()
 
 
+def saturating_int8_kernels() -> bool:
+    """Whether onnxruntime's U8S8 kernels on this CPU add pairs of 8-bit products in 16 bits
+    and saturate: x86 without AVX-512 VNNI (AVX2, SSE4.1, AVX-512 without VNNI). There the
+    session converts the weights to U8U8 (``session.x64quantprecision``), whose kernels sum
+    exactly, so the int8 network computes the same vector on every CPU. Read from CPUID
+    (numpy's runtime dispatch table), which emulators answer for the CPU they emulate; a
+    CPU numpy cannot describe counts as saturating, the exact side."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False  # ARM's and others' int8 kernels accumulate in 32 bits
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__  # type: ignore[no-redef]
+        except ImportError:
+            return True
+    return not __cpu_features__.get("AVX512VNNI", False)
+
+
 def _session(path: Path, threads: int) -> object:
     """One ONNX session per model file and thread count per process (cold start only)."""
     import onnxruntime as ort
@@ -232,6 +286,8 @@ def _session(path: Path, threads: int) -> object:
             # or concurrent requests starve each other (bench/ann.py, 8 and 32 clients).
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if saturating_int8_kernels():
+                opts.add_session_config_entry("session.x64quantprecision", "1")
             if threads:
                 opts.intra_op_num_threads = threads
                 opts.inter_op_num_threads = 1
@@ -307,7 +363,7 @@ class EfficientNetLite0(Embedder):
         self.batch_size = o.batch_size
         self.dimension = o.dimension or FEATURE_DIM
         pooling = "gap" if o.gem_p == 1.0 else f"gem{o.gem_p:g}"
-        name = "efficientnet-lite0" + ("-int8" if o.precision == "int8" else "")
+        name = "efficientnet-lite0" + (INT8_ID_SUFFIX if o.precision == "int8" else "")
         self.model_id = f"{name}/{pooling}/{'+'.join(o.views)}/{o.image_size}" + (
             f"/p{o.dimension}" if o.dimension else "")
         self._projection = projection_matrix(FEATURE_DIM, o.dimension) if o.dimension else None
@@ -315,9 +371,16 @@ class EfficientNetLite0(Embedder):
         self._model_path = model_dir / (ONNX_INT8_NAME if o.precision == "int8" else ONNX_NAME)
 
     def mismatch_hint(self, model_id: str) -> str:
-        # Collections embedded before the int8 default carry the float32 model's id.
-        if self.options.precision == "int8" and model_id == self.model_id.replace("-int8/", "/", 1):
+        if self.options.precision != "int8":
+            return ""
+        float32_id = self.model_id.replace(f"{INT8_ID_SUFFIX}/", "/", 1)
+        # Collections embedded before the int8 default (issue 19) carry the float32 model's id.
+        if model_id == float32_id:
             return ": re-ingest it, or keep it with the embedder option precision: float32"
+        # The first int8 model's vectors depended on the CPU that embedded them (issue 24).
+        if model_id == float32_id.replace("/", f"{RETIRED_INT8_ID_SUFFIX}/", 1):
+            return (": its vectors came from the retired int8 model, which embedded differently on CPUs "
+                    "without VNNI; re-ingest its photos")
         return ""
 
     @property
@@ -336,13 +399,20 @@ class EfficientNetLite0(Embedder):
 
     def native(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The 1280-d embedding before any projection."""
-        return self._run(np.stack([self.prepare_image(img) for img in images]))
+        return self.embed_views(np.stack([self.prepare_image(img) for img in images]))
 
-    def _run(self, views: np.ndarray) -> np.ndarray:
+    @property
+    def model_path(self) -> Path:
+        return self._model_path
+
+    def embed_views(self, views: np.ndarray, network: Any = None) -> np.ndarray:
+        """Native embeddings of prepared images' views, (n, views, 3, size, size), computed by
+        ``network``: the model's onnxruntime session, or anything that answers ``run`` as it
+        does (the tests' ``lookalike_local.qdq_reference.QDQReference``)."""
         n, v = views.shape[:2]
         # Every view of every image in one run: one call, and the threads share a larger batch.
         pixels = views.transpose(1, 0, 2, 3, 4).reshape(v * n, *views.shape[2:])
-        maps = self.session.run(["features"], {"pixels": pixels})[0]
+        maps = (network or self.session).run(["features"], {"pixels": pixels})[0]
         pooled = l2_normalize(gem(maps, self.options.gem_p))
         return l2_normalize(pooled.reshape(v, n, FEATURE_DIM).sum(axis=0))
 
@@ -362,7 +432,7 @@ class EfficientNetLite0(Embedder):
                                 for start in range(0, len(images), self.batch_size)])
 
     def embed_prepared(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
-        return self._projected([self._run(np.stack(prepared[start:start + self.batch_size]))
+        return self._projected([self.embed_views(np.stack(prepared[start:start + self.batch_size]))
                                 for start in range(0, len(prepared), self.batch_size)])
 
     def _projected(self, batches: list[np.ndarray]) -> np.ndarray:
