@@ -122,8 +122,9 @@ build-CoreLayer:
 build-ImageModelLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local
 	PYTHONPATH="$(ARTIFACTS_DIR)/.build" $(PY) -m lookalike.cli models build --only image --model-dir "$(ARTIFACTS_DIR)/models"
-	# The int8 model only (the default): the float32 one (18 MB) is its build input.
-	rm -rf "$(ARTIFACTS_DIR)/.build" "$(ARTIFACTS_DIR)/models/efficientnet-lite0.onnx"
+	# The float32 model only (the default): the int8 one (6 MB) would leave the upload and
+	# ingest functions too little room under Lambda's 250 MB (README, Models).
+	rm -rf "$(ARTIFACTS_DIR)/.build" "$(ARTIFACTS_DIR)/models/efficientnet-lite0-int8"*.onnx
 
 build-TextModelLayer:
 	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/.build" . ./plugins/local

@@ -26,6 +26,10 @@ Results: bench/results/int8_models.json.
 
 counts the instructions per image of float32, the model before issue 24 and the chosen one on
 an AVX2 CPU (valgrind's), where this host cannot time them: bench/results/int8_instructions.json.
+
+    .venv/bin/python bench/int8_models.py --speed-only
+
+times float32 and every candidate alone on this host: bench/results/int8_speed.json.
 """
 
 from __future__ import annotations
@@ -198,6 +202,29 @@ def speed(model: Path, conversion: Conversion, views: np.ndarray) -> float:
     return round(1000 * statistics.median(times[2:]), 1)
 
 
+def speed_only() -> None:
+    """ms per image on one thread for float32 and every candidate, on this host alone (the full
+    run measures them while an emulator takes the other core)."""
+    from lookalike_local.efficientnet import ONNX_NAME, build_int8, build_onnx
+
+    seen, _ = photos(0)
+    views = views_of(seen[:10])
+    work = Path(tempfile.mkdtemp(prefix="int8-speed-"))
+    float_model = build_onnx(work / ONNX_NAME)
+    files: dict[Any, Path] = {}
+    speeds = {"float32": speed(float_model, "never", views)}
+    for name, (recipe, conversion, _) in candidates().items():
+        if recipe not in files:
+            files[recipe] = build_int8(work / f"int8-{len(files)}.onnx", float_model, recipe)
+        speeds[name] = speed(files[recipe], conversion, views)
+    shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "int8_speed.json").write_text(json.dumps({"cpu": cpu(), "ms_per_image_1_thread": speeds}, indent=2)
+                                             + "\n")
+    for name, ms in speeds.items():
+        print(f"{name:55} {ms:>6} ms per image, one thread")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--held-out", type=int, default=40)
@@ -209,11 +236,15 @@ def main() -> None:
     parser.add_argument("--count-runs", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--avx2-instructions", action="store_true",
                         help="instead: instructions per image on an AVX2 CPU, counted under valgrind")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="instead: ms per image on one thread on this host, nothing else running")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     if args.avx2_instructions:
         return avx2_instructions()
+    if args.speed_only:
+        return speed_only()
 
     from lookalike_local.efficientnet import ONNX_NAME, build_int8, build_onnx
     from lookalike_local.qdq_reference import QDQReference

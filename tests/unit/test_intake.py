@@ -254,19 +254,24 @@ def test_anchor_expiry_and_model_mismatch(deployment: Path, monkeypatch: pytest.
         tenant.search("c", ImageRef(data=query_image().read_bytes()))
 
 
-def test_a_collection_from_before_the_int8_default_says_how_to_keep_it(deployment: Path) -> None:
-    """Upgrading turns the default model int8: a float32 collection answers 409 with the way
-    back, and the float32 embedder searches it again."""
+def test_a_collection_of_the_other_precision_says_how_to_keep_it(deployment: Path) -> None:
+    """float32 is the default again (issue 24): an int8 collection answers 409 with the way
+    back, and the int8 embedder searches it again; and the other way round."""
     from lookalike.contracts import CollectionSpec
 
     tenant = Lookalike().tenant("demo")
     tenant.search_backend.create_collection(tenant.id, CollectionSpec(
-        name="old", model_id="efficientnet-lite0/gem3/crop+pad/224", dimension=1280))
-    with pytest.raises(ModelMismatch, match="keep it with the embedder option precision: float32"):
-        tenant.search("old", ImageRef(data=query_image().read_bytes()))
+        name="int8", model_id="efficientnet-lite0-int8v2/gem3/crop+pad/224", dimension=1280))
+    with pytest.raises(ModelMismatch, match="keep it with the embedder option precision: int8"):
+        tenant.search("int8", ImageRef(data=query_image().read_bytes()))
     write_deployment(deployment, {"defaults": {"embedder": {
-        "name": "efficientnet-lite0", "options": {"precision": "float32"}}}})
-    assert Lookalike().tenant("demo").search("old", ImageRef(data=query_image().read_bytes())).hits == []
+        "name": "efficientnet-lite0", "options": {"precision": "int8"}}}})
+    int8 = Lookalike().tenant("demo")
+    assert int8.search("int8", ImageRef(data=query_image().read_bytes())).hits == []
+    int8.search_backend.create_collection(int8.id, CollectionSpec(
+        name="float32", model_id="efficientnet-lite0/gem3/crop+pad/224", dimension=1280))
+    with pytest.raises(ModelMismatch, match="keep it with the embedder option precision: float32"):
+        int8.search("float32", ImageRef(data=query_image().read_bytes()))
 
 
 def test_a_collection_of_the_retired_int8_model_answers_409_with_the_way_forward(deployment: Path) -> None:
@@ -278,5 +283,5 @@ def test_a_collection_of_the_retired_int8_model_answers_409_with_the_way_forward
     tenant.search_backend.create_collection(tenant.id, CollectionSpec(
         name="retired", model_id="efficientnet-lite0-int8/gem3/crop+pad/224", dimension=1280))
     with pytest.raises(ModelMismatch, match=r"built with model efficientnet-lite0-int8/gem3/crop\+pad/224 .*"
-                                            r"efficientnet-lite0-int8v2/gem3/crop\+pad/224.*re-ingest its photos"):
+                                            r"efficientnet-lite0/gem3/crop\+pad/224.*re-ingest its photos"):
         tenant.search("retired", ImageRef(data=query_image().read_bytes()))

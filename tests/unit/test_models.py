@@ -54,7 +54,7 @@ def test_projection_is_fixed_orthonormal_and_keeps_neighbours() -> None:
 
 def test_image_embedder_views_projection_and_ids(model_dir: Path) -> None:
     native = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
-    assert native.model_id == "efficientnet-lite0-int8v2/gem3/crop+pad/224" and native.dimension == 1280
+    assert native.model_id == "efficientnet-lite0/gem3/crop+pad/224" and native.dimension == 1280
     img = Image.open(query_image("shoes")).convert("RGB")
     mirrored_small = ImageOps.mirror(img).resize((img.width // 3, img.height // 3))
     a, b, other = native.embed_images([img, mirrored_small, Image.open(query_image("hat")).convert("RGB")])
@@ -64,14 +64,16 @@ def test_image_embedder_views_projection_and_ids(model_dir: Path) -> None:
     projected = small.embed_images([img])
     assert projected.shape == (1, 512) and np.allclose(projected, native.project(a[None], 512), atol=1e-5)
     single = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, views=["crop"], gem_p=1))
-    assert single.model_id == "efficientnet-lite0-int8v2/gap/crop/224"
+    assert single.model_id == "efficientnet-lite0/gap/crop/224"
+    int8 = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, precision="int8", views=["crop"], gem_p=1))
+    assert int8.model_id == "efficientnet-lite0-int8v2/gap/crop/224"
 
 
 def test_the_int8_model_embeds_as_the_float32_one_does(model_dir: Path) -> None:
     """The quantised network's vectors stay next to the float model's, and keep the float
     model's neighbourhoods; each records its own model id, so collections never mix them."""
-    int8 = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
-    float32 = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, precision="float32"))
+    int8 = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, precision="int8"))
+    float32 = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
     assert float32.model_id == "efficientnet-lite0/gem3/crop+pad/224" != int8.model_id
     photos = [Image.open(p).convert("RGB") for p in catalog_images()]
     a, b = int8.embed_images(photos), float32.embed_images(photos)
@@ -92,7 +94,7 @@ import numpy as np
 from PIL import Image
 from lookalike_local.efficientnet import EfficientNetLite0, EfficientNetOptions
 model_dir, out, *photos = sys.argv[1:]
-embedder = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
+embedder = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, precision="int8"))
 np.save(out, embedder.embed_images([Image.open(p).convert("RGB") for p in photos]))
 """
 
@@ -104,7 +106,7 @@ def test_the_int8_network_computes_its_quantised_graph_on_every_cpu(model_dir: P
     AVX2 kernels' 16-bit sums gave 0.85 (bench/int8_models.py)."""
     from lookalike_local.qdq_reference import QDQReference
 
-    embedder = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1))
+    embedder = EfficientNetLite0(EfficientNetOptions(model_dir=model_dir, threads=1, precision="int8"))
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         pytest.skip("needs qemu-x86_64 (Debian's qemu-user; `make test` installs it) to emulate other CPUs")

@@ -244,9 +244,12 @@ class EfficientNetOptions(BaseModel):
     dimension: Literal[512, 1024] | None = None
     threads: int = Field(default=0, ge=0, le=64)  # 0: onnxruntime's default
     batch_size: int = Field(default=16, ge=1, le=256)
-    #: "int8" (the default since issue 19) or "float32", the model collections built before
-    #: it were embedded with: their model id records which, so a mismatch is a clear 409.
-    precision: Literal["int8", "float32"] = "int8"
+    #: "float32" (the default) or "int8": each collection's model id records which, so a
+    #: mismatch is a clear 409. int8 was the default from issue 19 to 24; it embeds the same
+    #: on every CPU and is 1.4x faster where the CPU has VNNI, but misses float32's
+    #: near-duplicate recall by 0.014 on two edits and costs more where it has no VNNI
+    #: (README, Benchmarks: int8 across CPUs), so float32 is the default again.
+    precision: Literal["int8", "float32"] = "float32"
 
 
 _sessions: dict[tuple[str, int], object] = {}
@@ -280,7 +283,12 @@ def _session(path: Path, threads: int) -> object:
     with _sessions_lock:
         if key not in _sessions:
             if not path.exists():
-                (build_int8 if path.name == ONNX_INT8_NAME else build_onnx)(path)
+                try:
+                    (build_int8 if path.name == ONNX_INT8_NAME else build_onnx)(path)
+                except ImportError as exc:  # Lambda's layers carry neither the quantiser nor the other model
+                    raise ConfigurationError(f"model file {path.name} is not deployed here and cannot be built "
+                                             f"here ({exc.name} is missing): use this deployment's default "
+                                             "precision") from exc
             opts = ort.SessionOptions()
             # Server workers share the cores: an idle intra-op thread must sleep, not spin,
             # or concurrent requests starve each other (bench/ann.py, 8 and 32 clients).
@@ -371,16 +379,14 @@ class EfficientNetLite0(Embedder):
         self._model_path = model_dir / (ONNX_INT8_NAME if o.precision == "int8" else ONNX_NAME)
 
     def mismatch_hint(self, model_id: str) -> str:
-        if self.options.precision != "int8":
-            return ""
-        float32_id = self.model_id.replace(f"{INT8_ID_SUFFIX}/", "/", 1)
-        # Collections embedded before the int8 default (issue 19) carry the float32 model's id.
-        if model_id == float32_id:
-            return ": re-ingest it, or keep it with the embedder option precision: float32"
+        base = self.model_id.replace(f"{INT8_ID_SUFFIX}/", "/", 1)  # this configuration's float32 id
         # The first int8 model's vectors depended on the CPU that embedded them (issue 24).
-        if model_id == float32_id.replace("/", f"{RETIRED_INT8_ID_SUFFIX}/", 1):
+        if model_id == base.replace("/", f"{RETIRED_INT8_ID_SUFFIX}/", 1):
             return (": its vectors came from the retired int8 model, which embedded differently on CPUs "
                     "without VNNI; re-ingest its photos")
+        other = "float32" if self.options.precision == "int8" else "int8"
+        if model_id == (base if other == "float32" else base.replace("/", f"{INT8_ID_SUFFIX}/", 1)):
+            return f": re-ingest it, or keep it with the embedder option precision: {other}"
         return ""
 
     @property
