@@ -124,6 +124,19 @@ def test_the_int8_network_computes_its_quantised_graph_on_every_cpu(model_dir: P
     assert all(cos >= 0.995 for cos in agreement.values()), agreement
 
 
+def test_a_model_the_deployment_lacks_and_cannot_build_is_a_configuration_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on Lambda, whose image layer holds the float32 model and no quantiser: a tenant that
+    pins precision int8 gets a clear configuration error, not a 500 from an import."""
+    from lookalike.errors import ConfigurationError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)  # its import now fails
+    int8 = EfficientNetLite0(EfficientNetOptions(model_dir=tmp_path, precision="int8"))
+    with pytest.raises(ConfigurationError, match=r"efficientnet-lite0-int8v2\.onnx is not deployed here"):
+        int8.embed_images([Image.new("RGB", (64, 64))])
+    assert not list(tmp_path.glob("*.onnx*"))
+
+
 def test_captions_are_searched_by_meaning(deployment: Path) -> None:
     tenant = Lookalike().tenant("demo")
     info = tenant.create_collection("c")
