@@ -246,7 +246,7 @@ class EfficientNetOptions(BaseModel):
     batch_size: int = Field(default=16, ge=1, le=256)
     #: "float32" (the default) or "int8": each collection's model id records which, so a
     #: mismatch is a clear 409. int8 was the default from issue 19 to 24; it embeds the same
-    #: on every CPU and is 1.4x faster where the CPU has VNNI, but misses float32's
+    #: on every CPU and its network is 1.8x faster where the CPU has VNNI, but misses float32's
     #: near-duplicate recall by 0.014 on two edits and costs more where it has no VNNI
     #: (README, Benchmarks: int8 across CPUs), so float32 is the default again.
     precision: Literal["int8", "float32"] = "float32"
