@@ -2,11 +2,18 @@
 
 Each function runs in its own process on a copy of what Lambda would mount: its built code
 folder as the task root, its layers merged into an ``/opt`` stand-in, the runtime's boto3 and
-nothing else (``python -S``: not the caller's virtualenv). AWS is moto over HTTP on loopback.
+nothing else (``python -S``: not the caller's virtualenv). It is held to what Lambda enforces:
+
+- each function has its own ``/tmp`` (an execution environment shares nothing with another);
+- an invocation's request and response each carry at most 6,291,456 bytes (the event as JSON,
+  binary bodies base64-encoded by API Gateway): more raises :class:`PayloadTooLarge`;
+- each function runs with the credentials of a role holding exactly the template's policies for
+  it, against moto with IAM enforced (``strict_aws.py``), so a missing grant fails.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import select
@@ -17,10 +24,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from lookalike.config import hash_key
 from lookalike.server import load_template
+from tests.e2e.strict_aws import REGION, StrictAws, function_policies, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -28,7 +34,26 @@ BUILD = ROOT / ".aws-sam" / "build"
 LAMBDA_RUNTIME = ROOT / ".venv-sam" / "lambda-runtime"  # boto3 as the python3.11 runtime provides it
 RUNNER = Path(__file__).with_name("lambda_runtime.py")
 INVOKE_TIMEOUT_S = 180
-MOTO_CREDENTIALS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def _load_event_builders() -> Any:
+    # events/ is not importable by name: the layer's dependency "Events" owns that module name.
+    spec = importlib.util.spec_from_file_location("make_events", EVENTS / "make_events.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_builders = _load_event_builders()
+api_event, multipart, s3_record, sqs_event = _builders.api_event, _builders.multipart, _builders.s3_record, \
+    _builders.sqs_event
+#: Lambda's synchronous invocation payload limit, each way (AWS docs, "Lambda quotas").
+PAYLOAD_LIMIT = 6_291_456
+
+
+class PayloadTooLarge(Exception):
+    """What Lambda answers instead of running (or returning from) the function."""
 
 
 def _overlay(src: Path, dst: Path) -> None:
@@ -58,20 +83,18 @@ def tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _resolve(value: Any, refs: dict[str, str]) -> str:
-    if isinstance(value, dict) and set(value) == {"Ref"}:
-        name = value["Ref"]
-        assert name in refs, f"template environment refers to {name}, which this test does not provide"
-        return refs[name]
-    assert isinstance(value, str | int | float), f"unsupported template value {value!r}"
-    return str(value)
+def _resolve(value: Any, template: dict[str, Any], refs: dict[str, str]) -> str:
+    resolved = resolve(value, template, refs)
+    assert isinstance(resolved, str | int | float), f"unsupported template value {value!r}"
+    return str(resolved)
 
 
 class Function:
     """One function's process, kept warm between invocations like a Lambda execution environment."""
 
-    def __init__(self, name: str, spec: dict[str, Any], globals_: dict[str, Any], refs: dict[str, str],
+    def __init__(self, name: str, template: dict[str, Any], refs: dict[str, str],
                  opt_root: Path, extra_env: dict[str, str]) -> None:
+        globals_, spec = template["Globals"]["Function"], template["Resources"][name]
         props = {**globals_, **spec["Properties"]}
         layers = function_layers(globals_, spec)
         opt = opt_root / "-".join(layers)
@@ -81,8 +104,13 @@ class Function:
         code = BUILD / props["CodeUri"]
         variables = {**globals_.get("Environment", {}).get("Variables", {}),
                      **props.get("Environment", {}).get("Variables", {})}
-        env = {k: _resolve(v, refs).replace("/opt/", f"{opt}/") for k, v in variables.items()}
-        env.update(extra_env, PATH=os.environ.get("PATH", "/usr/bin:/bin"), LAMBDA_TASK_ROOT=str(code),
+        # Its own /tmp: what one function writes there no other function ever sees.
+        self.tmp = opt_root.parent / "tmp" / name
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        env = {k: _resolve(v, template, refs).replace("/opt/", f"{opt}/").replace("/tmp/", f"{self.tmp}/")
+               for k, v in variables.items()}
+        env.update(extra_env, TMPDIR=str(self.tmp), PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+                   LAMBDA_TASK_ROOT=str(code),
                    AWS_LAMBDA_FUNCTION_NAME=name, AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(props["MemorySize"]),
                    AWS_LAMBDA_FUNCTION_TIMEOUT=str(props["Timeout"]), AWS_EXECUTION_ENV="AWS_Lambda_python3.11",
                    PYTHONDONTWRITEBYTECODE="1",  # /var/task and /opt are read-only on Lambda: no __pycache__
@@ -98,19 +126,33 @@ class Function:
         os.close(write_fd)
         self.results = os.fdopen(self.read_fd, encoding="utf-8")
 
-    def invoke(self, event_name: str) -> dict[str, Any]:
+    def invoke(self, event: str | dict[str, Any]) -> dict[str, Any]:
+        """Invoke with a sample event's name (events/<name>.json) or an event; the handler's result."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(str(EVENTS / f"{event_name}.json") + "\n")
+        what = event if isinstance(event, str) else f"{event.get('httpMethod', 'event')} {event.get('path', '')}"
+        payload = (EVENTS / f"{event}.json").read_text() if isinstance(event, str) else json.dumps(event)
+        if len(payload.encode()) > PAYLOAD_LIMIT:
+            raise PayloadTooLarge(f"{what}: Request must be smaller than {PAYLOAD_LIMIT} bytes for the "
+                                  f"InvokeFunction operation ({len(payload.encode())} bytes)")
+        path = self.tmp.parent.parent / "events" / f"{uuid.uuid4().hex}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(payload)
+        self.proc.stdin.write(f"{path}\n")
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.results], [], [], INVOKE_TIMEOUT_S)
+        path.unlink()
         if not ready:
-            raise AssertionError(f"{event_name}: no answer in {INVOKE_TIMEOUT_S} s")
+            raise AssertionError(f"{what}: no answer in {INVOKE_TIMEOUT_S} s")
         line = self.results.readline()
         if not line:
-            raise AssertionError(f"{event_name}: the function process died: {self.stderr.read_text()[-4000:]}")
+            raise AssertionError(f"{what}: the function process died: {self.stderr.read_text()[-4000:]}")
         out = json.loads(line)
-        assert "result" in out, f"{event_name}: {out['errorType']}: {out['errorMessage']}"
+        assert "result" in out, f"{what}: {out['errorType']}: {out['errorMessage']}"
         self.last = out
+        size = len(json.dumps(out["result"]).encode())
+        if size > PAYLOAD_LIMIT:
+            raise PayloadTooLarge(f"{what}: Response payload size ({size} bytes) exceeded maximum allowed "
+                                  f"payload size ({PAYLOAD_LIMIT} bytes).")
         return out["result"]
 
     def close(self) -> None:
@@ -123,37 +165,38 @@ class Function:
         self.results.close()
 
 
-def stack_resources(moto: str) -> tuple[dict[str, str], dict[str, str]]:
-    """A fresh set of moto resources named as the stack would name them, with one tenant
-    (``demo``, key ``demo-key``): the template's parameter values and the AWS environment."""
+def stack_resources(aws: StrictAws, opensearch_url: str = "") -> dict[str, str]:
+    """A fresh set of resources named as the stack would name them, with one tenant (``demo``,
+    key ``demo-key``): the template's parameter values and its resources' names."""
     run = uuid.uuid4().hex[:8]
     names = {"AnchorsBucket": f"anchors-{run}", "IdempotencyTable": f"idempotency-{run}",
              "TenantConfigParameter": f"/lookalike-{run}/config", "ConfigTtlSeconds": "0",
-             "OpenSearchEndpoint": "", "Tracing": "PassThrough", "MediaSigningSecret": "s" * 32,
-             "CatalogBucket": "lookalike-catalog"}
-    aws = {"AWS_ENDPOINT_URL": moto, "LOOKALIKE_S3_ENDPOINT_URL": moto,
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
-    client = {"endpoint_url": moto, **MOTO_CREDENTIALS}
-    s3 = boto3.client("s3", **client)
+             "OpenSearchEndpoint": opensearch_url, "Tracing": "PassThrough", "MediaSigningSecret": "s" * 32,
+             "CatalogBucket": f"catalog-{run}", "BackendSecretsPrefix": "lookalike"}
+    s3 = aws.client("s3")
     for bucket in (names["AnchorsBucket"], names["CatalogBucket"]):
         s3.create_bucket(Bucket=bucket)
-    boto3.client("dynamodb", **client).create_table(
+    aws.client("dynamodb").create_table(
         TableName=names["IdempotencyTable"], BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
     config = {"tenants": {"demo": {"api_keys": [{"sha256": hash_key("demo-key")}]}}}
-    boto3.client("ssm", **client).put_parameter(Name=names["TenantConfigParameter"], Type="SecureString",
-                                                Value=json.dumps(config), Overwrite=True)
+    aws.client("ssm").put_parameter(Name=names["TenantConfigParameter"], Type="SecureString",
+                                    Value=json.dumps(config), Overwrite=True)
+    return names
 
-    return names, aws
 
-
-def functions(names: dict[str, str], aws: dict[str, str], work: Path, only: str | None = None,
-              ) -> dict[str, Function]:
-    """Every function of the build (or ``only`` that one), each in a fresh process."""
+def functions(aws: StrictAws, names: dict[str, str], work: Path, only: str | None = None) -> dict[str, Function]:
+    """Every function of the build (or ``only`` that one), each in a fresh process with its own
+    ``/tmp`` and its own role's credentials."""
     built = load_template(BUILD / "template.yaml")
-    globals_ = built["Globals"]["Function"]
-    return {name: Function(name, spec, globals_, names, work / "opt", {**aws, "LOOKALIKE_HOME": str(work / "home")})
-            for name, spec in built["Resources"].items()
-            if spec["Type"] == "AWS::Serverless::Function" and only in (None, name)}
+    env = {"AWS_ENDPOINT_URL": aws.endpoint, "LOOKALIKE_S3_ENDPOINT_URL": aws.endpoint,
+           "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}
+    out = {}
+    for name, spec in built["Resources"].items():
+        if spec["Type"] != "AWS::Serverless::Function" or only not in (None, name):
+            continue
+        role = f"{name}Role-{uuid.uuid4().hex[:6]}"
+        credentials = aws.role_credentials(role, function_policies(built, name, names))
+        out[name] = Function(name, built, names, work / "opt", {**env, **credentials})
+    return out

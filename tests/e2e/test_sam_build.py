@@ -4,31 +4,41 @@ Each function runs in its own process on a copy of what Lambda would mount: its 
 folder as the task root, its layers merged into an ``/opt`` stand-in, the runtime's boto3 and
 nothing else (``python -S``: not the test's virtualenv). So a file missing from a layer or a
 function, a dependency left out of the layer, or an environment variable the code needs and
-the template does not set fails here. AWS is moto's S3, SSM and DynamoDB over HTTP on loopback.
+the template does not set fails here. The stand-in is as strict as Lambda (``lambda_stand_in.py``):
+one ``/tmp`` per function, the 6 MB payload limit, and each function's role enforced by moto.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
+import numpy as np
 import pytest
+from PIL import Image
 
-from lookalike.server import load_template
-from tests.conftest import FIXTURES, ROOT
+from lookalike.config import Limits
+from lookalike.server import Gateway, load_template
+from tests.conftest import FIXTURES, ROOT, free_port
 from tests.e2e.lambda_stand_in import (
     BUILD,
     LAMBDA_RUNTIME,
-    MOTO_CREDENTIALS,
     Function,
+    PayloadTooLarge,
+    api_event,
     function_layers,
     functions,
+    multipart,
+    s3_record,
+    sqs_event,
     stack_resources,
     tree_bytes,
 )
+from tests.e2e.strict_aws import StrictAws
 
 pytestmark = pytest.mark.skipif(
     not (BUILD / "template.yaml").is_file() or not LAMBDA_RUNTIME.is_dir(),
@@ -41,13 +51,20 @@ def _body(result: dict[str, Any]) -> dict[str, Any]:
     return json.loads(result["body"]) if result.get("body") else {}
 
 
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrictAws]:
+    server = StrictAws(free_port(), tmp_path_factory.mktemp("aws") / "moto.log")
+    yield server
+    server.close()
+
+
 @pytest.fixture()
-def stack(moto_server: str, tmp_path: Path) -> Iterator[tuple[dict[str, Function], dict[str, str]]]:
-    """The built functions, wired to a fresh set of moto resources named as the stack would name them."""
-    names, aws = stack_resources(moto_server)
-    fns = functions(names, aws, tmp_path)
+def stack(aws: StrictAws, tmp_path: Path) -> Iterator[tuple[dict[str, Function], dict[str, str]]]:
+    """The built functions, wired to a fresh set of resources named as the stack would name them."""
+    names = stack_resources(aws)
+    fns = functions(aws, names, tmp_path)
     try:
-        yield fns, {**names, "moto": moto_server}
+        yield fns, names
     finally:
         for fn in fns.values():
             fn.close()
@@ -83,9 +100,16 @@ def test_every_function_fits_lambdas_size_limit() -> None:
         assert size < LAMBDA_UNZIPPED_LIMIT, f"{name}: {size / 2**20:.0f} MiB with {layers}"
 
 
-def test_built_functions_serve_the_sample_events(stack: tuple[dict[str, Function], dict[str, str]]) -> None:
+def _catalog_event(names: dict[str, str], event: str, key: str) -> dict[str, Any]:
+    record = s3_record(event, key)
+    record["s3"]["bucket"] = {"name": names["CatalogBucket"], "arn": f"arn:aws:s3:::{names['CatalogBucket']}"}
+    return sqs_event(record)
+
+
+def test_built_functions_serve_the_sample_events(aws: StrictAws,
+                                                  stack: tuple[dict[str, Function], dict[str, str]]) -> None:
     fns, names = stack
-    s3 = boto3.client("s3", endpoint_url=names["moto"], **MOTO_CREDENTIALS)
+    s3 = aws.client("s3")
     taxonomy, upload, search = fns["TaxonomyFunction"], fns["UploadFunction"], fns["ReverseSearchFunction"]
 
     assert taxonomy.invoke("taxonomy_create_collection")["statusCode"] == 201
@@ -104,7 +128,9 @@ def test_built_functions_serve_the_sample_events(stack: tuple[dict[str, Function
     s3.put_object(Bucket=names["CatalogBucket"], Key="demo/clothing/shoe-2.jpg", Body=catalog_shoe.read_bytes(),
                   Metadata={"category": "shoes"})
     ingest = fns["IngestFunction"]
-    assert ingest.invoke("ingest_object_created") == {"batchItemFailures": []}
+    created = _catalog_event(names, "ObjectCreated:Put", "demo/clothing/shoe-2.jpg")
+    removed = _catalog_event(names, "ObjectRemoved:Delete", "demo/clothing/shoe-2.jpg")
+    assert ingest.invoke(created) == {"batchItemFailures": []}
 
     result = search.invoke("reverse_search")
     assert result["statusCode"] == 200
@@ -123,6 +149,66 @@ def test_built_functions_serve_the_sample_events(stack: tuple[dict[str, Function
     assert _body(generate.invoke("generate"))["item"]["id"] == "shoe-1"
 
     s3.delete_object(Bucket=names["CatalogBucket"], Key="demo/clothing/shoe-2.jpg")
-    assert ingest.invoke("ingest_object_removed") == {"batchItemFailures": []}
-    assert ingest.invoke("ingest_object_created") == {"batchItemFailures": []}  # a replay resurrects nothing
+    assert ingest.invoke(removed) == {"batchItemFailures": []}
+    assert ingest.invoke(created) == {"batchItemFailures": []}  # a replay resurrects nothing
     assert [h["id"] for h in _body(search.invoke("reverse_search"))["hits"]] == ["shoe-1"]
+
+
+def test_a_broken_catalog_object_reaches_the_failure_feed(stack: tuple[dict[str, Function], dict[str, str]],
+                                                          aws: StrictAws) -> None:
+    """The ingest role can write (and read back) the failure feed the ingest status reports."""
+    fns, names = stack
+    assert fns["TaxonomyFunction"].invoke("taxonomy_create_collection")["statusCode"] == 201
+    aws.client("s3").put_object(Bucket=names["CatalogBucket"], Key="demo/clothing/broken.jpg", Body=b"not an image")
+    result = fns["IngestFunction"].invoke(_catalog_event(names, "ObjectCreated:Put", "demo/clothing/broken.jpg"))
+    assert result == {"batchItemFailures": []}  # a bad image is reported, not retried
+    status = _body(fns["TaxonomyFunction"].invoke("taxonomy_ingest_status"))
+    assert [f["id"] for f in status["recent_failures"]] == ["broken"], status
+
+
+def _noise_png(max_bytes: int) -> bytes:
+    """A photo-sized PNG of noise (incompressible) just under ``max_bytes``."""
+    side = int((max_bytes / 3) ** 0.5)
+    while True:
+        pixels = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+        if buf.tell() <= max_bytes:
+            return buf.getvalue()
+        side -= 8
+
+
+def test_the_largest_documented_upload_reaches_the_handler(stack: tuple[dict[str, Function], dict[str, str]],
+                                                           tmp_path: Path) -> None:
+    """An image at the deployment's documented size limit, base64-encoded into the API Gateway
+    event, still fits Lambda's 6 MB request limit, so the handler (not Lambda) answers."""
+    fns, _ = stack
+    assert fns["TaxonomyFunction"].invoke("taxonomy_create_collection")["statusCode"] == 201
+    photo = tmp_path / "noise.png"
+    photo.write_bytes(_noise_png(Limits().max_image_bytes))
+    event = api_event(Gateway(ROOT / "template.yaml"), "PUT", "/v1/collections/clothing/items/noise",
+                      form=multipart({}, {"image": photo}))
+    try:
+        result = fns["UploadFunction"].invoke(event)
+    except PayloadTooLarge as exc:
+        pytest.fail(f"Lambda refuses an upload the API documents as accepted: {exc}")
+    assert result["statusCode"] == 200, result["body"]
+
+
+def test_a_large_catalog_photo_is_served(aws: StrictAws, stack: tuple[dict[str, Function], dict[str, str]]) -> None:
+    """A catalog photo whose bytes would not fit a Lambda response is still served by its link."""
+    fns, names = stack
+    assert fns["TaxonomyFunction"].invoke("taxonomy_create_collection")["statusCode"] == 201
+    photo = _noise_png(Limits().max_image_bytes)
+    aws.client("s3").put_object(Bucket=names["CatalogBucket"], Key="demo/clothing/big.png", Body=photo)
+    result = fns["IngestFunction"].invoke(_catalog_event(names, "ObjectCreated:Put", "demo/clothing/big.png"))
+    assert result == {"batchItemFailures": []}
+    event = api_event(Gateway(ROOT / "template.yaml"), "GET", "/v1/collections/clothing/items/big/image")
+    try:
+        result = fns["TaxonomyFunction"].invoke(event)
+    except PayloadTooLarge as exc:
+        pytest.fail(f"the image answer does not fit Lambda's response limit: {exc}")
+    assert result["statusCode"] in (302, 303, 307), result.get("statusCode")
+    location = result["headers"]["Location"]
+    with urllib.request.urlopen(location, timeout=30) as response:
+        assert response.read() == photo

@@ -1,0 +1,205 @@
+"""AWS as strict as AWS: moto's server with IAM enforced, and each function's role from the template.
+
+moto checks a request's signature and its caller's IAM policies once
+``INITIAL_NO_AUTH_ACTION_COUNT`` requests have passed (moto docs, "IAM-like Access Control").
+Run as a script, this starts such a server, spends exactly those requests on one admin user for
+the test harness, and prints its keys. :func:`function_policies` expands a function's
+``Policies`` from the built template (managed policies of the template, inline statements) with
+the stack's real names, so a handler runs with exactly what its role would allow on AWS.
+
+moto evaluates S3 against the bucket/key ARN; for SSM, DynamoDB and Secrets Manager it only
+knows ``*``, which a policy naming one ARN would never match (stricter than AWS, so every grant
+would fail): the script teaches those three their resource ARN, read from the request as AWS
+reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "us-east-1"
+ADMIN_REQUESTS = 3  # create_user, put_user_policy, create_access_key
+
+
+def _json_field(response: Any, field: str) -> str:
+    body = response.body or "{}"
+    try:
+        data = body if isinstance(body, dict) else json.loads(body)
+    except ValueError:
+        return ""
+    return str(data.get(field, "")) if isinstance(data, dict) else ""
+
+
+def _teach_resource_arns() -> None:
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.secretsmanager.responses import SecretsManagerResponse
+    from moto.ssm.responses import SimpleSystemManagerResponse
+
+    def ssm_arn(self: Any) -> str:
+        name = _json_field(self, "Name")
+        if not name:
+            return "*"
+        return f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{name if name.startswith('/') else '/' + name}"
+
+    def table_arn(self: Any) -> str:
+        table = _json_field(self, "TableName")
+        return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}" if table else "*"
+
+    def secret_arn(self: Any) -> str:
+        secret = _json_field(self, "SecretId")
+        if not secret:
+            return "*"
+        # A secret's ARN ends in -<6 random characters>; policies name it with a trailing *.
+        if secret.startswith("arn:"):
+            return secret
+        return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{secret}-AbCdEf"
+
+    SimpleSystemManagerResponse._determine_resource = ssm_arn  # type: ignore[attr-defined]
+    DynamoHandler._determine_resource = table_arn  # type: ignore[attr-defined]
+    SecretsManagerResponse._determine_resource = secret_arn  # type: ignore[attr-defined]
+
+
+def serve(port: int) -> None:
+    """Run the strict server on 127.0.0.1:port; print the admin keys as one JSON line."""
+    from moto import settings
+    from moto.server import ThreadedMotoServer
+
+    _teach_resource_arns()
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = ADMIN_REQUESTS
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
+                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    iam.create_user(UserName="harness")
+    iam.put_user_policy(UserName="harness", PolicyName="everything", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="harness")["AccessKey"]
+    print(json.dumps({"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}),
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.stop()
+
+
+class StrictAws:
+    """The strict server in its own process (moto's settings are process-wide)."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.log = log
+        with log.open("w") as stderr:  # moto's request log and its tracebacks
+            self.proc = subprocess.Popen([sys.executable, __file__, str(port)], stdout=subprocess.PIPE, text=True,
+                                         stderr=stderr, cwd=Path(__file__).resolve().parents[2])
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the strict moto server did not start")
+        self.admin: dict[str, str] = json.loads(line)
+
+    def client(self, service: str, **credentials: str) -> Any:
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
+                            **(credentials or self.admin))
+
+    def role_credentials(self, role: str, policies: list[dict[str, Any]]) -> dict[str, str]:
+        """A role holding exactly ``policies`` (inline), and a session of it, as Lambda assumes it."""
+        iam = self.client("iam")
+        # The harness assumes it in Lambda's place (moto's trust check handles AWS principals only).
+        trust = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/harness"},
+             "Action": "sts:AssumeRole"}]}
+        arn = iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        for n, policy in enumerate(policies):
+            iam.put_role_policy(RoleName=role, PolicyName=f"policy-{n}", PolicyDocument=json.dumps(policy))
+        session = self.client("sts").assume_role(RoleArn=arn, RoleSessionName=role)["Credentials"]
+        return {"AWS_ACCESS_KEY_ID": session["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": session["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": session["SessionToken"]}
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def resolve(value: Any, template: dict[str, Any], names: dict[str, str]) -> Any:
+    """CloudFormation's intrinsic functions over the stand-in's names (Ref, GetAtt .Arn, Sub, If)."""
+    if isinstance(value, list):
+        return [resolve(v, template, names) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1:
+        return {k: resolve(v, template, names) for k, v in value.items()}
+    (fn, arg), = value.items()
+    fn = fn.removeprefix("Fn::")
+    if fn == "Ref":
+        pseudo = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT}
+        if arg in pseudo:
+            return pseudo[arg]
+        assert arg in names, f"the template refers to {arg}, which the stand-in does not provide"
+        return names[arg]
+    if fn == "GetAtt":
+        resource, attribute = arg.split(".", 1) if isinstance(arg, str) else arg
+        return _attribute(template, names, resource, attribute)
+    if fn == "Sub":
+        text = arg if isinstance(arg, str) else arg[0]
+        local = {} if isinstance(arg, str) else resolve(arg[1], template, names)
+
+        def substitute(match: re.Match[str]) -> str:
+            ref = match[1]
+            if ref in local:
+                return str(local[ref])
+            if "." in ref:
+                return _attribute(template, names, *ref.split(".", 1))
+            return str(resolve({"Ref": ref}, template, names))
+
+        return re.sub(r"\$\{([A-Za-z0-9:._]+)\}", substitute, text)
+    if fn == "If":
+        condition, if_true, if_false = arg
+        chosen = if_true if names.get(f"Condition:{condition}") == "true" else if_false
+        return resolve(chosen, template, names)
+    return {k: resolve(v, template, names) for k, v in value.items()}
+
+
+def _attribute(template: dict[str, Any], names: dict[str, str], resource: str, attribute: str) -> str:
+    kind = template["Resources"][resource]["Type"]
+    if f"{resource}.{attribute}" in names:
+        return names[f"{resource}.{attribute}"]
+    assert attribute == "Arn", f"{resource}.{attribute} is not modelled"
+    name = names[resource]
+    arns = {"AWS::S3::Bucket": f"arn:aws:s3:::{name}",
+            "AWS::DynamoDB::Table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}",
+            "AWS::SQS::Queue": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}",
+            "AWS::OpenSearchService::Domain": f"arn:aws:es:{REGION}:{ACCOUNT}:domain/{name}"}
+    assert kind in arns, f"{resource}: the ARN of a {kind} is not modelled"
+    return arns[kind]
+
+
+def function_policies(template: dict[str, Any], function: str, names: dict[str, str]) -> list[dict[str, Any]]:
+    """The policy documents of a function's role, as the template grants them."""
+    documents = []
+    for policy in template["Resources"][function]["Properties"].get("Policies", []):
+        if isinstance(policy, dict) and set(policy) == {"Ref"}:
+            managed = template["Resources"][policy["Ref"]]
+            assert managed["Type"] == "AWS::IAM::ManagedPolicy", f"{function}: {policy['Ref']} is not a managed policy"
+            documents.append(resolve(managed["Properties"]["PolicyDocument"], template, names))
+        elif isinstance(policy, dict) and "Statement" in policy:
+            documents.append({"Version": "2012-10-17", **resolve(policy, template, names)})
+        else:  # a SAM policy template or an AWS managed policy name: expand it here before using one
+            raise AssertionError(f"{function}: the stand-in cannot expand the policy {policy!r}")
+    return documents
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))
