@@ -63,7 +63,7 @@ $(SAM):
 	$(PY) -m pip install --quiet --target $(LAMBDA_RUNTIME) "boto3>=1.34"
 
 # Rebuilt whenever anything that goes into a function or layer changes.
-$(SAM_BUILD): $(SAM) template.yaml Makefile pyproject.toml layers/requirements-lambda.txt layers/requirements-lambda-nodeps.txt \
+$(SAM_BUILD): $(SAM) template.yaml Makefile pyproject.toml layers/lambda-core.lock layers/lambda-text.lock \
 		$(shell find layers/core functions plugins -name '*.py' -o -name pyproject.toml -o -name '*.json' | grep -v __pycache__) \
 		$(wildcard layers/core/lookalike/web/*)
 	$(SAM) build --no-cached --build-in-source
@@ -108,10 +108,17 @@ clean:
 	rm -rf $(VENV) $(SAM_VENV) .lookalike .aws-sam .pytest_cache
 
 # ---- `sam build` (BuildMethod: makefile): layers built from this checkout, no container needed.
+# Wheels for the runtime, not for this machine: python3.11 runs on Amazon Linux 2 (glibc 2.26), so
+# pip takes manylinux wheels up to 2.26 for CPython 3.11, exactly the pinned files of the locks
+# (scripts/lock_lambda.py writes them; tests/e2e/test_lambda_binaries.py checks the result).
+LAMBDA_WHEELS := --no-deps --require-hashes --only-binary=:all: --implementation cp --python-version 3.11 \
+	$(foreach minor,26 25 24 23 22 21 20 19 18 17,--platform manylinux_2_$(minor)_x86_64) --platform manylinux2014_x86_64
+
 build-CoreLayer:
-	$(PY) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)/python" -r layers/requirements-lambda.txt
+	$(PY) -m pip install --quiet --no-compile $(LAMBDA_WHEELS) --target "$(ARTIFACTS_DIR)/python" -r layers/lambda-core.lock
+	# Lookalike's own packages are pure Python.
 	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/python" \
-		-r layers/requirements-lambda-nodeps.txt . ./plugins/local ./plugins/aws ./plugins/opensearch ./plugins/pixlab ./plugins/marqo
+		. ./plugins/local ./plugins/aws ./plugins/opensearch ./plugins/pixlab ./plugins/marqo
 	# Left out: tests, onnxruntime's tools and its C API library (the Python binding links its
 	# own copy: 34 MB), so that every function's layers fit Lambda's 250 MB.
 	rm -rf "$(ARTIFACTS_DIR)"/python/numpy/*/tests "$(ARTIFACTS_DIR)"/python/numpy/_core/tests \
@@ -133,7 +140,7 @@ build-TextModelLayer:
 	rm -rf "$(ARTIFACTS_DIR)/.build"
 	# The tokenizer's library travels with the text model: only the functions that embed text
 	# carry it (without huggingface_hub, which only downloads).
-	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/python" "tokenizers>=0.15"
+	$(PY) -m pip install --quiet --no-compile $(LAMBDA_WHEELS) --target "$(ARTIFACTS_DIR)/python" -r layers/lambda-text.lock
 	$(MAKE) --no-print-directory bytecode DIR="$(ARTIFACTS_DIR)/python"
 
 # A layer's Python as bytecode only, compiled now rather than at every cold start (/opt is

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -44,12 +45,15 @@ RESULTS = ROOT / "bench" / "results"
 from lookalike.server import load_template  # noqa: E402
 from tests.e2e.lambda_stand_in import (  # noqa: E402 - after the path is set
     BUILD,
+    DOMAIN,
     LAMBDA_RUNTIME,
-    MOTO_CREDENTIALS,
     functions,
+    s3_record,
+    sqs_event,
     stack_resources,
     tree_bytes,
 )
+from tests.e2e.strict_aws import DomainGate, SignedDomainProxy, StrictAws  # noqa: E402
 
 FIRST_EVENT = {"ReverseSearchFunction": "reverse_search", "EmbedFunction": "embed",
                "UploadFunction": "upload_put_item", "TaxonomyFunction": "taxonomy_list_collections",
@@ -85,7 +89,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7, help="fresh processes per function")
     parser.add_argument("--warm", type=int, default=5, help="warm requests per process after the first")
+    parser.add_argument("--opensearch-url", default=os.environ.get("OPENSEARCH_URL"),
+                        help="the stack's search domain: a real node (`make opensearch` starts one on :9200)")
     args = parser.parse_args()
+    if not args.opensearch_url:
+        sys.exit("needs an OpenSearch node, the stack's search backend: `make opensearch`, then "
+                 "--opensearch-url http://127.0.0.1:9200")
     if not (BUILD / "template.yaml").is_file() or not LAMBDA_RUNTIME.is_dir():
         sys.exit("needs the `sam build` output: run `make sam-build` first")
     previous = RESULTS / "cold_start.json"
@@ -97,24 +106,19 @@ def main() -> None:
 
     import logging
 
-    import boto3
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
 
     from tests.conftest import FIXTURES, free_port
 
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    endpoint = f"http://127.0.0.1:{port}"
     rows: dict[str, dict[str, Any]] = {}
-    try:
-        names, aws = stack_resources(endpoint)
-        with tempfile.TemporaryDirectory(prefix="lookalike-cold-") as tmp:
-            work = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="lookalike-cold-") as tmp:
+        work = Path(tmp)
+        aws = StrictAws(free_port(), work / "moto.log")
+        domain = SignedDomainProxy(args.opensearch_url, DomainGate(DOMAIN))
+        try:
+            names = stack_resources(aws, domain.url)
             # A collection with an item, and a catalog object for the ingest event.
-            warm = functions(names, aws, work)
+            warm = functions(aws, names, work, domain.gate)
             try:
                 warm["TaxonomyFunction"].invoke("taxonomy_create_collection")
                 warm["UploadFunction"].invoke("upload_put_item")
@@ -122,13 +126,16 @@ def main() -> None:
                 for fn in warm.values():
                     fn.close()
             shoe = sorted((FIXTURES / "images" / "shoes").iterdir())[1]
-            boto3.client("s3", endpoint_url=endpoint, **MOTO_CREDENTIALS).put_object(
-                Bucket=names["CatalogBucket"], Key="demo/clothing/shoe-2.jpg", Body=shoe.read_bytes())
+            aws.client("s3").put_object(Bucket=names["CatalogBucket"], Key="demo/clothing/shoe-2.jpg",
+                                        Body=shoe.read_bytes())
+            record = s3_record("ObjectCreated:Put", "demo/clothing/shoe-2.jpg")
+            record["s3"]["bucket"] = {"name": names["CatalogBucket"]}
+            events: dict[str, Any] = {**FIRST_EVENT, "IngestFunction": sqs_event(record)}
             samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in FIRST_EVENT}
             warm_samples: dict[str, list[tuple[float, float]]] = {name: [] for name in FIRST_EVENT}
             for _ in range(args.runs):
-                for name, event in FIRST_EVENT.items():
-                    fn = functions(names, aws, work, only=name)[name]
+                for name, event in events.items():
+                    fn = functions(aws, names, work, domain.gate, only=name)[name]
                     try:
                         result = fn.invoke(event)
                         answered = time.perf_counter()
@@ -142,8 +149,9 @@ def main() -> None:
                             warm_samples[name].append(((time.perf_counter() - began) * 1000, fn.last["cpu_ms"]))
                     finally:
                         fn.close()
-    finally:
-        moto.stop()
+        finally:
+            domain.stop()
+            aws.close()
     for name, runs in samples.items():
         total, imports, rss = (statistics.median(x) for x in zip(*runs, strict=True))
         rows[name] = {"event": FIRST_EVENT[name], "first_answer_ms": round(total), "import_ms": round(imports),

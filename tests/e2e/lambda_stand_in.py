@@ -26,7 +26,7 @@ from typing import Any
 
 from lookalike.config import hash_key
 from lookalike.server import load_template
-from tests.e2e.strict_aws import REGION, StrictAws, function_policies, resolve
+from tests.e2e.strict_aws import REGION, DomainGate, StrictAws, function_policies, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -48,6 +48,7 @@ def _load_event_builders() -> Any:
 _builders = _load_event_builders()
 api_event, multipart, s3_record, sqs_event = _builders.api_event, _builders.multipart, _builders.s3_record, \
     _builders.sqs_event
+DOMAIN = "lookalike-test"  # the search domain's name in the stand-in's ARNs
 #: Lambda's synchronous invocation payload limit, each way (AWS docs, "Lambda quotas").
 PAYLOAD_LIMIT = 6_291_456
 
@@ -107,8 +108,12 @@ class Function:
         # Its own /tmp: what one function writes there no other function ever sees.
         self.tmp = opt_root.parent / "tmp" / name
         self.tmp.mkdir(parents=True, exist_ok=True)
-        env = {k: _resolve(v, template, refs).replace("/opt/", f"{opt}/").replace("/tmp/", f"{self.tmp}/")
-               for k, v in variables.items()}
+        mounts = {"/opt/": f"{opt}/", "/tmp/": f"{self.tmp}/"}
+        env = {}
+        for key, value in variables.items():
+            resolved = _resolve(value, template, refs)
+            prefix = next((p for p in mounts if resolved.startswith(p)), None)
+            env[key] = mounts[prefix] + resolved[len(prefix):] if prefix else resolved
         env.update(extra_env, TMPDIR=str(self.tmp), PATH=os.environ.get("PATH", "/usr/bin:/bin"),
                    LAMBDA_TASK_ROOT=str(code),
                    AWS_LAMBDA_FUNCTION_NAME=name, AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(props["MemorySize"]),
@@ -118,10 +123,11 @@ class Function:
         self.read_fd, write_fd = os.pipe()
         self.started = time.perf_counter()
         self.stderr = opt_root.parent / f"{name}.stderr"
-        with self.stderr.open("w") as stderr:
+        self.logs = opt_root.parent / f"{name}.log"  # stdout: what CloudWatch would keep
+        with self.stderr.open("w") as stderr, self.logs.open("w") as logs:
             self.proc = subprocess.Popen(  # -S: no site-packages; -P: no script folder on sys.path
                 [sys.executable, "-S", "-P", str(RUNNER), props["Handler"], str(write_fd)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                stdin=subprocess.PIPE, stdout=logs, stderr=stderr, text=True,
                 env=env, cwd=code, pass_fds=(write_fd,))
         os.close(write_fd)
         self.results = os.fdopen(self.read_fd, encoding="utf-8")
@@ -165,13 +171,16 @@ class Function:
         self.results.close()
 
 
-def stack_resources(aws: StrictAws, opensearch_url: str = "") -> dict[str, str]:
+def stack_resources(aws: StrictAws, opensearch_url: str) -> dict[str, str]:
     """A fresh set of resources named as the stack would name them, with one tenant (``demo``,
-    key ``demo-key``): the template's parameter values and its resources' names."""
+    key ``demo-key``): the template's parameter values and its resources' names. The search
+    backend is an existing domain at ``opensearch_url`` (the real node behind a DomainGate)."""
     run = uuid.uuid4().hex[:8]
     names = {"AnchorsBucket": f"anchors-{run}", "IdempotencyTable": f"idempotency-{run}",
              "TenantConfigParameter": f"/lookalike-{run}/config", "ConfigTtlSeconds": "0",
-             "OpenSearchEndpoint": opensearch_url, "Tracing": "PassThrough", "MediaSigningSecret": "s" * 32,
+             "OpenSearchEndpoint": opensearch_url, "Condition:CreateSearchDomain": "false",
+             "OpenSearchDomainName": DOMAIN, "OpenSearchIndexPrefix": f"stack-{run}",
+             "Tracing": "PassThrough", "MediaSigningSecret": "s" * 32,
              "CatalogBucket": f"catalog-{run}", "BackendSecretsPrefix": "lookalike"}
     s3 = aws.client("s3")
     for bucket in (names["AnchorsBucket"], names["CatalogBucket"]):
@@ -186,9 +195,10 @@ def stack_resources(aws: StrictAws, opensearch_url: str = "") -> dict[str, str]:
     return names
 
 
-def functions(aws: StrictAws, names: dict[str, str], work: Path, only: str | None = None) -> dict[str, Function]:
+def functions(aws: StrictAws, names: dict[str, str], work: Path, gate: DomainGate,
+              only: str | None = None) -> dict[str, Function]:
     """Every function of the build (or ``only`` that one), each in a fresh process with its own
-    ``/tmp`` and its own role's credentials."""
+    ``/tmp`` and its own role's credentials, which ``gate`` (the search domain) learns too."""
     built = load_template(BUILD / "template.yaml")
     env = {"AWS_ENDPOINT_URL": aws.endpoint, "LOOKALIKE_S3_ENDPOINT_URL": aws.endpoint,
            "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}
@@ -197,6 +207,8 @@ def functions(aws: StrictAws, names: dict[str, str], work: Path, only: str | Non
         if spec["Type"] != "AWS::Serverless::Function" or only not in (None, name):
             continue
         role = f"{name}Role-{uuid.uuid4().hex[:6]}"
-        credentials = aws.role_credentials(role, function_policies(built, name, names))
+        policies = function_policies(built, name, names)
+        credentials = aws.role_credentials(role, policies)
+        gate.allow_session(credentials, policies)
         out[name] = Function(name, built, names, work / "opt", {**env, **credentials})
     return out

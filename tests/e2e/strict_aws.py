@@ -2,8 +2,8 @@
 
 moto checks a request's signature and its caller's IAM policies once
 ``INITIAL_NO_AUTH_ACTION_COUNT`` requests have passed (moto docs, "IAM-like Access Control").
-Run as a script, this starts such a server, spends exactly those requests on one admin user for
-the test harness, and prints its keys. :func:`function_policies` expands a function's
+Run as ``python -m tests.e2e.strict_aws PORT``, this starts such a server, spends exactly those
+requests on one admin user for the test harness, and prints its keys. :func:`function_policies` expands a function's
 ``Policies`` from the built template (managed policies of the template, inline statements) with
 the stack's real names, so a handler runs with exactly what its role would allow on AWS.
 
@@ -22,8 +22,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import boto3
+
+from tests.fault_proxy import FaultProxy
 
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -99,8 +102,9 @@ class StrictAws:
         self.endpoint = f"http://127.0.0.1:{port}"
         self.log = log
         with log.open("w") as stderr:  # moto's request log and its tracebacks
-            self.proc = subprocess.Popen([sys.executable, __file__, str(port)], stdout=subprocess.PIPE, text=True,
-                                         stderr=stderr, cwd=Path(__file__).resolve().parents[2])
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.strict_aws", str(port)],
+                                         stdout=subprocess.PIPE, text=True, stderr=stderr,
+                                         cwd=Path(__file__).resolve().parents[2])
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
@@ -203,3 +207,67 @@ def function_policies(template: dict[str, Any], function: str, names: dict[str, 
 
 if __name__ == "__main__":
     serve(int(sys.argv[1]))
+
+
+class DomainGate:
+    """What an Amazon OpenSearch Service domain checks before the engine sees a request: a
+    SigV4 signature for service ``es`` by a known session, and that session's role allowing
+    ``es:ESHttp<Method>`` on the domain's ARN. Plugged into the fault proxy in front of the
+    real node, it answers 403 as the domain does (``{"message": ...}``) and forwards the rest."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain_arn = f"arn:aws:es:{REGION}:{ACCOUNT}:domain/{domain}"
+        self.sessions: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {}
+        self.refused: list[str] = []
+
+    def allow_session(self, credentials: dict[str, str], policies: list[dict[str, Any]]) -> None:
+        self.sessions[credentials["AWS_ACCESS_KEY_ID"]] = (credentials, policies)
+
+    def check(self, method: str, url: str, headers: dict[str, str], body: bytes) -> str | None:
+        """Why the domain would refuse the request, or None."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+        from moto.iam.access_control import IAMPolicy, PermissionResult
+
+        header = {k.lower(): v for k, v in headers.items()}
+        match = re.match(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+                         r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$", header.get("authorization", ""))
+        if not match:
+            return "Missing Authentication Token"
+        key, _, region, service, signed, signature = match.groups()
+        if service != "es" or region != REGION or key not in self.sessions:
+            return f"The security token included in the request is invalid ({service}, {region})"
+        credentials, policies = self.sessions[key]
+        request = AWSRequest(method=method, url=url, data=body,
+                             headers={name: header[name] for name in signed.split(";") if name in header})
+        signer = SigV4Auth(Credentials(key, credentials["AWS_SECRET_ACCESS_KEY"], credentials["AWS_SESSION_TOKEN"]),
+                           "es", REGION)
+        request.context["timestamp"] = header.get("x-amz-date", "")
+        expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+        if expected != signature:
+            return "The request signature we calculated does not match the signature you provided"
+        action = f"es:ESHttp{method.title()}"
+        resource = f"{self.domain_arn}{urlsplit(url).path}"
+        results = [IAMPolicy(json.dumps(p)).is_action_permitted(action, resource) for p in policies]
+        if PermissionResult.DENIED in results or PermissionResult.PERMITTED not in results:
+            return f"User is not authorized to perform: {action} on resource: {resource}"
+        return None
+
+
+class SignedDomainProxy(FaultProxy):
+    """The fault proxy in front of the real node, behind the domain's SigV4 and IAM checks."""
+
+    def __init__(self, upstream: str, gate: DomainGate) -> None:
+        self.gate = gate
+        super().__init__(upstream)
+
+    def route(self, method: str, path: str, params: dict[str, str], headers: dict[str, str],
+              raw: bytes) -> tuple[int, Any]:
+        host = {k.lower(): v for k, v in headers.items()}.get("host", "")
+        url = f"http://{host}{path}" + (f"?{urlencode(params)}" if params else "")
+        refusal = self.gate.check(method, url, headers, raw)
+        if refusal is not None:
+            self.gate.refused.append(f"{method} {path}: {refusal}")
+            return 403, {"message": refusal}
+        return super().route(method, path, params, headers, raw)

@@ -76,7 +76,12 @@ def test_template_grants_least_privilege() -> None:
     assert writers == {"UploadFunction", "IngestFunction", "TaxonomyFunction"}  # taxonomy: collection deletes
     catalog_readers = {n for n, g in grants.items() if any("CatalogBucket" in r for _, r in g)}
     assert catalog_readers == {"IngestFunction"}
-    assert not any(a.startswith("s3:") for a, _ in grants["GenerateFunction"])
+    assert not any(a in ("s3:PutObject", "s3:DeleteObject") for a, _ in grants["GenerateFunction"])
+    # Every function that reads or writes collections may call the search domain, and only it.
+    search_callers = {n for n, g in grants.items() if any(a.startswith("es:ESHttp") for a, _ in g)}
+    assert search_callers == set(grants) - {"EmbedFunction"}
+    domain_arns = {r for g in grants.values() for a, r in g if a.startswith("es:")}
+    assert len(domain_arns) == 1 and "domain/${OpenSearchDomainName}/*" in domain_arns.pop()
     assert {n for n, g in grants.items() if any(a.startswith("dynamodb:") for a, _ in g)} == {"IngestFunction"}
 
 

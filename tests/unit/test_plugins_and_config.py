@@ -179,6 +179,33 @@ def test_stack_bucket_is_the_default_blob_store_unless_the_document_picks_one(tm
     assert ConfigSource(Settings(home=tmp_path)).get().blobs_for("demo").name == "filesystem"
 
 
+def test_stack_domain_is_the_default_search_backend_unless_the_document_picks_one(tmp_path: Path) -> None:
+    write_deployment(tmp_path)
+    stack = {"blobs_bucket": "stack-anchors", "opensearch_endpoint": "https://search-x.us-east-1.es.amazonaws.com",
+             "opensearch_index_prefix": "shop"}
+    on_stack = ConfigSource(Settings(home=tmp_path, **stack)).get()
+    assert on_stack.search_for("demo").model_dump() == {"name": "opensearch", "options": {
+        "url": "https://search-x.us-east-1.es.amazonaws.com", "auth": "sigv4", "index_prefix": "shop"}}
+    write_deployment(tmp_path, {"defaults": {"search": {"name": "local", "options": {}}}})
+    assert ConfigSource(Settings(home=tmp_path, **stack)).get().search_for("demo").name == "local"
+
+
+def test_lambda_refuses_backends_that_keep_data_in_its_own_tmp(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each Lambda execution environment has its own /tmp: an index or images kept there would
+    be seen by no other function and lost with the environment."""
+    write_deployment(tmp_path, {"defaults": {"search": {"name": "local", "options": {}}}})
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "lookalike-ReverseSearchFunction")
+    with pytest.raises(ConfigurationError, match="configure search: opensearch"):
+        Lookalike(Settings(home=tmp_path)).tenant("demo")
+    write_deployment(tmp_path, {"defaults": {"search": {"name": "memory", "options": {}},
+                                             "blobs": {"name": "filesystem", "options": {}}}})
+    registry = plugins.collect(plugins.make_plugin_manager(extra_plugins=(TestPlugin(),), load_entry_points=False))
+    app = Lookalike(Settings(home=tmp_path), registry=registry)
+    with pytest.raises(ConfigurationError, match="configure blobs: s3"):
+        app.tenant("demo")
+
+
 def test_ssm_source_over_http(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """On AWS the same document comes from SSM through Powertools parameters, with a TTL."""
     import boto3

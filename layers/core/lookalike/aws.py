@@ -15,5 +15,6 @@ CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempt
 @cache
 def s3_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
     """One S3 client per endpoint; ``LOOKALIKE_S3_ENDPOINT_URL`` points it at an S3-compatible store."""
+    # SigV4 for presigned links too (every region accepts it; botocore may sign them with SigV2).
     return boto3.client("s3", endpoint_url=endpoint_url or os.environ.get("LOOKALIKE_S3_ENDPOINT_URL"),
-                        region_name=region, config=CLIENT_CONFIG)
+                        region_name=region, config=CLIENT_CONFIG.merge(Config(signature_version="s3v4")))

@@ -45,11 +45,20 @@ class Settings(BaseSettings):
     config_ttl: int = 60  # seconds a fetched config is trusted before re-reading
     allow_loopback_urls: bool = False  # let image URLs point at 127.0.0.1 (development only)
     blobs_bucket: str | None = None  # the stack's bucket: the default blob store when the document names none
+    # The stack's OpenSearch domain (https://...): the default search backend on the stack when
+    # the document names none, reached with SigV4 as the function's role.
+    opensearch_endpoint: str | None = None
+    opensearch_index_prefix: str = "lookalike"  # so that stacks can share a domain
     # An ingest renews its INDEXING lease every third of this; a killed one's lapses after it.
     ingest_lease_s: float = Field(default=30.0, gt=0, le=3600)
     # The API's public base URL for the image links in answers (https://images.example.com).
     # Unset: API Gateway's own domain name, or locally a validated Host header.
     public_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+
+    @property
+    def on_lambda(self) -> bool:
+        """Running in a Lambda execution environment (the runtime sets this variable)."""
+        return "AWS_LAMBDA_FUNCTION_NAME" in os.environ
 
     @property
     def config_path(self) -> Path:
@@ -81,6 +90,16 @@ class CollectionSettings(BaseModel):
     # The x-marqo-index-id the Marqo surface accepts as a search-only credential for this
     # collection (unset: one is generated when the collection is created). It is a secret.
     marqo_index_id: str | None = Field(default=None, min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")
+
+
+#: Lambda's synchronous invocation payload, each way (AWS docs, "Lambda quotas"), and the largest
+#: images that fit it once API Gateway has base64-encoded the body (BinaryMediaTypes */*):
+#: an image as a form part or a raw body, an image inside a JSON body (base64 or a data URL,
+#: so encoded twice), and an image answer. Larger ones go through S3 (README, Deploy).
+LAMBDA_PAYLOAD_BYTES = 6_291_456
+LAMBDA_MAX_UPLOAD_BYTES = 4_500_000
+LAMBDA_MAX_INLINE_IMAGE_BYTES = 3_300_000
+LAMBDA_MAX_ANSWER_BYTES = 4_500_000
 
 
 class Limits(BaseModel):
@@ -247,12 +266,17 @@ class ConfigSource:
             return self._config
 
     def _with_stack_defaults(self, config: DeploymentConfig) -> DeploymentConfig:
-        """On the SAM stack, images default to its bucket unless the document picks a blob store."""
-        bucket = self.settings.blobs_bucket
-        if not bucket or "blobs" in config.defaults.model_fields_set:
+        """On the SAM stack, images default to its bucket and the index to its OpenSearch domain,
+        unless the document picks a blob store or a search backend."""
+        s, update = self.settings, {}
+        if s.blobs_bucket and "blobs" not in config.defaults.model_fields_set:
+            update["blobs"] = BackendChoice(name="s3", options={"bucket": s.blobs_bucket})
+        if s.blobs_bucket and s.opensearch_endpoint and "search" not in config.defaults.model_fields_set:
+            update["search"] = BackendChoice(name="opensearch", options={
+                "url": s.opensearch_endpoint, "auth": "sigv4", "index_prefix": s.opensearch_index_prefix})
+        if not update:
             return config
-        defaults = config.defaults.model_copy(update={"blobs": BackendChoice(name="s3", options={"bucket": bucket})})
-        return config.model_copy(update={"defaults": defaults})
+        return config.model_copy(update={"defaults": config.defaults.model_copy(update=update)})
 
     def _fetch_remote(self) -> str:
         from aws_lambda_powertools.utilities import parameters

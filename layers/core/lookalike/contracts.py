@@ -172,6 +172,9 @@ class SearchBackend(abc.ABC):
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: Whether the backend keeps its data under the deployment's home (LOOKALIKE_HOME): such a
+    #: backend cannot serve on Lambda, where each execution environment has its own /tmp.
+    stores_in_home: ClassVar[bool] = False
     supports_text_search: ClassVar[bool] = True
     #: Whether caption/prompt vectors (another model, another dimension) can be kept beside
     #: the image vectors; without them text search is keyword search.
@@ -240,10 +243,15 @@ class BlobStore(abc.ABC):
     """Bytes by key, with a content type and small string metadata (as S3 objects have)."""
 
     Options: ClassVar[type[BaseModel]] = NoOptions
+    stores_in_home: ClassVar[bool] = False  # as SearchBackend.stores_in_home
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
             metadata: Mapping[str, str] | None = None) -> None: ...
+
+    def presigned_get(self, key: str, expires_s: int) -> str | None:
+        """A short-lived URL that serves the blob without the API, or None where the store has none."""
+        return None
 
     @abc.abstractmethod
     def get(self, key: str) -> Blob:

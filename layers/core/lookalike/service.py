@@ -30,6 +30,7 @@ from PIL import Image
 from lookalike import geometry, images, media
 from lookalike.clustering import Cluster, cluster
 from lookalike.config import (
+    LAMBDA_MAX_INLINE_IMAGE_BYTES,
     BackendChoice,
     CollectionSettings,
     ConfigSource,
@@ -65,6 +66,7 @@ from lookalike.fetch import FetchPolicy, fetch
 from lookalike.filters import INT64_MAX, Filter, is_unicode_text
 from lookalike.plugins import Registry, default_registry
 
+PHOTO_LINK_TTL_S = 300  # a redirect to the blob store is followed at once
 ITEM_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,255}$"
 _ITEM_ID = re.compile(ITEM_ID_PATTERN)
 _ANCHOR_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -221,6 +223,7 @@ class TenantService:
                                         allow_loopback=settings.allow_loopback_urls)
         self.home = settings.home
         self.ingest_lease_s = settings.ingest_lease_s
+        self.on_lambda = settings.on_lambda
 
     # ------------------------------------------------------------ collections
 
@@ -373,6 +376,10 @@ class TenantService:
     def image_bytes(self, ref: ImageRef, collection: str | None = None) -> tuple[bytes, str | None]:
         kind = ref.kind()
         max_bytes = self.limits.max_image_bytes
+        if self.on_lambda and kind in ("base64", "data_url"):
+            # An image inside a JSON body reaches a Lambda handler base64-encoded twice (the
+            # field, then API Gateway's body): the documented limit is what fits in 6 MB.
+            max_bytes = min(max_bytes, LAMBDA_MAX_INLINE_IMAGE_BYTES)
         if kind == "data":
             return ref.data or b"", ref.content_type
         if kind == "base64":
@@ -676,6 +683,14 @@ class TenantService:
         """The stored image; with ``version`` (a media link's), only if it is still that image."""
         return self._photo(self.get_item(collection, item_id), version)
 
+    def photo_link(self, collection: str, item_id: str, version: str | None = None,
+                   expires_s: int = PHOTO_LINK_TTL_S) -> str | None:
+        """A short-lived URL to the stored image straight from the blob store (None if it has none)."""
+        item = self.get_item(collection, item_id)
+        if not item.image_key or (version is not None and media.version_of(item.image_key) != version):
+            raise NotFound("Item not found")
+        return self.blobs.presigned_get(item.image_key, expires_s)
+
     def _photo(self, item: Item, version: str | None = None) -> tuple[bytes, str]:
         if not item.image_key or (version is not None and media.version_of(item.image_key) != version):
             raise NotFound("Item not found")
@@ -866,6 +881,17 @@ class TenantService:
             raise BadRequest(f"offset must be between 0 and {self.limits.max_offset}")
 
 
+#: Why a backend that keeps its data under LOOKALIKE_HOME is refused on Lambda, and what to use.
+LAMBDA_REFUSES = {
+    "search_backends": "the search backend {name!r} keeps its index in this Lambda execution environment's own "
+                       "/tmp, which no other function sees and Lambda discards: configure search: opensearch "
+                       "(the stack's default when its OpenSearch domain is set up; README, Deploy)",
+    "blob_stores": "the blob store {name!r} keeps images in this Lambda execution environment's own /tmp, which "
+                   "no other function sees and Lambda discards: configure blobs: s3 (the stack's bucket is the "
+                   "default)",
+}
+
+
 class Lookalike:
     """Process-wide entry point: config, plugin registry and per-tenant backends.
 
@@ -934,6 +960,8 @@ class Lookalike:
         with self._lock:
             if key not in self._backends:
                 cls = self.registry.lookup(kind, choice.name)
+                if getattr(cls, "stores_in_home", False) and self.settings.on_lambda:
+                    raise ConfigurationError(LAMBDA_REFUSES[kind].format(name=choice.name))
                 try:
                     options = cls.Options.model_validate(choice.options)
                 except ValueError as exc:

@@ -56,6 +56,11 @@ class S3BlobStore(BlobStore):
         except BotoCoreError as exc:
             raise BackendUnavailable("blob store read failed") from exc
 
+    def presigned_get(self, key: str, expires_s: int) -> str | None:
+        # Signed locally with the function's credentials: no request to S3.
+        return str(self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.options.bucket, "Key": self._key(key)}, ExpiresIn=expires_s))
+
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.options.bucket, Key=self._key(key))

@@ -46,6 +46,7 @@ class FilesystemOptions(BaseModel):
 
 class FilesystemBlobStore(BlobStore):
     Options = FilesystemOptions
+    stores_in_home = True
 
     def __init__(self, options: FilesystemOptions | None = None, context: BackendContext | None = None) -> None:
         options = options or FilesystemOptions()

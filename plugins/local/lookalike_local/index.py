@@ -131,6 +131,7 @@ class _Matrix:
 
 class LocalIndex(SearchBackend):
     Options = LocalIndexOptions
+    stores_in_home = True
     supports_text_search = True
 
     def __init__(self, options: LocalIndexOptions | None = None, context: BackendContext | None = None) -> None:

@@ -25,8 +25,9 @@ from lookalike.api.request import (
     tenant_from_bearer,
     validate,
 )
+from lookalike.config import LAMBDA_MAX_ANSWER_BYTES
 from lookalike.contracts import Hit, SearchPage
-from lookalike.errors import BadRequest, NotFound
+from lookalike.errors import BadRequest, NotFound, PayloadTooLarge
 from lookalike.schemas import (
     AnchorOptions,
     AnchorOut,
@@ -206,6 +207,20 @@ def get_item_duplicates(collection: str, item_id: str) -> DuplicatesResponse:
 def get_item_image(collection: str, item_id: str) -> Response[bytes]:
     tenant = tenant_from_bearer(catalog.current_event)
     data, ctype = tenant.item_image(collection, item_id)
+    return _image_answer(tenant, collection, item_id, None, data, ctype)
+
+
+def _image_answer(tenant: TenantService, collection: str, item_id: str, version: str | None,
+                  data: bytes, ctype: str) -> Response[bytes]:
+    """The image, or on Lambda, where an answer over 6 MB (after base64) never arrives, a
+    redirect to a short-lived link straight from the stack's bucket."""
+    if service().settings.on_lambda and len(data) > LAMBDA_MAX_ANSWER_BYTES:
+        link = tenant.photo_link(collection, item_id, version)
+        if link is None:
+            raise PayloadTooLarge(f"the image is larger than Lambda can answer ({LAMBDA_MAX_ANSWER_BYTES} bytes) "
+                                  "and its blob store has no links: configure blobs: s3")
+        return Response(status_code=302, content_type=ctype, body=b"",
+                        headers={"Location": link, "Cache-Control": "no-store"})
     return Response(status_code=200, content_type=ctype, body=data,
                     headers={"Cache-Control": "private, max-age=3600"})
 
@@ -320,7 +335,6 @@ def media_file(token: str) -> Response[bytes]:
         tenant = app.tenant(ref.tenant)
         reader = tenant.thumbnail if ref.size == "thumb" else tenant.item_image
         data, ctype = reader(ref.collection, ref.item_id, ref.version)
+        return _image_answer(tenant, ref.collection, ref.item_id, ref.version, data, ctype)
     except NotFound:
         raise NotFound("Not found") from None
-    return Response(status_code=200, content_type=ctype, body=data,
-                    headers={"Cache-Control": "private, max-age=3600"})
