@@ -26,7 +26,7 @@ from typing import Any
 
 from lookalike.config import hash_key
 from lookalike.server import load_template
-from tests.e2e.strict_aws import REGION, DomainGate, StrictAws, function_policies, resolve
+from tests.e2e.strict_aws import NO_VALUE, REGION, DomainGate, StrictAws, function_policies, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -111,6 +111,8 @@ class Function:
         mounts = {"/opt/": f"{opt}/", "/tmp/": f"{self.tmp}/"}
         env = {}
         for key, value in variables.items():
+            if resolve(value, template, refs) is NO_VALUE:
+                continue
             resolved = _resolve(value, template, refs)
             prefix = next((p for p in mounts if resolved.startswith(p)), None)
             env[key] = mounts[prefix] + resolved[len(prefix):] if prefix else resolved
@@ -179,9 +181,12 @@ def stack_resources(aws: StrictAws, opensearch_url: str) -> dict[str, str]:
     names = {"AnchorsBucket": f"anchors-{run}", "IdempotencyTable": f"idempotency-{run}",
              "TenantConfigParameter": f"/lookalike-{run}/config", "ConfigTtlSeconds": "0",
              "OpenSearchEndpoint": opensearch_url, "Condition:CreateSearchDomain": "false",
+             "Condition:ConfigFromAppConfig": "false",
              "OpenSearchDomainName": DOMAIN, "OpenSearchIndexPrefix": f"stack-{run}",
-             "Tracing": "PassThrough", "MediaSigningSecret": "s" * 32,
+             "Tracing": "PassThrough",
              "CatalogBucket": f"catalog-{run}", "BackendSecretsPrefix": "lookalike"}
+    names["MediaSigningSecret"] = aws.client("secretsmanager").create_secret(
+        Name=f"media-{run}", SecretString=uuid.uuid4().hex * 2)["ARN"]
     s3 = aws.client("s3")
     for bucket in (names["AnchorsBucket"], names["CatalogBucket"]):
         s3.create_bucket(Bucket=bucket)

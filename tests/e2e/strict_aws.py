@@ -137,10 +137,13 @@ class StrictAws:
             self.proc.kill()
 
 
+NO_VALUE = object()  # AWS::NoValue: the property or list entry is left out
+
+
 def resolve(value: Any, template: dict[str, Any], names: dict[str, str]) -> Any:
     """CloudFormation's intrinsic functions over the stand-in's names (Ref, GetAtt .Arn, Sub, If)."""
     if isinstance(value, list):
-        return [resolve(v, template, names) for v in value]
+        return [r for r in (resolve(v, template, names) for v in value) if r is not NO_VALUE]
     if not isinstance(value, dict):
         return value
     if len(value) != 1:
@@ -149,6 +152,8 @@ def resolve(value: Any, template: dict[str, Any], names: dict[str, str]) -> Any:
     fn = fn.removeprefix("Fn::")
     if fn == "Ref":
         pseudo = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT}
+        if arg == "AWS::NoValue":
+            return NO_VALUE
         if arg in pseudo:
             return pseudo[arg]
         assert arg in names, f"the template refers to {arg}, which the stand-in does not provide"
@@ -171,8 +176,15 @@ def resolve(value: Any, template: dict[str, Any], names: dict[str, str]) -> Any:
         return re.sub(r"\$\{([A-Za-z0-9:._]+)\}", substitute, text)
     if fn == "If":
         condition, if_true, if_false = arg
-        chosen = if_true if names.get(f"Condition:{condition}") == "true" else if_false
+        assert f"Condition:{condition}" in names, f"the stand-in does not decide the condition {condition}"
+        chosen = if_true if names[f"Condition:{condition}"] == "true" else if_false
         return resolve(chosen, template, names)
+    if fn == "Select":
+        index, items = arg
+        return resolve(items, template, names)[int(index)]
+    if fn == "Split":
+        separator, text = arg
+        return str(resolve(text, template, names)).split(separator)
     return {k: resolve(v, template, names) for k, v in value.items()}
 
 
@@ -194,6 +206,11 @@ def function_policies(template: dict[str, Any], function: str, names: dict[str, 
     """The policy documents of a function's role, as the template grants them."""
     documents = []
     for policy in template["Resources"][function]["Properties"].get("Policies", []):
+        if isinstance(policy, dict) and set(policy) in ({"If"}, {"Fn::If"}):  # a conditional grant
+            condition, granted, otherwise = next(iter(policy.values()))
+            policy = granted if names.get(f"Condition:{condition}") == "true" else otherwise
+            if policy == {"Ref": "AWS::NoValue"}:
+                continue
         if isinstance(policy, dict) and set(policy) == {"Ref"}:
             managed = template["Resources"][policy["Ref"]]
             assert managed["Type"] == "AWS::IAM::ManagedPolicy", f"{function}: {policy['Ref']} is not a managed policy"

@@ -51,7 +51,11 @@ def test_every_template_function_has_events_and_code() -> None:
 
 
 def _statements(template: dict, policy: object) -> list[dict]:
-    """The IAM statements behind one entry of a function's Policies."""
+    """The IAM statements behind one entry of a function's Policies (a conditional one: its grant)."""
+    if isinstance(policy, dict) and set(policy) == {"If"}:
+        _, granted, otherwise = policy["If"]
+        assert otherwise == {"Ref": "AWS::NoValue"}, policy
+        policy = granted
     if isinstance(policy, dict) and "Ref" in policy:
         return template["Resources"][policy["Ref"]]["Properties"]["PolicyDocument"]["Statement"]
     assert isinstance(policy, dict) and set(policy) == {"Statement"}, f"SAM policy template {policy}: name the actions"
@@ -83,6 +87,16 @@ def test_template_grants_least_privilege() -> None:
     domain_arns = {r for g in grants.values() for a, r in g if a.startswith("es:")}
     assert len(domain_arns) == 1 and "domain/${OpenSearchDomainName}/*" in domain_arns.pop()
     assert {n for n, g in grants.items() if any(a.startswith("dynamodb:") for a, _ in g)} == {"IngestFunction"}
+
+
+def test_readme_permissions_table_is_the_templates() -> None:
+    spec = importlib.util.spec_from_file_location("permissions_table", ROOT / "scripts" / "permissions_table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    generated = module.table(load_template(ROOT / "template.yaml"))
+    assert generated in (ROOT / "README.md").read_text(encoding="utf-8"), (
+        "README.md's permissions table is stale: run `python scripts/permissions_table.py --write`")
 
 
 def _handler_routes(app: object) -> list[tuple[str, str]]:
@@ -157,6 +171,18 @@ def test_ingest_events_against_s3_over_http(deployment: Path, moto_server: str,
         "batchItemFailures": []}
     status, body = invoke("taxonomy", load_event("taxonomy_list_collections"))
     assert body["collections"][0]["item_count"] == 1
+
+    # Metadata uploaded after its image converges: the sidecar's event re-reads the image with it.
+    s3.put_object(Bucket="lookalike-catalog", Key="demo/clothing/shoe-2.json",
+                  Body=json.dumps({"category": "shoes", "price": 50}).encode())
+    sidecar = json.loads(json.dumps(created).replace("shoe-2.jpg", "shoe-2.json")
+                         .replace("0062E99A88DC407460", "0062E99A88DC407465"))
+    assert function("ingest").lambda_handler(sidecar, LocalContext()) == {"batchItemFailures": []}
+    status, item = invoke("taxonomy", _get_item_event("shoe-2"))
+    assert status == 200 and item["metadata"]["price"] == 50 and item["metadata"]["brand"] == "acme"
+    # A sidecar whose image is not there (yet) is ignored: the image's own event reads it.
+    orphan = json.loads(json.dumps(sidecar).replace("shoe-2.json", "shoe-9.json"))
+    assert function("ingest").lambda_handler(orphan, LocalContext()) == {"batchItemFailures": []}
 
     # A removal event whose object still exists (it came back) keeps the item ...
     assert function("ingest").lambda_handler(load_event("ingest_object_removed"), LocalContext()) == {

@@ -100,3 +100,29 @@ def test_cli_duplicates_reports_a_turned_crop_of_a_catalog_photo(runner: CliRunn
     text = run(runner, "duplicates", "--collection", "shop")
     assert text.splitlines()[-1].startswith("1 groups of verified duplicates (2 items)")
     assert "Collection not found" in run(runner, "duplicates", "--collection", "nope", code=1)
+
+
+def test_cli_publishes_the_document_to_ssm_in_the_tier_it_fits(runner: CliRunner, moto_server: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", moto_server)
+    ssm = boto3.client("ssm", endpoint_url=moto_server)
+    run(runner, "init", "--tenant", "acme")
+    assert run(runner, "config", "publish", "--ssm", "/shop/config").strip().endswith("Standard tier")
+    stored = ssm.get_parameter(Name="/shop/config", WithDecryption=True)["Parameter"]
+    assert parse_config(stored["Value"]).tenants.keys() == {"acme"} and stored["Type"] == "SecureString"
+    for _ in range(60):  # each key adds its hash (about 80 bytes): past 4 KB the advanced tier holds it
+        run(runner, "keys", "add", "--tenant", "acme")
+    assert run(runner, "config", "publish", "--ssm", "/shop/config").strip().endswith("Advanced tier")
+    assert ssm.describe_parameters()["Parameters"][0]["Tier"] == "Advanced"
+    for _ in range(55):
+        run(runner, "keys", "add", "--tenant", "acme")
+    assert "keep it in AppConfig" in run(runner, "config", "publish", "--ssm", "/shop/config", code=1)
+    # A backend that cannot serve on Lambda is refused before anything is written.
+    path = Settings().config_path
+    config = parse_config(path.read_text())
+    path.write_text(json.dumps({"tenants": {"acme": {"search": {"name": "local"},
+                                                     "api_keys": config.tenants["acme"].api_keys[:1]}}},
+                               default=lambda k: k.model_dump()))
+    assert "search: local cannot serve on Lambda" in run(runner, "config", "publish", "--ssm", "/x/config", code=1)

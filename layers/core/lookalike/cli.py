@@ -97,6 +97,51 @@ def keys_add(tenant: str, label: str) -> None:
     click.echo(key)
 
 
+#: SSM parameter sizes (AWS docs, "Managing parameter tiers"): standard 4 KB, advanced 8 KB.
+SSM_STANDARD_BYTES, SSM_ADVANCED_BYTES = 4096, 8192
+#: Backends a Lambda function refuses (each execution environment has its own /tmp).
+ON_LAMBDA_REFUSED = {"search": "local", "blobs": "filesystem"}
+
+
+@main.group()
+def config() -> None:
+    """The configuration document: check it and publish it to a stack."""
+
+
+@config.command("publish")
+@click.option("--ssm", "parameter", required=True, help="The stack's TenantConfigParameter, e.g. /lookalike/config.")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The document (default: this deployment's config.yaml).")
+@click.option("--dry-run", is_flag=True, help="Check it and say which tier it needs, without writing.")
+def config_publish(parameter: str, path: Path | None, dry_run: bool) -> None:
+    """Validate the document for the stack and write it to SSM as a SecureString, in the
+    smallest tier it fits (standard up to 4 KB, advanced up to 8 KB)."""
+    document = parse_config((path or Settings().config_path).read_text(encoding="utf-8"))
+    # Without the built-in defaults (`lookalike init` writes them out): on the stack, its own
+    # bucket and search domain are the defaults of what the document leaves out.
+    value = document.model_dump_json(exclude_defaults=True)
+    published = parse_config(value)
+    for kind, refused in ON_LAMBDA_REFUSED.items():
+        choices = [("defaults", getattr(published.defaults, kind))] if kind in published.defaults.model_fields_set \
+            else []
+        choices += [(f"tenant {t}", getattr(c, kind)) for t, c in published.tenants.items() if getattr(c, kind)]
+        for where, choice in choices:
+            if choice.name == refused:
+                raise click.ClickException(f"{where}: {kind}: {refused} cannot serve on Lambda (each execution "
+                                           f"environment has its own /tmp); leave {kind} out to use the stack's")
+    size = len(value.encode())
+    if size > SSM_ADVANCED_BYTES:
+        raise click.ClickException(f"the document is {size} bytes, over SSM's {SSM_ADVANCED_BYTES}: keep it in "
+                                   "AppConfig instead (the stack's TenantConfigAppConfig parameter)")
+    tier = "Standard" if size <= SSM_STANDARD_BYTES else "Advanced"
+    if not dry_run:
+        import boto3
+
+        boto3.client("ssm").put_parameter(Name=parameter, Value=value, Type="SecureString", Overwrite=True,
+                                          Tier=tier)
+    click.echo(f"{'checked' if dry_run else 'published'} {parameter}: {size} bytes, {tier} tier")
+
+
 @main.command()
 def tenants() -> None:
     """List tenants and their backends."""

@@ -127,7 +127,8 @@ class JwtSettings(BaseModel):
     """How a tenant's Bearer JWTs are verified (the Visual Layer surface).
 
     The token's ``iss`` picks the tenant; its signature and ``exp`` are then checked with the
-    tenant's key: an HMAC secret read from the environment variable ``secret_env`` (HS*), or a
+    tenant's key: an HMAC secret read from the environment variable ``secret_env``, the Secrets
+    Manager secret ``secret_secret`` or the SSM parameter ``secret_parameter`` (HS*), or a
     PEM ``public_key`` (RS* / ES*). Keys never sit in the configuration document itself.
     """
 
@@ -136,6 +137,8 @@ class JwtSettings(BaseModel):
     algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "ES256"]] = Field(
         default=["HS256"], min_length=1)
     secret_env: str | None = None
+    secret_secret: str | None = None  # or a Secrets Manager secret (name or ARN) holding it
+    secret_parameter: str | None = None  # or an SSM SecureString parameter
     public_key: str | None = None
     audience: str | None = None
     leeway_seconds: int = Field(default=30, ge=0, le=300)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 from lookalike.errors import BadRequest, Conflict, LookalikeError, NotFound
 from lookalike.fetch import fetch
@@ -376,6 +376,26 @@ def _object_ref(record: dict[str, Any]) -> tuple[str, str]:
 Located = tuple[TenantService, CatalogKey] | str
 
 
+def follow_sidecar(record: dict[str, Any], s3: Any) -> dict[str, Any]:
+    """A record about a sidecar (``<tenant>/<collection>/<stem>.json``) as a record about its
+    image, so metadata uploaded after its image converges too (the image is re-read with its
+    sidecar); other records unchanged. A sidecar whose image is not there yet stays as it is
+    and is ignored: the image's own event reads the sidecar."""
+    bucket, key = _object_ref(record)
+    parts = key.split("/")
+    if len(parts) != 3 or not parts[2].lower().endswith(".json"):
+        return record
+    stem = key[: -len(".json")]
+    # An S3 failure here is raised, and the record retried, as a failed read would be.
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=stem + ".", MaxKeys=20).get("Contents", [])
+    images = sorted(o["Key"] for o in listed if o["Key"].rsplit(".", 1)[0] == stem
+                    and Path(o["Key"]).suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        return record
+    obj = {**record["s3"]["object"], "key": quote_plus(images[0])}
+    return {**record, "s3": {**record["s3"], "object": obj}}
+
+
 def locate(app: Lookalike, record: dict[str, Any]) -> Located:
     """The tenant and catalog key an S3 record is about, or why it is not ingested."""
     where = parse_catalog_key(_object_ref(record)[1])
@@ -406,7 +426,7 @@ class EventBatch:
                 pool: ThreadPoolExecutor) -> EventBatch:
         batch = cls()
         groups: dict[tuple[str, str], tuple[TenantService, list[str]]] = {}
-        for record in records:
+        for record in (follow_sidecar(r, s3) for r in records):
             ref = _object_ref(record)
             if ref in batch.located:
                 continue
@@ -424,6 +444,7 @@ class EventBatch:
 def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: OnceOnly | None = None,
                      batch: EventBatch | None = None) -> str:
     """Apply one S3 event record; returns what was done. Raises to ask for a retry (or the DLQ)."""
+    record = follow_sidecar(record, s3)
     ref = bucket, key = _object_ref(record)
     found = batch.located.get(ref) if batch else None
     if found is None:

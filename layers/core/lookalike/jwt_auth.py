@@ -7,6 +7,7 @@ from types import ModuleType
 
 from lookalike.config import DeploymentConfig, JwtSettings
 from lookalike.errors import Unauthorized
+from lookalike.secrets import read_secret
 
 
 def _jwt() -> ModuleType:
@@ -19,7 +20,12 @@ def _jwt() -> ModuleType:
 
 def _key(settings: JwtSettings) -> str:
     if settings.algorithms[0].startswith("HS"):
-        secret = os.environ.get(settings.secret_env or "", "")
+        if settings.secret_secret or settings.secret_parameter:
+            # On the stack: Secrets Manager or SSM under BackendSecretsPrefix (cached 5 minutes).
+            secret = read_secret("the JWT secret", settings.secret_env, settings.secret_secret,
+                                 settings.secret_parameter)
+        else:
+            secret = os.environ.get(settings.secret_env or "", "")
         if len(secret) < 32:
             raise Unauthorized()  # misconfigured: never verify against an empty or short secret
         return secret

@@ -1,7 +1,8 @@
 """Signed, expiring media URLs: image links that work in an ``<img src>`` without a key.
 
 A token names (tenant, collection, item, size, the item's image version, expiry) and carries an
-HMAC-SHA256 over them. The secret comes from ``LOOKALIKE_MEDIA_SECRET``; without it, a
+HMAC-SHA256 over them. The secret comes from ``LOOKALIKE_MEDIA_SECRET``, or from the Secrets
+Manager secret ``LOOKALIKE_MEDIA_SECRET_ID`` names (the stack generates one); without either, a
 random secret is created once in ``<LOOKALIKE_HOME>/media.secret`` (local use).
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from lookalike.errors import NotFound
+from lookalike.secrets import read_secret
 
 Size = Literal["full", "thumb"]
 TTL_SECONDS = 7 * 24 * 3600
@@ -32,6 +34,9 @@ def _secret(home: str) -> bytes:
     env = os.environ.get("LOOKALIKE_MEDIA_SECRET")
     if env:
         return env.encode()
+    secret_id = os.environ.get("LOOKALIKE_MEDIA_SECRET_ID")
+    if secret_id:  # read once per execution environment: every function signs with the same one
+        return read_secret("the media-signing secret", secret=secret_id).encode()
     path = Path(home) / "media.secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
