@@ -233,3 +233,23 @@ def test_a_large_catalog_photo_is_served(aws: StrictAws, stack: tuple[dict[str, 
     assert bucket == names["AnchorsBucket"] and query["X-Amz-Expires"] == ["300"]
     assert "X-Amz-Signature" in query and "X-Amz-Security-Token" in query
     assert aws.client("s3").get_object(Bucket=bucket, Key=urllib.parse.unquote(key))["Body"].read() == photo
+
+
+def test_what_the_stack_cannot_run_is_flagged_or_refused(stack: tuple[dict[str, Function], dict[str, str]]) -> None:
+    """OpenCV is not in the layers: a search that asks for re-ranking says it was not re-ranked,
+    and the near-duplicates route answers 501, never a plain answer passed off as the asked one."""
+    fns, _ = stack
+    assert fns["TaxonomyFunction"].invoke("taxonomy_create_collection")["statusCode"] == 201
+    assert fns["UploadFunction"].invoke("upload_put_item")["statusCode"] == 200
+    gw = Gateway(ROOT / "template.yaml")
+    shoe = FIXTURES / "queries" / "shoes.jpg"
+    result = fns["ReverseSearchFunction"].invoke(api_event(
+        gw, "POST", "/v1/collections/clothing/search", form=multipart({"rerank": "true"}, {"image": shoe})))
+    body = _body(result)
+    assert result["statusCode"] == 200 and body["reranked"] is False and body["hits"][0]["id"] == "shoe-1"
+    assert body["hits"][0].get("exact_match") in (None, False)
+    result = fns["ReverseSearchFunction"].invoke(api_event(
+        gw, "POST", "/v1/collections/clothing/search", form=multipart({}, {"image": shoe})))
+    assert _body(result)["reranked"] is None  # not asked, nothing to flag
+    result = fns["TaxonomyFunction"].invoke(api_event(gw, "GET", "/v1/collections/clothing/items/shoe-1/duplicates"))
+    assert result["statusCode"] == 501 and "OpenCV" in _body(result)["error"]

@@ -67,6 +67,13 @@ class BackendUnavailable(LookalikeError):
     default_message = "Upstream dependency failed"
 
 
+class NotAvailableHere(LookalikeError):
+    """A documented feature this deployment cannot run (listed in the README, Deploy)."""
+
+    status = 501
+    default_message = "Not available on this deployment"
+
+
 class ConfigurationError(LookalikeError):
     """The deployment is misconfigured (unknown plugin, bad tenant config)."""
 

@@ -178,6 +178,9 @@ class SearchResponse(BaseModel):
     offset: int
     next_offset: int | None
     took_ms: float
+    # Where rerank was asked for: whether the hits were verified by local features (false on a
+    # deployment without OpenCV, the Lambda stack: cosine order, no inliers or exact_match).
+    reranked: bool | None = None
 
 
 class TextSearchRequest(Strict):

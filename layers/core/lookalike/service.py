@@ -59,6 +59,7 @@ from lookalike.errors import (
     Conflict,
     LookalikeError,
     ModelMismatch,
+    NotAvailableHere,
     NotFound,
     Unauthorized,
 )
@@ -745,7 +746,8 @@ class TenantService:
         self._searchable(collection)
         item = self.get_item(collection, item_id)
         if not geometry.available():
-            raise BadRequest("near-duplicate detection needs OpenCV, which this deployment lacks")
+            raise NotAvailableHere("near-duplicate detection needs OpenCV, which this deployment (the Lambda "
+                                   "stack) lacks: run `lookalike duplicates` where OpenCV is installed")
         page = self.search_backend.search(self.id, collection, VectorQuery(
             vector=np.asarray(item.vector, dtype=np.float32), limit=RERANK_DEPTH, exclude_ids=frozenset([item_id])))
         checked, chosen = self._checked(collection, page.hits, self._features(collection, item))

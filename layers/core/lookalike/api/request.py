@@ -28,6 +28,24 @@ FILE_PARTS = ("image", "file")  # the names every surface's uploads use
 _service: Lookalike | None = None
 
 
+#: Set on an answer whose re-ranking was asked for and could not run (the Lambda stack has no
+#: OpenCV): the hits are in cosine order, without the verified near-duplicates moved first.
+RERANK_HEADER = "X-Lookalike-Rerank"
+
+
+def flag_rerank(body: dict[str, Any], asked: bool) -> Any:
+    """``body``, or where re-ranking was asked for and this deployment cannot do it, the same
+    body with ``X-Lookalike-Rerank: unavailable`` (the seed surfaces' shapes stay theirs)."""
+    from lookalike import geometry
+
+    if not asked or geometry.available():
+        return body
+    from aws_lambda_powertools.event_handler import Response, content_types
+
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
+                    headers={RERANK_HEADER: "unavailable"})
+
+
 def service() -> Lookalike:
     """The process-wide service, built on first use (once per Lambda cold start)."""
     global _service

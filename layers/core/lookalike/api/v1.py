@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 
-from lookalike import filters, media
+from lookalike import filters, geometry, media
 from lookalike.api.app import metrics
 from lookalike.api.request import (
     content_type,
@@ -276,7 +276,10 @@ def search_by_image(collection: str) -> SearchResponse:
     body: SearchOptions = validate(SearchOptions if upload is not None else SearchRequest, data)
     page = tenant.search(collection, _ref(body, upload), limit=body.limit, offset=body.offset,
                          filter=filters.from_json(body.filter), min_score=body.min_score, rerank=body.rerank)
-    return _page(tenant, collection, page, body, search.current_event, started)
+    answer = _page(tenant, collection, page, body, search.current_event, started)
+    if body.rerank:
+        answer.reranked = geometry.available()
+    return answer
 
 
 # ---------------------------------------------------------------- text (generate)

@@ -234,7 +234,8 @@ async function runSearch(offset, restaged = false) {
         { ...state.query, ...paging, rerank: state.query.anchor_id !== undefined,
           threshold: group === "" ? undefined : Number(group) });
     }
-    say("");
+    // A deployment without OpenCV (the Lambda stack) answers in cosine order: say so.
+    say(page.reranked === false ? "Exact-match checks are not available on this deployment." : "");
     renderResults(page);
   } catch (err) {
     if (err.message === "Anchor not found" && state.file && !restaged) { // the staged photo expired (24 h)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from lookalike import images
-from lookalike.api.request import bearer_token, header, json_object, service
+from lookalike.api.request import bearer_token, flag_rerank, header, json_object, service
 from lookalike.api.surfaces.marqo_filter import parse
 from lookalike.contracts import CollectionInfo
 from lookalike.errors import BadRequest, NotFound, Unauthorized
@@ -120,4 +120,5 @@ def reverse_image_search(index_name: str) -> dict[str, Any]:
     for h in page.hits:
         fields = h.metadata if attributes is None else {k: v for k, v in h.metadata.items() if k in attributes}
         hits.append({**fields, "_id": h.id, "_score": round(h.score, 6)})
-    return {"hits": hits, "limit": limit, "processingTimeMs": int((time.perf_counter() - started) * 1000)}
+    return flag_rerank({"hits": hits, "limit": limit,
+                        "processingTimeMs": int((time.perf_counter() - started) * 1000)}, asked=True)

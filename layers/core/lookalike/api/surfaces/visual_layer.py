@@ -18,7 +18,15 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lookalike import media
-from lookalike.api.request import bearer_token, content_type, json_value, multipart_form, service, validate
+from lookalike.api.request import (
+    bearer_token,
+    content_type,
+    flag_rerank,
+    json_value,
+    multipart_form,
+    service,
+    validate,
+)
 from lookalike.clustering import CUTOFFS
 from lookalike.contracts import CollectionInfo, Hit
 from lookalike.errors import BadRequest, Conflict, NotFound
@@ -147,5 +155,6 @@ def explore(dataset_id: str) -> dict[str, Any]:
             "previews": [_preview(tenant, dataset_id, h, base) for h in group.members[:PREVIEWS]],
             "labels": None, "user_tags": None, "captions": None,
         })
-    return {"clusters": clusters, "metadata": {"used_duckdb": False, "page_number": params.page_number,
-                                               "page_size": PAGE_SIZE, "total_clusters": len(groups)}}
+    return flag_rerank({"clusters": clusters, "metadata": {
+        "used_duckdb": False, "page_number": params.page_number, "page_size": PAGE_SIZE,
+        "total_clusters": len(groups)}}, asked=params.rerank)
