@@ -35,7 +35,9 @@ def _label(resource: Any) -> str:
     names = re.findall(r"\$\{([A-Za-z0-9]+)|'(?:GetAtt|Ref)': '([A-Za-z0-9]+)", text)
     refs = [a or b for a, b in names if (a or b) in LABELS]
     label = LABELS[refs[0]] if refs else text
-    if "Bucket" in (refs[0] if refs else "") and text.endswith("/*'}"):
+    if "Bucket" in (refs[0] if refs else "") and text.endswith("/anchors/*'}"):
+        label += " objects under anchors/"
+    elif "Bucket" in (refs[0] if refs else "") and text.endswith("/*'}"):
         label += " objects"
     return label
 

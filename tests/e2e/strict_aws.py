@@ -15,6 +15,10 @@ reads it.
 
 from __future__ import annotations
 
+import base64
+import calendar
+import hashlib
+import hmac
 import json
 import re
 import subprocess
@@ -22,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import boto3
 
@@ -71,12 +75,113 @@ def _teach_resource_arns() -> None:
     SecretsManagerResponse._determine_resource = secret_arn  # type: ignore[attr-defined]
 
 
+def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    key = f"AWS4{secret}".encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def _session(access_key: str) -> tuple[str, str, str] | None:
+    """(secret, session token, role name) of an assumed-role session moto issued."""
+    from moto.sts.models import sts_backends
+
+    for role in sts_backends[ACCOUNT]["aws"].assumed_roles:
+        if role.access_key_id == access_key:
+            return role.secret_access_key, role.session_token, role.role_arn.split("/")[-1]
+    return None
+
+
+def _role_allows(role: str, action: str, resource: str) -> bool:
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.iam.models import iam_backends
+
+    iam = iam_backends[ACCOUNT]["aws"]
+    results = [IAMPolicy(iam.get_role_policy(role, name)[1]).is_action_permitted(action, resource)
+               for name in iam.list_role_policies(role)]
+    return PermissionResult.PERMITTED in results and PermissionResult.DENIED not in results
+
+
+def _presigned_refusal(response: Any, bucket: str | None, key: str | None) -> str | None:
+    """Why S3 would refuse a presigned GET (SigV4 query string) or a presigned POST (a signed
+    policy in the form), or None: the signature, the expiry, the policy's conditions, and the
+    signing role's grant. moto skips all of this once IAM is enforced (it expects a header)."""
+    q = {k.lower(): v[0] for k, v in response.querystring.items()}
+    try:
+        access_key, date, region, service, _ = q["x-amz-credential"].split("/")
+    except (KeyError, ValueError):
+        return "no signature"
+    session = _session(access_key)
+    if session is None or q.get("x-amz-security-token") != session[1]:
+        return "InvalidAccessKeyId"
+    signing_key = _signing_key(session[0], date, region, service)
+    if "policy" in q:  # a browser-style POST: the signature covers the base64 policy
+        expected = hmac.new(signing_key, q["policy"].encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, q.get("x-amz-signature", "")):
+            return "SignatureDoesNotMatch"
+        policy = json.loads(base64.b64decode(q["policy"]))
+        if time.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ") < time.gmtime():
+            return "policy expired"
+        key = q.get("key", "")
+        size = len(response.body or b"")
+        for condition in policy["conditions"]:
+            if isinstance(condition, dict):
+                (field, value), = condition.items()
+                actual = bucket if field == "bucket" else q.get(field.lower())
+                if actual != value:
+                    return f"policy condition failed: {field}"
+            elif condition[0] == "content-length-range" and not condition[1] <= size <= condition[2]:
+                return "EntityTooLarge" if size > condition[2] else "EntityTooSmall"
+            elif condition[0] == "starts-with" and not q.get(condition[1].lstrip("$").lower(), "").startswith(
+                    condition[2]):
+                return f"policy condition failed: {condition[1]}"
+        action = "s3:PutObject"
+    else:  # a presigned URL: SigV4 over the request, UNSIGNED-PAYLOAD
+        signed_at = time.strptime(q["x-amz-date"], "%Y%m%dT%H%M%SZ")
+        if calendar.timegm(signed_at) + int(q["x-amz-expires"]) < time.time():
+            return "Request has expired"
+        sent = parse_qsl(urlsplit(response.uri).query, keep_blank_values=True)  # moto adds to querystring
+        query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+                         for k, v in sorted(sent) if k != "X-Amz-Signature")
+        canonical = "\n".join([response.method, response.raw_path.split("?")[0], query,
+                                f"host:{response.headers['Host']}\n", "host", "UNSIGNED-PAYLOAD"])
+        scope = f"{date}/{region}/{service}/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", q["x-amz-date"], scope,
+                              hashlib.sha256(canonical.encode()).hexdigest()])
+        expected = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, q.get("x-amz-signature", "")):
+            return "SignatureDoesNotMatch"
+        action = "s3:GetObject" if response.method in ("GET", "HEAD") else "s3:PutObject"
+    if not _role_allows(session[2], action, f"arn:aws:s3:::{bucket}/{key}"):
+        return f"AccessDenied: {action}"
+    return None
+
+
+def _teach_presigned_requests() -> None:
+    from moto.s3.exceptions import BucketAccessDeniedError
+    from moto.s3.responses import S3Response
+
+    header_checked = S3Response._authenticate_and_authorize_s3_action
+
+    def checked(self: Any, bucket_name: str | None = None, key_name: str | None = None) -> None:
+        if "Authorization" in self.headers:
+            return header_checked(self, bucket_name=bucket_name, key_name=key_name)
+        refusal = _presigned_refusal(self, bucket_name, key_name)
+        if refusal is not None:
+            print(f"refused a presigned request: {refusal}", file=sys.stderr, flush=True)
+            raise BucketAccessDeniedError(bucket=bucket_name or "")
+        return None
+
+    S3Response._authenticate_and_authorize_s3_action = checked  # type: ignore[method-assign]
+
+
 def serve(port: int) -> None:
     """Run the strict server on 127.0.0.1:port; print the admin keys as one JSON line."""
     from moto import settings
     from moto.server import ThreadedMotoServer
 
     _teach_resource_arns()
+    _teach_presigned_requests()
     settings.INITIAL_NO_AUTH_ACTION_COUNT = ADMIN_REQUESTS
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from lookalike.config import LAMBDA_MAX_UPLOAD_BYTES, Limits
@@ -224,15 +225,48 @@ def test_a_large_catalog_photo_is_served(aws: StrictAws, stack: tuple[dict[str, 
         pytest.fail(f"the image answer does not fit Lambda's response limit: {exc}")
     assert result["statusCode"] in (302, 303, 307), result.get("statusCode")
     headers = result.get("headers") or {k: v[-1] for k, v in result.get("multiValueHeaders", {}).items()}
-    # A presigned GET of the photo's object, signed by the function's own role session. (moto
-    # does not check query-string signatures once IAM is enforced, so the test reads the object
-    # the link names and checks what the link carries.)
+    # A presigned GET signed by the function's own role session, checked as S3 checks it.
     link = urllib.parse.urlsplit(headers["Location"])
-    query = urllib.parse.parse_qs(link.query)
-    bucket, key = link.path.lstrip("/").split("/", 1)
-    assert bucket == names["AnchorsBucket"] and query["X-Amz-Expires"] == ["300"]
-    assert "X-Amz-Signature" in query and "X-Amz-Security-Token" in query
-    assert aws.client("s3").get_object(Bucket=bucket, Key=urllib.parse.unquote(key))["Body"].read() == photo
+    assert link.path.lstrip("/").split("/", 1)[0] == names["AnchorsBucket"]
+    assert urllib.parse.parse_qs(link.query)["X-Amz-Expires"] == ["300"]
+    got = requests.get(headers["Location"], timeout=30)
+    assert got.status_code == 200 and got.content == photo
+    forged = headers["Location"].replace("X-Amz-Expires=300", "X-Amz-Expires=3000")
+    assert requests.get(forged, timeout=30).status_code == 403
+
+
+def test_a_query_photo_over_the_api_limit_goes_through_s3(stack: tuple[dict[str, Function], dict[str, str]],
+                                                          aws: StrictAws) -> None:
+    """POST /v1/anchors/uploads hands out a presigned POST to the anchors bucket, bounded by its
+    signed policy; the uploaded photo is then searched by its anchor_id like any anchor."""
+    fns, names = stack
+    assert fns["TaxonomyFunction"].invoke("taxonomy_create_collection")["statusCode"] == 201
+    gw = Gateway(ROOT / "template.yaml")
+    big = _noise_png(LAMBDA_MAX_UPLOAD_BYTES + 300_000)  # over what Lambda carries, under the 5 MB limit
+    assert len(big) > LAMBDA_MAX_UPLOAD_BYTES
+    aws.client("s3").put_object(Bucket=names["CatalogBucket"], Key="demo/clothing/big.png", Body=big)
+    assert fns["IngestFunction"].invoke(_catalog_event(names, "ObjectCreated:Put", "demo/clothing/big.png")) == {
+        "batchItemFailures": []}
+    assert fns["UploadFunction"].invoke("upload_put_item")["statusCode"] == 200
+
+    result = fns["UploadFunction"].invoke(api_event(gw, "POST", "/v1/anchors/uploads", json_body={}))
+    assert result["statusCode"] == 201, result["body"]
+    offer = _body(result)
+    assert offer["max_bytes"] == Limits().max_image_bytes
+    url, fields = offer["upload"]["url"], offer["upload"]["fields"]
+
+    def post(data: bytes, content_type: str = "image/png", **changed: str) -> int:
+        form = {**fields, **changed, "Content-Type": content_type}
+        return requests.post(url, data=form, files={"file": ("q.png", data, content_type)}, timeout=60).status_code
+
+    assert post(b"x" * (Limits().max_image_bytes + 1)) == 403  # over the policy's size
+    assert post(big, "text/html") == 403  # not an image type
+    assert post(big, key=fields["key"].replace(offer["anchor_id"], "f" * 32)) == 403  # another key
+    assert post(big) in (200, 204)
+    search = fns["ReverseSearchFunction"].invoke(api_event(
+        gw, "POST", "/v1/collections/clothing/search", json_body={"anchor_id": offer["anchor_id"], "limit": 2}))
+    assert search["statusCode"] == 200, search["body"]
+    assert _body(search)["hits"][0]["id"] == "big" and _body(search)["hits"][0]["score"] > 0.99
 
 
 def test_what_the_stack_cannot_run_is_flagged_or_refused(stack: tuple[dict[str, Function], dict[str, str]]) -> None:

@@ -77,7 +77,10 @@ def test_template_grants_least_privilege() -> None:
                 assert all("*" not in a for a in actions), statement
                 grants[name] |= {(a, json.dumps(statement["Resource"])) for a in actions}
     writers = {n for n, g in grants.items() if any(a in ("s3:PutObject", "s3:DeleteObject") for a, _ in g)}
-    assert writers == {"UploadFunction", "IngestFunction", "TaxonomyFunction"}  # taxonomy: collection deletes
+    assert writers == {"UploadFunction", "IngestFunction", "TaxonomyFunction", "ReverseSearchFunction"}
+    # reverse_search writes staged anchors only (a client's own upload, embedded on first use)
+    assert {r for a, r in grants["ReverseSearchFunction"] if a == "s3:PutObject"} == {
+        json.dumps({"Sub": "${AnchorsBucket.Arn}/anchors/*"})}
     catalog_readers = {n for n, g in grants.items() if any("CatalogBucket" in r for _, r in g)}
     assert catalog_readers == {"IngestFunction"}
     assert not any(a in ("s3:PutObject", "s3:DeleteObject") for a, _ in grants["GenerateFunction"])

@@ -253,6 +253,12 @@ class BlobStore(abc.ABC):
         """A short-lived URL that serves the blob without the API, or None where the store has none."""
         return None
 
+    def presigned_post(self, key: str, max_bytes: int, content_type_prefix: str,
+                       expires_s: int) -> tuple[str, dict[str, str]] | None:
+        """A short-lived form upload of one object at ``key`` (url, fields), bounded in size and
+        content type by its signed policy; None where the store has none."""
+        return None
+
     @abc.abstractmethod
     def get(self, key: str) -> Blob:
         """Return the blob; raise ``NotFound`` when the key does not exist."""

@@ -209,6 +209,21 @@ class GenerateResponse(BaseModel):
     item: HitOut
 
 
+class PresignedUpload(BaseModel):
+    url: str
+    fields: dict[str, str]
+
+
+class AnchorUploadOut(BaseModel):
+    """POST the image to ``upload.url`` as multipart/form-data: every field of ``upload.fields``,
+    a ``Content-Type`` field (image/...), then the ``file``; then search by ``anchor_id``."""
+
+    anchor_id: str
+    upload: PresignedUpload
+    max_bytes: int
+    expires_at: float
+
+
 class AnchorOut(BaseModel):
     anchor_id: str
     model_id: str

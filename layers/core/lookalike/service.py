@@ -68,6 +68,8 @@ from lookalike.filters import INT64_MAX, Filter, is_unicode_text
 from lookalike.plugins import Registry, default_registry
 
 PHOTO_LINK_TTL_S = 300  # a redirect to the blob store is followed at once
+ANCHOR_UPLOAD_TTL_S = 900  # a presigned upload of a query image is used at once
+UPLOADED_SUFFIX = ".uploaded"  # a query image a client uploaded itself, not yet embedded
 ITEM_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,255}$"
 _ITEM_ID = re.compile(ITEM_ID_PATTERN)
 _ANCHOR_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -111,6 +113,18 @@ class ImageRef:
 class Anchor:
     id: str
     model_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class AnchorUpload:
+    """Where a client uploads a query image itself (straight to the blob store), to search it by
+    ``anchor_id`` once uploaded: the way past the API's payload limits."""
+
+    anchor_id: str
+    url: str
+    fields: dict[str, str]
+    max_bytes: int
     expires_at: float
 
 
@@ -482,11 +496,45 @@ class TenantService:
         self.blobs.put(key, data, decoded.mime, meta)
         return anchor
 
+    def anchor_upload(self) -> AnchorUpload:
+        """A presigned upload for one query image; it becomes an anchor on its first search."""
+        anchor_id = uuid.uuid4().hex
+        expires_at = time.time() + ANCHOR_UPLOAD_TTL_S
+        post = self.blobs.presigned_post(self._anchor_key(anchor_id) + UPLOADED_SUFFIX, self.limits.max_image_bytes,
+                                         "image/", ANCHOR_UPLOAD_TTL_S)
+        if post is None:
+            raise NotAvailableHere("uploads straight to the blob store need one that signs them (blobs: s3)")
+        return AnchorUpload(anchor_id, post[0], post[1], self.limits.max_image_bytes, expires_at)
+
+    def _stage_uploaded(self, anchor_id: str) -> None:
+        """Embed a query image a client uploaded itself, once, as an anchor (limits as for any image)."""
+        key = self._anchor_key(anchor_id)
+        try:
+            uploaded = self.blobs.get(key + UPLOADED_SUFFIX)
+        except NotFound:
+            raise NotFound("Anchor not found") from None
+        decoded = self.decode(uploaded.data)
+        vector = self.embedder.embed_images([decoded.image])[0]
+        meta = {"model_id": self.embedder.model_id,
+                "expires_at": f"{time.time() + self.limits.anchor_ttl_seconds:.3f}"}
+        buf = io.BytesIO()
+        np.save(buf, vector.astype(np.float32), allow_pickle=False)
+        self.blobs.put(key, uploaded.data, decoded.mime, meta)  # the photo first: a re-ranking search reads it
+        self.blobs.put(key + ".npy", buf.getvalue(), "application/x-npy", meta)
+        self.blobs.delete(key + UPLOADED_SUFFIX)
+
     def _load_anchor(self, anchor_id: str) -> tuple[Anchor, np.ndarray]:
         try:
             blob = self.blobs.get(self._anchor_key(anchor_id) + ".npy")
         except NotFound:
-            raise NotFound("Anchor not found") from None
+            try:
+                self._stage_uploaded(anchor_id)  # uploaded by the client: embedded on its first use
+            except NotFound:
+                pass  # never uploaded, or staged meanwhile by a concurrent search
+            try:
+                blob = self.blobs.get(self._anchor_key(anchor_id) + ".npy")
+            except NotFound:
+                raise NotFound("Anchor not found") from None
         try:
             expires = float(blob.metadata.get("expires_at", "0"))
             anchor = Anchor(id=anchor_id, model_id=blob.metadata.get("model_id", ""), expires_at=expires)

@@ -61,6 +61,14 @@ class S3BlobStore(BlobStore):
         return str(self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.options.bucket, "Key": self._key(key)}, ExpiresIn=expires_s))
 
+    def presigned_post(self, key: str, max_bytes: int, content_type_prefix: str,
+                       expires_s: int) -> tuple[str, dict[str, str]] | None:
+        # S3 enforces the policy's conditions: this key only, at most max_bytes, an image type.
+        post = self.client.generate_presigned_post(
+            Bucket=self.options.bucket, Key=self._key(key), ExpiresIn=expires_s,
+            Conditions=[["content-length-range", 1, max_bytes], ["starts-with", "$Content-Type", content_type_prefix]])
+        return str(post["url"]), {k: str(v) for k, v in post["fields"].items()}
+
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.options.bucket, Key=self._key(key))

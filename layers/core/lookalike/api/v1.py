@@ -31,6 +31,7 @@ from lookalike.errors import BadRequest, NotFound, PayloadTooLarge
 from lookalike.schemas import (
     AnchorOptions,
     AnchorOut,
+    AnchorUploadOut,
     CollectionList,
     CollectionOut,
     CreateCollection,
@@ -47,6 +48,7 @@ from lookalike.schemas import (
     IngestFailure,
     IngestStatus,
     ItemOut,
+    PresignedUpload,
     PutItem,
     SearchOptions,
     SearchRequest,
@@ -262,6 +264,16 @@ def stage_anchor() -> Response[AnchorOut]:
         box, ref = body.bounding_box, _ref(body, None)
     anchor = tenant.stage_anchor(ref, box.region() if box else None)
     body = AnchorOut(anchor_id=anchor.id, model_id=anchor.model_id, expires_at=anchor.expires_at)
+    return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=body.model_dump(mode="json"))
+
+
+@items.post("/v1/anchors/uploads")
+def anchor_upload() -> Response[AnchorUploadOut]:
+    """A presigned upload of a query image past the API's payload limits (the stack: S3)."""
+    tenant = tenant_from_bearer(items.current_event)
+    up = tenant.anchor_upload()
+    body = AnchorUploadOut(anchor_id=up.anchor_id, upload=PresignedUpload(url=up.url, fields=up.fields),
+                           max_bytes=up.max_bytes, expires_at=up.expires_at)
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=body.model_dump(mode="json"))
 
 
