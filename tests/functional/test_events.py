@@ -284,3 +284,12 @@ def test_folder_watcher_uses_the_same_ingestion_path(deployment: Path, tmp_path:
     metadata = tenant.search_backend.get_item("demo", "watched", "b").metadata
     assert (metadata["brand"], metadata["price"]) == ("globex", 5)
     assert tenant.collection("watched").item_count == 1
+
+
+def test_presigned_anchor_uploads_need_a_blob_store_that_signs(deployment: Path) -> None:
+    """`lookalike serve` keeps images on the filesystem, which signs nothing: a clear 501."""
+    event = json.loads(json.dumps(load_event("upload_stage_anchor")))
+    event.update(path="/v1/anchors/uploads", resource="/v1/anchors/uploads", body="", isBase64Encoded=False)
+    event["requestContext"]["resourcePath"] = "/v1/anchors/uploads"
+    status, body = invoke("upload", event)
+    assert status == 501 and "blobs: s3" in body["error"]
