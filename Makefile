@@ -64,6 +64,7 @@ $(SAM):
 
 # Rebuilt whenever anything that goes into a function or layer changes.
 $(SAM_BUILD): $(SAM) template.yaml Makefile pyproject.toml layers/lambda-core.lock layers/lambda-text.lock \
+		layers/lambda-rerank.lock \
 		$(shell find layers/core functions plugins -name '*.py' -o -name pyproject.toml -o -name '*.json' | grep -v __pycache__) \
 		$(wildcard layers/core/lookalike/web/*)
 	$(SAM) build --no-cached --build-in-source
@@ -143,10 +144,19 @@ build-TextModelLayer:
 	$(PY) -m pip install --quiet --no-compile $(LAMBDA_WHEELS) --target "$(ARTIFACTS_DIR)/python" -r layers/lambda-text.lock
 	$(MAKE) --no-print-directory bytecode DIR="$(ARTIFACTS_DIR)/python"
 
+# OpenCV for the rerank function alone (no model, no onnxruntime), with the lookalike package
+# for lookalike.geometry and lookalike.images.
+build-RerankLayer:
+	$(PY) -m pip install --quiet --no-compile $(LAMBDA_WHEELS) --target "$(ARTIFACTS_DIR)/python" -r layers/lambda-rerank.lock
+	$(PY) -m pip install --quiet --no-compile --no-deps --target "$(ARTIFACTS_DIR)/python" .
+	rm -rf "$(ARTIFACTS_DIR)"/python/numpy/*/tests "$(ARTIFACTS_DIR)"/python/numpy/_core/tests
+	# OpenCV's loader reads its config*.py files as text: they stay.
+	$(MAKE) --no-print-directory bytecode DIR="$(ARTIFACTS_DIR)/python" KEEP="-path */cv2/config*.py"
+
 # A layer's Python as bytecode only, compiled now rather than at every cold start (/opt is
 # read-only on Lambda, so Python would compile every module it imports, every time), and
 # without the sources, which would add 19 MB to layers at Lambda's size limit. Tracebacks
 # keep their files and line numbers, not the lines' text.
 bytecode:
 	$(PY) -m compileall -q -b -j 0 "$(DIR)"
-	find "$(DIR)" -name '*.py' -delete
+	find "$(DIR)" -name '*.py' $(if $(KEEP),! \( $(KEEP) \)) -delete

@@ -68,6 +68,14 @@ def sqs_event(*records: dict) -> dict:
     } for n, r in enumerate(records)]}
 
 
+def query_png(path: Path) -> bytes:
+    from PIL import Image
+
+    from lookalike.geometry import query_png as to_png
+
+    return to_png(Image.open(path))
+
+
 def main() -> None:
     gw = Gateway(ROOT / "template.yaml")
     shoe = FIXTURES / "queries" / "shoes.jpg"
@@ -93,6 +101,11 @@ def main() -> None:
         "generate": api_event(gw, "POST", "/v1/collections/clothing/generate", json_body={"prompt": "leather shoes"}),
         "ingest_object_created": sqs_event(s3_record("ObjectCreated:Put", "demo/clothing/shoe-2.jpg")),
         "ingest_object_removed": sqs_event(s3_record("ObjectRemoved:Delete", "demo/clothing/shoe-2.jpg")),
+        # What reverse_search hands the rerank function: the query (grayscale PNG) and the
+        # candidates' photo keys in the stack's bucket (here: the stack's AnchorsBucket name).
+        "rerank": {"bucket": "lookalike-anchors", "max_bytes": 5 * 1024 * 1024, "max_pixels": 40_000_000,
+                   "query_png": base64.b64encode(query_png(shoe)).decode(),
+                   "candidate_keys": ["demo/collections/clothing/images/shoe-1/0123456789abcdef.jpg"]},
     }
     for name, event in events.items():
         (ROOT / "events" / f"{name}.json").write_text(json.dumps(event, indent=2) + "\n", encoding="utf-8")

@@ -27,6 +27,7 @@ PLATFORM_ARGS += ["--platform", "manylinux2014_x86_64", "--python-version", PYTH
 LOCKS = {
     "lambda-core.lock": [("requirements-lambda.txt", True), ("requirements-lambda-nodeps.txt", False)],
     "lambda-text.lock": [("requirements-lambda-text.txt", False)],
+    "lambda-rerank.lock": [("requirements-lambda-rerank.txt", True)],
 }
 
 

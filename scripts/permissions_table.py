@@ -32,6 +32,8 @@ LABELS = {"AnchorsBucket": "anchors bucket", "CatalogBucket": "catalog bucket", 
 
 def _label(resource: Any) -> str:
     text = repr(resource)
+    if ":lambda:" in text and "-rerank" in text:
+        return "the rerank function"
     names = re.findall(r"\$\{([A-Za-z0-9]+)|'(?:GetAtt|Ref)': '([A-Za-z0-9]+)", text)
     refs = [a or b for a, b in names if (a or b) in LABELS]
     label = LABELS[refs[0]] if refs else text

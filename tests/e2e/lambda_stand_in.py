@@ -26,7 +26,15 @@ from typing import Any
 
 from lookalike.config import hash_key
 from lookalike.server import load_template
-from tests.e2e.strict_aws import NO_VALUE, REGION, DomainGate, StrictAws, function_policies, resolve
+from tests.e2e.strict_aws import (
+    NO_VALUE,
+    REGION,
+    DomainGate,
+    InvokeEndpoint,
+    StrictAws,
+    function_policies,
+    resolve,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -184,7 +192,8 @@ def stack_resources(aws: StrictAws, opensearch_url: str) -> dict[str, str]:
              "Condition:ConfigFromAppConfig": "false",
              "OpenSearchDomainName": DOMAIN, "OpenSearchIndexPrefix": f"stack-{run}",
              "Tracing": "PassThrough",
-             "CatalogBucket": f"catalog-{run}", "BackendSecretsPrefix": "lookalike"}
+             "CatalogBucket": f"catalog-{run}", "BackendSecretsPrefix": "lookalike",
+             "AWS::StackName": f"stack-{run}"}
     names["MediaSigningSecret"] = aws.client("secretsmanager").create_secret(
         Name=f"media-{run}", SecretString=uuid.uuid4().hex * 2)["ARN"]
     s3 = aws.client("s3")
@@ -201,12 +210,15 @@ def stack_resources(aws: StrictAws, opensearch_url: str) -> dict[str, str]:
 
 
 def functions(aws: StrictAws, names: dict[str, str], work: Path, gate: DomainGate,
-              only: str | None = None) -> dict[str, Function]:
+              only: str | None = None, invoke: InvokeEndpoint | None = None) -> dict[str, Function]:
     """Every function of the build (or ``only`` that one), each in a fresh process with its own
-    ``/tmp`` and its own role's credentials, which ``gate`` (the search domain) learns too."""
+    ``/tmp`` and its own role's credentials, which ``gate`` (the search domain) learns too.
+    With ``invoke``, functions call each other through it (Lambda's Invoke API, checked)."""
     built = load_template(BUILD / "template.yaml")
     env = {"AWS_ENDPOINT_URL": aws.endpoint, "LOOKALIKE_S3_ENDPOINT_URL": aws.endpoint,
            "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}
+    if invoke is not None:
+        env["AWS_ENDPOINT_URL_LAMBDA"] = invoke.url
     out = {}
     for name, spec in built["Resources"].items():
         if spec["Type"] != "AWS::Serverless::Function" or only not in (None, name):
@@ -216,4 +228,7 @@ def functions(aws: StrictAws, names: dict[str, str], work: Path, gate: DomainGat
         credentials = aws.role_credentials(role, policies)
         gate.allow_session(credentials, policies)
         out[name] = Function(name, built, names, work / "opt", {**env, **credentials})
+        if invoke is not None:
+            function_name = resolve(spec["Properties"].get("FunctionName", name), built, names)
+            invoke.gate.targets[function_name] = out[name]
     return out

@@ -23,6 +23,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import boto3
 
 from tests.fault_proxy import FaultProxy
+from tests.loopback import LoopbackServer
 
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -256,7 +258,8 @@ def resolve(value: Any, template: dict[str, Any], names: dict[str, str]) -> Any:
     (fn, arg), = value.items()
     fn = fn.removeprefix("Fn::")
     if fn == "Ref":
-        pseudo = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT}
+        pseudo = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
+                  "AWS::StackName": names.get("AWS::StackName", "lookalike")}
         if arg == "AWS::NoValue":
             return NO_VALUE
         if arg in pseudo:
@@ -337,10 +340,16 @@ class DomainGate:
     ``es:ESHttp<Method>`` on the domain's ARN. Plugged into the fault proxy in front of the
     real node, it answers 403 as the domain does (``{"message": ...}``) and forwards the rest."""
 
-    def __init__(self, domain: str) -> None:
+    service = "es"
+
+    def __init__(self, domain: str, sessions: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] | None = None,
+                 ) -> None:
         self.domain_arn = f"arn:aws:es:{REGION}:{ACCOUNT}:domain/{domain}"
-        self.sessions: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {}
+        self.sessions = {} if sessions is None else sessions
         self.refused: list[str] = []
+
+    def action_and_resource(self, method: str, url: str) -> tuple[str, str]:
+        return f"es:ESHttp{method.title()}", f"{self.domain_arn}{urlsplit(url).path}"
 
     def allow_session(self, credentials: dict[str, str], policies: list[dict[str, Any]]) -> None:
         self.sessions[credentials["AWS_ACCESS_KEY_ID"]] = (credentials, policies)
@@ -358,19 +367,18 @@ class DomainGate:
         if not match:
             return "Missing Authentication Token"
         key, _, region, service, signed, signature = match.groups()
-        if service != "es" or region != REGION or key not in self.sessions:
+        if service != self.service or region != REGION or key not in self.sessions:
             return f"The security token included in the request is invalid ({service}, {region})"
         credentials, policies = self.sessions[key]
         request = AWSRequest(method=method, url=url, data=body,
                              headers={name: header[name] for name in signed.split(";") if name in header})
         signer = SigV4Auth(Credentials(key, credentials["AWS_SECRET_ACCESS_KEY"], credentials["AWS_SESSION_TOKEN"]),
-                           "es", REGION)
+                           self.service, REGION)
         request.context["timestamp"] = header.get("x-amz-date", "")
         expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
         if expected != signature:
             return "The request signature we calculated does not match the signature you provided"
-        action = f"es:ESHttp{method.title()}"
-        resource = f"{self.domain_arn}{urlsplit(url).path}"
+        action, resource = self.action_and_resource(method, url)
         results = [IAMPolicy(json.dumps(p)).is_action_permitted(action, resource) for p in policies]
         if PermissionResult.DENIED in results or PermissionResult.PERMITTED not in results:
             return f"User is not authorized to perform: {action} on resource: {resource}"
@@ -393,3 +401,45 @@ class SignedDomainProxy(FaultProxy):
             self.gate.refused.append(f"{method} {path}: {refusal}")
             return 403, {"message": refusal}
         return super().route(method, path, params, headers, raw)
+
+
+class InvokeGate(DomainGate):
+    """Lambda's Invoke API for the stack's functions, in front of the stand-in's processes: a
+    SigV4 signature for ``lambda`` by a known session whose role may ``lambda:InvokeFunction``
+    that function's ARN, then the event goes to that function as Lambda would hand it over."""
+
+    service = "lambda"
+
+    def __init__(self, sessions: dict[str, tuple[dict[str, str], list[dict[str, Any]]]]) -> None:
+        super().__init__("unused", sessions)
+        self.targets: dict[str, Any] = {}  # function name -> the stand-in's Function
+
+    def action_and_resource(self, method: str, url: str) -> tuple[str, str]:
+        name = urlsplit(url).path.split("/")[3]
+        return "lambda:InvokeFunction", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+
+
+class InvokeEndpoint(LoopbackServer):
+    """POST /2015-03-31/functions/{name}/invocations (RequestResponse), checked by an InvokeGate."""
+
+    def __init__(self, gate: InvokeGate) -> None:
+        self.gate = gate
+        self.lock = threading.Lock()  # a function's process answers one invocation at a time
+        super().__init__()
+
+    def route(self, method: str, path: str, params: dict[str, str], headers: dict[str, str],
+              raw: bytes) -> tuple[int, Any]:
+        host = {k.lower(): v for k, v in headers.items()}.get("host", "")
+        url = f"http://{host}{path}" + (f"?{urlencode(params)}" if params else "")
+        refusal = self.gate.check(method, url, headers, raw)
+        if refusal is not None:
+            self.gate.refused.append(f"{method} {path}: {refusal}")
+            return 403, {"Message": refusal}
+        target = self.gate.targets.get(path.split("/")[3])
+        if target is None:
+            return 404, {"Message": "Function not found"}
+        with self.lock:
+            try:
+                return 200, target.invoke(json.loads(raw or b"{}"))
+            except AssertionError as exc:  # the function failed: Lambda answers 200 with its error
+                return 200, {"errorType": "Unhandled", "errorMessage": str(exc)[-2000:]}

@@ -43,7 +43,7 @@ def test_every_template_function_has_events_and_code() -> None:
     template = load_template(ROOT / "template.yaml")
     functions = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
     code_dirs = {Path(v["Properties"]["CodeUri"]).name for v in functions.values()}
-    assert code_dirs == {"upload", "reverse_search", "embed", "taxonomy", "generate", "ingest"}
+    assert code_dirs == {"upload", "reverse_search", "embed", "taxonomy", "generate", "ingest", "rerank"}
     event_prefixes = {p.stem.split("_")[0] for p in EVENTS.glob("*.json")}
     for d in code_dirs:
         assert (ROOT / "functions" / d / "app.py").is_file()
@@ -77,7 +77,8 @@ def test_template_grants_least_privilege() -> None:
                 assert all("*" not in a for a in actions), statement
                 grants[name] |= {(a, json.dumps(statement["Resource"])) for a in actions}
     writers = {n for n, g in grants.items() if any(a in ("s3:PutObject", "s3:DeleteObject") for a, _ in g)}
-    assert writers == {"UploadFunction", "IngestFunction", "TaxonomyFunction", "ReverseSearchFunction"}
+    assert writers == {"UploadFunction", "IngestFunction", "TaxonomyFunction", "ReverseSearchFunction",
+                       "RerankFunction"}  # rerank: a photo's features, beside it
     # reverse_search writes staged anchors only (a client's own upload, embedded on first use)
     assert {r for a, r in grants["ReverseSearchFunction"] if a == "s3:PutObject"} == {
         json.dumps({"Sub": "${AnchorsBucket.Arn}/anchors/*"})}
@@ -86,7 +87,7 @@ def test_template_grants_least_privilege() -> None:
     assert not any(a in ("s3:PutObject", "s3:DeleteObject") for a, _ in grants["GenerateFunction"])
     # Every function that reads or writes collections may call the search domain, and only it.
     search_callers = {n for n, g in grants.items() if any(a.startswith("es:ESHttp") for a, _ in g)}
-    assert search_callers == set(grants) - {"EmbedFunction"}
+    assert search_callers == set(grants) - {"EmbedFunction", "RerankFunction"}
     domain_arns = {r for g in grants.values() for a, r in g if a.startswith("es:")}
     assert len(domain_arns) == 1 and "domain/${OpenSearchDomainName}/*" in domain_arns.pop()
     assert {n for n, g in grants.items() if any(a.startswith("dynamodb:") for a, _ in g)} == {"IngestFunction"}
@@ -293,3 +294,31 @@ def test_presigned_anchor_uploads_need_a_blob_store_that_signs(deployment: Path)
     event["requestContext"]["resourcePath"] = "/v1/anchors/uploads"
     status, body = invoke("upload", event)
     assert status == 501 and "blobs: s3" in body["error"]
+
+
+def test_a_deployment_that_cannot_rerank_says_so(deployment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OpenCV here and no rerank function: a search that asks for re-ranking answers in
+    cosine order with reranked: false, and near-duplicates answer 501, never a silent plain answer."""
+    from lookalike import geometry
+
+    monkeypatch.setattr(geometry, "available", lambda: False)
+    invoke("taxonomy", load_event("taxonomy_create_collection"))
+    assert invoke("upload", load_event("upload_put_item"))[0] == 200
+    event = load_event("reverse_search")
+    status, body = invoke("reverse_search", event)
+    assert status == 200 and body["reranked"] is None
+    asked = json.loads(json.dumps(event))
+    asked["body"] = base64.b64encode(base64.b64decode(event["body"]).replace(
+        b'name="limit"', b'name="rerank"\r\n\r\ntrue\r\n--' + _boundary(event).encode()
+        + b'\r\nContent-Disposition: form-data; name="limit"', 1)).decode()
+    status, body = invoke("reverse_search", asked)
+    assert status == 200 and body["reranked"] is False and body["hits"][0]["id"] == "shoe-1", body
+    duplicates = json.loads(json.dumps(load_event("taxonomy_ingest_status"))
+                            .replace("/ingest", "/items/shoe-1/duplicates"))
+    duplicates["pathParameters"] = {"collection": "clothing", "item_id": "shoe-1"}
+    status, body = invoke("taxonomy", duplicates)
+    assert status == 501 and "OpenCV" in body["error"]
+
+
+def _boundary(event: dict) -> str:
+    return event["headers"]["Content-Type"].split("boundary=")[1]

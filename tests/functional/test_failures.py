@@ -16,7 +16,8 @@ from tests.functional.test_events import function, invoke
 
 def imgen_search_event() -> dict:
     event = load_event("generate_text_search")
-    event.update(path="/api/search", resource="/api/search", body=json.dumps({"query": "leather shoes"}))
+    event.update(path="/api/search", resource="/api/search", body=json.dumps({"query": "leather shoes"}),
+                 isBase64Encoded=False)
     return event
 
 

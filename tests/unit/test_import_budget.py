@@ -27,6 +27,9 @@ BUDGETS = {
     "taxonomy": ROUTING,
     "upload": ROUTING,
     "ingest": ROUTING | {"boto3", "s3transfer", "dateutil", "six", "certifi"},  # every event reads S3
+    # Every invocation reads S3 and decodes photos: boto3, numpy, Pillow at once (OpenCV on first use).
+    "rerank": {"boto3", "botocore", "s3transfer", "dateutil", "six", "certifi", "urllib3", "jmespath",
+               "numpy", "PIL"},
 }
 NEVER_AT_IMPORT = {"aws_xray_sdk", "jwt", "cryptography", "onnxruntime", "tokenizers", "cv2", "faiss", "marqo",
                    "opensearchpy", "requests"}

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     # the document names none, reached with SigV4 as the function's role.
     opensearch_endpoint: str | None = None
     opensearch_index_prefix: str = "lookalike"  # so that stacks can share a domain
+    # The stack's function that matches local features (it has OpenCV; the others do not).
+    rerank_function: str | None = None
     # An ingest renews its INDEXING lease every third of this; a killed one's lapses after it.
     ingest_lease_s: float = Field(default=30.0, gt=0, le=3600)
     # The API's public base URL for the image links in answers (https://images.example.com).

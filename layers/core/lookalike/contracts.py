@@ -253,6 +253,11 @@ class BlobStore(abc.ABC):
         """A short-lived URL that serves the blob without the API, or None where the store has none."""
         return None
 
+    def s3_location(self, key: str) -> tuple[str, str] | None:
+        """(bucket, object key) where the blob lives in S3, for a function that reads it there
+        itself; None for a store outside S3."""
+        return None
+
     def presigned_post(self, key: str, max_bytes: int, content_type_prefix: str,
                        expires_s: int) -> tuple[str, dict[str, str]] | None:
         """A short-lived form upload of one object at ``key`` (url, fields), bounded in size and

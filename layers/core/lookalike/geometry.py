@@ -28,6 +28,7 @@ leaves its 150 MB out) ``available()`` is False and nothing is verified.
 from __future__ import annotations
 
 import importlib.util
+import io
 import struct
 import sys
 from dataclasses import dataclass
@@ -97,6 +98,17 @@ def extract(img: Image.Image) -> Features:
     if descriptors is None:
         return NO_FEATURES
     return Features(np.float32([k.pt for k in keypoints]), descriptors.astype(np.uint8))
+
+
+def query_png(img: Image.Image) -> bytes:
+    """A query photo as another process needs it for ``extract``: grayscale (all ``extract``
+    reads), at most twice its working side, losslessly (kilobytes, not the upload's megabytes)."""
+    gray = img.convert("L")
+    if max(gray.size) > 2 * SIDE:
+        gray.thumbnail((2 * SIDE, 2 * SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    gray.save(out, format="PNG")
+    return out.getvalue()
 
 
 def dumps(f: Features) -> bytes:

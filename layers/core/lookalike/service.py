@@ -8,6 +8,7 @@ Routers translate their surface's request into these calls and the results back.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -54,6 +55,7 @@ from lookalike.contracts import (
     VectorQuery,
 )
 from lookalike.errors import (
+    BackendUnavailable,
     BadRequest,
     ConfigurationError,
     Conflict,
@@ -239,6 +241,7 @@ class TenantService:
         self.home = settings.home
         self.ingest_lease_s = settings.ingest_lease_s
         self.on_lambda = settings.on_lambda
+        self.rerank_function = settings.rerank_function
 
     # ------------------------------------------------------------ collections
 
@@ -767,7 +770,7 @@ class TenantService:
         every hit keeps its cosine ``score`` (so ``min_score`` means what it meant)."""
         self._searchable(collection)
         self._check_page(limit, offset, max_limit)
-        rerank = rerank and geometry.available()
+        rerank = rerank and self.can_rerank()
         vector, image = self._query(collection, ref, want_image=rerank)
         # "More like this" should not return the item itself.
         exclude = frozenset([ref.item_id]) if ref.item_id else frozenset()
@@ -776,14 +779,19 @@ class TenantService:
             vector=vector, limit=depth, offset=0 if rerank else offset, filter=filter, min_score=min_score,
             exclude_ids=exclude))
         if rerank and image is not None:
-            hits = self._verified(collection, page.hits, geometry.extract(image))
+            hits = self._verified(collection, page.hits, image)
             page = SearchPage(hits=hits[offset:offset + limit], total=page.total)
         return page, vector
 
-    def _verified(self, collection: str, hits: Sequence[Hit], query: geometry.Features) -> list[Hit]:
+    def can_rerank(self) -> bool:
+        """Whether local features can be matched here: OpenCV in this process, or the stack's
+        rerank function (LOOKALIKE_RERANK_FUNCTION) over photos in an S3 blob store."""
+        return geometry.available() or (self.rerank_function is not None and self.blobs.s3_location("") is not None)
+
+    def _verified(self, collection: str, hits: Sequence[Hit], query: Image.Image) -> list[Hit]:
         """``hits`` with the first RERANK_DEPTH counted by inliers: the verified originals
         (``geometry.verified``), if any, move first; the rest keep their order."""
-        checked, chosen = self._checked(collection, hits[:RERANK_DEPTH], query)
+        checked, chosen = self._checked(collection, hits[:RERANK_DEPTH], query=query)
         first = [replace(checked[n], exact_match=True) for n in chosen]
         return [*first, *(h for n, h in enumerate(checked) if n not in chosen), *hits[RERANK_DEPTH:]]
 
@@ -793,18 +801,45 @@ class TenantService:
         at a cosine of DUPLICATE_MIN_SCORE or more)."""
         self._searchable(collection)
         item = self.get_item(collection, item_id)
-        if not geometry.available():
-            raise NotAvailableHere("near-duplicate detection needs OpenCV, which this deployment (the Lambda "
-                                   "stack) lacks: run `lookalike duplicates` where OpenCV is installed")
+        if not self.can_rerank():
+            raise NotAvailableHere("near-duplicate detection needs OpenCV, which this deployment lacks (on the "
+                                   "stack: the rerank function and an S3 blob store)")
         page = self.search_backend.search(self.id, collection, VectorQuery(
             vector=np.asarray(item.vector, dtype=np.float32), limit=RERANK_DEPTH, exclude_ids=frozenset([item_id])))
-        checked, chosen = self._checked(collection, page.hits, self._features(collection, item))
+        checked, chosen = self._checked(collection, page.hits, item=item)
         return [replace(checked[n], exact_match=True) for n in chosen if checked[n].score >= DUPLICATE_MIN_SCORE]
 
-    def _checked(self, collection: str, hits: Sequence[Hit], query: geometry.Features) -> tuple[list[Hit], list[int]]:
-        """``hits`` with their inliers against ``query``, and the indexes ``geometry.verified`` picks."""
-        checked = [replace(h, inliers=geometry.inliers(query, self._features(collection, h))) for h in hits]
-        return checked, geometry.verified([h.inliers or 0 for h in checked])
+    def _checked(self, collection: str, hits: Sequence[Hit], query: Image.Image | None = None,
+                 item: Item | None = None) -> tuple[list[Hit], list[int]]:
+        """``hits`` with their inliers against the ``query`` photo (or ``item``'s), and the
+        indexes ``geometry.verified`` picks."""
+        if geometry.available():
+            features = geometry.extract(query) if query is not None else self._features(collection, item)
+            counts = [geometry.inliers(features, self._features(collection, h)) for h in hits]
+        else:
+            counts = self._remote_inliers(hits, query, item)
+        checked = [replace(h, inliers=c) for h, c in zip(hits, counts, strict=True)]
+        return checked, geometry.verified(counts)
+
+    def _remote_inliers(self, hits: Sequence[Hit], query: Image.Image | None, item: Item | None) -> list[int]:
+        """The inliers, counted by the stack's rerank function (which has OpenCV) from the photos
+        in the S3 blob store: one invocation for the query and every candidate."""
+        assert self.rerank_function is not None
+        located = self.blobs.s3_location("")
+        assert located is not None
+        event: dict[str, Any] = {
+            "bucket": located[0], "max_bytes": self.limits.max_image_bytes, "max_pixels": self.limits.max_image_pixels,
+            "candidate_keys": [self.blobs.s3_location(h.image_key)[1] if h.image_key else "" for h in hits]}
+        if query is not None:
+            event["query_png"] = base64.b64encode(geometry.query_png(query)).decode()
+        else:
+            event["query_key"] = self.blobs.s3_location(item.image_key or "")[1] if item else ""
+        from lookalike.aws import invoke_function
+
+        counts = invoke_function(self.rerank_function, event).get("inliers")
+        if not isinstance(counts, list) or len(counts) != len(hits):
+            raise BackendUnavailable("re-ranking answered out of shape")
+        return [int(c) for c in counts]
 
     def item_ids(self, collection: str) -> list[str]:
         """Every item of ``collection`` that has a photo, sorted: walked through the blob store,

@@ -56,6 +56,9 @@ class S3BlobStore(BlobStore):
         except BotoCoreError as exc:
             raise BackendUnavailable("blob store read failed") from exc
 
+    def s3_location(self, key: str) -> tuple[str, str] | None:
+        return self.options.bucket, self._key(key)
+
     def presigned_get(self, key: str, expires_s: int) -> str | None:
         # Signed locally with the function's credentials: no request to S3.
         return str(self.client.generate_presigned_url(

@@ -28,17 +28,15 @@ FILE_PARTS = ("image", "file")  # the names every surface's uploads use
 _service: Lookalike | None = None
 
 
-#: Set on an answer whose re-ranking was asked for and could not run (the Lambda stack has no
-#: OpenCV): the hits are in cosine order, without the verified near-duplicates moved first.
+#: Set on an answer whose re-ranking was asked for and could not run (no OpenCV here and no
+#: rerank function): the hits are in cosine order, without the verified near-duplicates first.
 RERANK_HEADER = "X-Lookalike-Rerank"
 
 
-def flag_rerank(body: dict[str, Any], asked: bool) -> Any:
+def flag_rerank(body: dict[str, Any], asked: bool, tenant: TenantService) -> Any:
     """``body``, or where re-ranking was asked for and this deployment cannot do it, the same
     body with ``X-Lookalike-Rerank: unavailable`` (the seed surfaces' shapes stay theirs)."""
-    from lookalike import geometry
-
-    if not asked or geometry.available():
+    if not asked or tenant.can_rerank():
         return body
     from aws_lambda_powertools.event_handler import Response, content_types
 

@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 
-from lookalike import filters, geometry, media
+from lookalike import filters, media
 from lookalike.api.app import metrics
 from lookalike.api.request import (
     content_type,
@@ -290,7 +290,7 @@ def search_by_image(collection: str) -> SearchResponse:
                          filter=filters.from_json(body.filter), min_score=body.min_score, rerank=body.rerank)
     answer = _page(tenant, collection, page, body, search.current_event, started)
     if body.rerank:
-        answer.reranked = geometry.available()
+        answer.reranked = tenant.can_rerank()
     return answer
 
 

@@ -121,4 +121,4 @@ def reverse_image_search(index_name: str) -> dict[str, Any]:
         fields = h.metadata if attributes is None else {k: v for k, v in h.metadata.items() if k in attributes}
         hits.append({**fields, "_id": h.id, "_score": round(h.score, 6)})
     return flag_rerank({"hits": hits, "limit": limit,
-                        "processingTimeMs": int((time.perf_counter() - started) * 1000)}, asked=True)
+                        "processingTimeMs": int((time.perf_counter() - started) * 1000)}, asked=True, tenant=tenant)

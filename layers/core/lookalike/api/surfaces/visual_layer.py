@@ -157,4 +157,4 @@ def explore(dataset_id: str) -> dict[str, Any]:
         })
     return flag_rerank({"clusters": clusters, "metadata": {
         "used_duckdb": False, "page_number": params.page_number, "page_size": PAGE_SIZE,
-        "total_clusters": len(groups)}}, asked=params.rerank)
+        "total_clusters": len(groups)}}, asked=params.rerank, tenant=tenant)
