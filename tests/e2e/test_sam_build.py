@@ -300,3 +300,104 @@ def test_re_ranking_runs_in_its_own_function(stack: tuple[dict[str, Function], d
     assert _body(result)["reranked"] is None  # not asked
     result = fns["TaxonomyFunction"].invoke(api_event(gw, "GET", "/v1/collections/clothing/items/shoe-1/duplicates"))
     assert result["statusCode"] == 200 and _body(result)["duplicates"] == []
+
+
+def _ranked(body: dict[str, Any]) -> list[tuple[str, float, dict[str, Any]]]:
+    return [(h["id"], h["score"], h["metadata"]) for h in body["hits"]]
+
+
+def _same_answers(stack: list[tuple[str, float, dict[str, Any]]], local: list[tuple[str, float, dict[str, Any]]],
+                  what: str) -> None:
+    """The same items in the same order with the same metadata; scores within float noise (the
+    stack embeds with onnxruntime 1.16, `lookalike serve` with today's, and OpenSearch's scores
+    are float32)."""
+    assert [(i, m) for i, _, m in stack] == [(i, m) for i, _, m in local], what
+    assert all(abs(a - b) < 0.005 for (_, a, _), (_, b, _) in zip(stack, local, strict=True)), (what, stack, local)
+
+
+def test_a_catalog_answers_the_same_on_the_stack_and_on_lookalike_serve(
+        aws: StrictAws, stack: tuple[dict[str, Function], dict[str, str]], tmp_path: Path, model_dir: Path) -> None:
+    """One catalog, built through the stack's S3 drop (photos, sidecars before and after their
+    photo, SQS batches to ingest) and through `lookalike serve`'s API: searches by upload, by
+    item, filtered, re-ranked, and after a delete answer the same on both."""
+    from tests.e2e.conftest import cli_env, lookalike, running_server
+
+    fns, names = stack
+    s3, gw = aws.client("s3"), Gateway(ROOT / "template.yaml")
+    photos = sorted((FIXTURES / "images").rglob("*.jpg"))[::3][:8]
+    meta = {p.stem: {"category": p.parent.name, "rank": n} for n, p in enumerate(photos)}
+
+    # The stack: a sidecar before its photo for half of them, after it for the rest.
+    assert fns["TaxonomyFunction"].invoke("taxonomy_create_collection")["statusCode"] == 201
+    created: list[dict[str, Any]] = []
+    late: list[str] = []
+    for n, photo in enumerate(photos):
+        key = f"demo/clothing/{photo.stem}"
+        if n % 2 == 0:
+            s3.put_object(Bucket=names["CatalogBucket"], Key=f"{key}.json", Body=json.dumps(meta[photo.stem]).encode())
+        else:
+            late.append(key)
+        s3.put_object(Bucket=names["CatalogBucket"], Key=f"{key}.jpg", Body=photo.read_bytes())
+        created.append(_catalog_event(names, "ObjectCreated:Put", f"{key}.jpg")["Records"][0])
+    batch = {"Records": [{**r, "messageId": f"m{n}"} for n, r in enumerate(created)]}
+    assert fns["IngestFunction"].invoke(batch) == {"batchItemFailures": []}
+    for key in late:
+        s3.put_object(Bucket=names["CatalogBucket"], Key=f"{key}.json",
+                      Body=json.dumps(meta[key.rsplit("/", 1)[1]]).encode())
+        assert fns["IngestFunction"].invoke(_catalog_event(names, "ObjectCreated:Put", f"{key}.json")) == {
+            "batchItemFailures": []}
+
+    # `lookalike serve`: the same photos and metadata through its API.
+    env = cli_env(tmp_path / "home", model_dir)
+    assert lookalike(env, "init", "--tenant", "demo", "--api-key", "demo-key").returncode == 0
+    auth = {"Authorization": "Bearer demo-key"}
+    turned = tmp_path / "turned.jpg"
+    img = Image.open(photos[1]).convert("RGB").rotate(20, expand=True, fillcolor=(255, 255, 255))
+    img.crop((img.width // 10, img.height // 10, img.width * 9 // 10, img.height * 9 // 10)).save(turned)
+    query = FIXTURES / "queries" / "shoes.jpg"
+    searches: list[tuple[str, dict[str, str], dict[str, Path] | None, dict[str, Any] | None]] = [
+        ("by upload", {"limit": "5"}, {"image": query}, None),
+        ("filtered", {"limit": "5", "filter": json.dumps({"category": photos[0].parent.name})}, {"image": query}, None),
+        ("by item", {}, None, {"item_id": photos[2].stem, "limit": 4}),
+        ("re-ranked", {"limit": "3", "rerank": "true"}, {"image": turned}, None),
+    ]
+    with running_server(env) as base:
+        assert requests.post(f"{base}/v1/collections", json={"name": "clothing"}, headers=auth,
+                             timeout=60).status_code == 201
+        for photo in photos:
+            with photo.open("rb") as f:
+                r = requests.put(f"{base}/v1/collections/clothing/items/{photo.stem}", headers=auth, timeout=60,
+                                 files={"image": f}, data={"metadata": json.dumps(meta[photo.stem])})
+            assert r.status_code == 200, r.text
+
+        def both(what: str, form: dict[str, str], files: dict[str, Path] | None,
+                 body: dict[str, Any] | None) -> None:
+            path = "/v1/collections/clothing/search"
+            if files is not None:
+                event = api_event(gw, "POST", path, form=multipart(form, files))
+                handles = {k: v.open("rb") for k, v in files.items()}
+                try:
+                    local = requests.post(f"{base}{path}", headers=auth, data=form, files=handles, timeout=60)
+                finally:
+                    for h in handles.values():
+                        h.close()
+            else:
+                event = api_event(gw, "POST", path, json_body=body)
+                local = requests.post(f"{base}{path}", headers=auth, json=body, timeout=60)
+            result = fns["ReverseSearchFunction"].invoke(event)
+            assert result["statusCode"] == local.status_code == 200, (what, result["body"], local.text)
+            assert _body(result)["hits"], what
+            _same_answers(_ranked(_body(result)), _ranked(local.json()), what)
+            if form.get("rerank"):
+                assert _body(result)["hits"][0]["exact_match"] and local.json()["hits"][0]["exact_match"]
+
+        for search in searches:
+            both(*search)
+        # A delete: the object removed from the bucket, the item through the API.
+        gone = photos[0].stem
+        s3.delete_object(Bucket=names["CatalogBucket"], Key=f"demo/clothing/{gone}.jpg")
+        assert fns["IngestFunction"].invoke(_catalog_event(names, "ObjectRemoved:Delete",
+                                                           f"demo/clothing/{gone}.jpg")) == {"batchItemFailures": []}
+        assert requests.delete(f"{base}/v1/collections/clothing/items/{gone}", headers=auth,
+                               timeout=60).status_code in (200, 204)
+        both(*searches[0])
