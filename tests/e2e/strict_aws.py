@@ -354,6 +354,16 @@ class DomainGate:
     def allow_session(self, credentials: dict[str, str], policies: list[dict[str, Any]]) -> None:
         self.sessions[credentials["AWS_ACCESS_KEY_ID"]] = (credentials, policies)
 
+    def refusal(self, method: str, path: str, params: dict[str, str], headers: dict[str, str],
+                body: bytes) -> str | None:
+        """``check`` for a request a loopback server received; a refusal is also recorded."""
+        host = {k.lower(): v for k, v in headers.items()}.get("host", "")
+        url = f"http://{host}{path}" + (f"?{urlencode(params)}" if params else "")
+        refusal = self.check(method, url, headers, body)
+        if refusal is not None:
+            self.refused.append(f"{method} {path}: {refusal}")
+        return refusal
+
     def check(self, method: str, url: str, headers: dict[str, str], body: bytes) -> str | None:
         """Why the domain would refuse the request, or None."""
         from botocore.auth import SigV4Auth
@@ -394,11 +404,8 @@ class SignedDomainProxy(FaultProxy):
 
     def route(self, method: str, path: str, params: dict[str, str], headers: dict[str, str],
               raw: bytes) -> tuple[int, Any]:
-        host = {k.lower(): v for k, v in headers.items()}.get("host", "")
-        url = f"http://{host}{path}" + (f"?{urlencode(params)}" if params else "")
-        refusal = self.gate.check(method, url, headers, raw)
+        refusal = self.gate.refusal(method, path, params, headers, raw)
         if refusal is not None:
-            self.gate.refused.append(f"{method} {path}: {refusal}")
             return 403, {"message": refusal}
         return super().route(method, path, params, headers, raw)
 
@@ -429,11 +436,8 @@ class InvokeEndpoint(LoopbackServer):
 
     def route(self, method: str, path: str, params: dict[str, str], headers: dict[str, str],
               raw: bytes) -> tuple[int, Any]:
-        host = {k.lower(): v for k, v in headers.items()}.get("host", "")
-        url = f"http://{host}{path}" + (f"?{urlencode(params)}" if params else "")
-        refusal = self.gate.check(method, url, headers, raw)
+        refusal = self.gate.refusal(method, path, params, headers, raw)
         if refusal is not None:
-            self.gate.refused.append(f"{method} {path}: {refusal}")
             return 403, {"Message": refusal}
         target = self.gate.targets.get(path.split("/")[3])
         if target is None:
