@@ -360,6 +360,7 @@ NO_BOUNDED_INPUT = {
     ("GET", "/api/characters"): "a listing of the default collection's values",
     ("GET", "/api/models"): "a listing of the default collection's values",
     ("GET", "/api/styles"): "a listing of the default collection's values",
+    ("POST", "/v1/anchors/uploads"): "no input: it signs an upload that S3 bounds by the signed policy (5 MB, image/*)",
 }
 
 

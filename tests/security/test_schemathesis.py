@@ -1,5 +1,5 @@
 """Property-based API testing: schemathesis generates requests from the served /openapi.json
-and checks every answer: no 5xx, and status code, content type, headers and body as the
+and checks every answer: no 5xx (but a documented 501), and status code, content type, headers and body as the
 document says. Authenticated as the demo tenant on each surface, so requests get past 401.
 
 Left out: schemathesis' "schema-valid request rejected" check. Most operations need content
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.security.conftest import DEMO
@@ -38,7 +39,12 @@ def test_generated_requests_get_documented_answers(site: str) -> None:
         def check(case: schemathesis.Case) -> None:
             response = case.call(headers=_credentials(case.path), timeout=30)
             sent.append(case.operation.label)
-            case.validate_response(response, excluded_checks=[positive_data_acceptance])
+            # A feature this deployment cannot run answers its documented 501 (README, Deploy):
+            # not a server error; status_code_conformance still holds it to the document.
+            documented_501 = "501" in (case.operation.definition.raw.get("responses") or {})
+            excluded = [positive_data_acceptance, *([not_a_server_error] if response.status_code == 501
+                                                    and documented_501 else [])]
+            case.validate_response(response, excluded_checks=excluded)
 
         try:
             check()

@@ -100,7 +100,9 @@ SECURITY: dict[str, dict[str, Any]] = {
                                     "allows searching that one collection"},
 }
 #: Routes that answer success with another status than 200.
-CREATED = {("post", "/v1/collections"), ("post", "/v1/anchors")}
+CREATED = {("post", "/v1/collections"), ("post", "/v1/anchors"), ("post", "/v1/anchors/uploads")}
+#: Routes a deployment may not be able to serve (README, Deploy): 501 there.
+NOT_EVERYWHERE = {("post", "/v1/anchors/uploads"), ("get", "/v1/collections/{collection}/items/{item_id}/duplicates")}
 ERRORS = {"400": "Bad request", "401": "Unauthorized", "404": "Not found", "409": "Conflict",
           "413": "Payload too large"}
 
@@ -136,7 +138,9 @@ def document() -> dict[str, Any]:
             responses.pop("422", None)  # validation errors are answered 400 with the error shape
             if (method, path) in CREATED and "200" in responses:
                 responses["201"] = responses.pop("200")
-            for status, text in ERRORS.items():
+            errors = {**ERRORS, "501": "Not available on this deployment"} if (method, path) in NOT_EVERYWHERE \
+                else ERRORS
+            for status, text in errors.items():
                 responses.setdefault(status, {"description": text, "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
     return doc
