@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
@@ -25,6 +27,11 @@ from lookalike import geometry, images
 from lookalike.errors import LookalikeError
 
 _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="features")
+#: Features by photo key, kept while the execution environment is warm: a photo's key changes
+#: with every new photo (its version is in the key), so an entry is never stale. About 18 KB each.
+_cached: OrderedDict[str, geometry.Features] = OrderedDict()
+CACHED_PHOTOS = 5_000
+_cache_lock = threading.Lock()
 
 
 @cache
@@ -43,7 +50,22 @@ def _get(bucket: str, key: str) -> bytes | None:
 
 
 def _photo_features(event: dict[str, Any], photo_key: str) -> geometry.Features:
-    """A catalog photo's features: stored beside it, or computed from it and stored."""
+    """A catalog photo's features: from this environment's memory, else stored beside it, else
+    computed from it and stored."""
+    key = f"{event['bucket']}/{photo_key}"
+    with _cache_lock:
+        if key in _cached:
+            _cached.move_to_end(key)
+            return _cached[key]
+    features = _read_features(event, photo_key)
+    with _cache_lock:
+        _cached[key] = features
+        while len(_cached) > CACHED_PHOTOS:
+            _cached.popitem(last=False)
+    return features
+
+
+def _read_features(event: dict[str, Any], photo_key: str) -> geometry.Features:
     bucket = event["bucket"]
     stored = _get(bucket, geometry.features_key(photo_key))
     if stored is not None:
