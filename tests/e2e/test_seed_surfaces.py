@@ -483,6 +483,11 @@ def test_imgen_search_generate_taxonomy(server: str) -> None:
     r = requests.post(f"{server}/api/search", headers={**BEARER, "Content-Type": "application/json"},
                       data=json.dumps({"query": "sunset over mountains", "limit": 5}), timeout=30)
     assert r.status_code == 200 and r.json()["count"] == len(r.json()["results"]) == 5
+    # The document's quick-start curl prints the URL with a double slash: it reaches /api/search too.
+    doubled = requests.post(f"{server}//api/search", headers={**BEARER, "Content-Type": "application/json"},
+                            data=json.dumps({"query": "sunset over mountains", "limit": 5}), timeout=30)
+    assert doubled.status_code == 200, doubled.text
+    assert [x["id"] for x in doubled.json()["results"]] == [x["id"] for x in r.json()["results"]]
     # Example request: character filter and search_in; the Python sample sends nulls for unused filters.
     body = requests.post(f"{server}/api/search", headers=BEARER, timeout=30, json={
         "query": "a hat to keep the sun off", "character": "mira", "model": None, "style": None,

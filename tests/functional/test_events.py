@@ -12,7 +12,9 @@ from types import ModuleType
 
 import boto3
 import pytest
+import yaml
 
+from lookalike.api.request import service
 from lookalike.lambda_context import LocalContext
 from lookalike.server import Gateway, load_template
 from tests.conftest import EVENTS, FIXTURES, ROOT, load_event
@@ -322,3 +324,29 @@ def test_a_deployment_that_cannot_rerank_says_so(deployment: Path, monkeypatch: 
 
 def _boundary(event: dict) -> str:
     return event["headers"]["Content-Type"].split("boundary=")[1]
+
+
+def test_a_refused_marqo_search_creates_nothing(deployment: Path) -> None:
+    """Issue 26: an unauthenticated reverse image search naming a declared, not yet created
+    collection, with a made-up index id of the tenant's form, answered 401 and created it. A
+    refused request writes nothing; the id the operator declared still creates it on first use."""
+    config = yaml.safe_load((deployment / "config.yaml").read_text())
+    config["tenants"]["demo"]["collections"] = {"spring": {}, "summer": {"marqo_index_id": "s" * 24}}
+    (deployment / "config.yaml").write_text(yaml.safe_dump(config))
+
+    def search(index: str, index_id: str) -> int:
+        event = json.loads(json.dumps(load_event("reverse_search_data_url")))
+        data_url = json.loads(base64.b64decode(event["body"]))["data_url"]
+        event.update(path=f"/api/v1/indexes/{index}/reverse-image-search", isBase64Encoded=False,
+                     resource="/api/v1/indexes/{index_name}/reverse-image-search",
+                     body=json.dumps({"q": data_url}), pathParameters={"index_name": index})
+        event["headers"] = {"Content-Type": "application/json", "x-marqo-index-id": index_id}
+        event["multiValueHeaders"] = {k: [v] for k, v in event["headers"].items()}
+        return invoke("reverse_search", event)[0]
+
+    backend = service().tenant("demo").search_backend
+    assert search("spring", "demo.made-up-0123456789") == 401
+    assert backend.get_collection("demo", "spring") is None  # nothing was created by the refusal
+    assert search("summer", "t" * 24) == 401 and backend.get_collection("demo", "summer") is None
+    assert search("summer", "s" * 24) == 200  # the declared id is a credential: created on first use
+    assert backend.get_collection("demo", "summer") is not None

@@ -450,6 +450,10 @@ class Front:
         if not raw_uri:
             query = environ.get("QUERY_STRING")
             raw_uri = quote(environ.get("PATH_INFO", "/")) + (f"?{query}" if query else "")
+        # Repeated slashes are one (Imgen's own quick-start curl prints `//api/search`).
+        # (Not urlsplit: it reads `//api/search` as a host and a path.)
+        path, mark, query = raw_uri.partition("?")
+        raw_uri = re.sub(r"/{2,}", "/", path) + mark + query
         route, params, path_exists = self.gateway.match(method, unquote(urlsplit(raw_uri).path))
         if route is None:
             return json_error(405, "Method not allowed") if path_exists else json_error(404, "Not found")

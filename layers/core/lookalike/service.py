@@ -245,14 +245,15 @@ class TenantService:
 
     # ------------------------------------------------------------ collections
 
-    def collection(self, name: str) -> CollectionInfo:
-        """The tenant's collection; a collection pre-declared in config is created on first use."""
+    def collection(self, name: str, create_declared: bool = True) -> CollectionInfo:
+        """The tenant's collection; a collection pre-declared in config is created on first use
+        (by an authenticated request only: ``create_declared`` False never writes)."""
         if not valid_name(name):
             raise NotFound("Collection not found")
         info = self.search_backend.get_collection(self.id, name)
         if info is None:
             declared = self.config.tenants[self.id].collections.get(name)
-            if declared is None:
+            if declared is None or not create_declared:
                 raise NotFound("Collection not found")
             info = self._create(name, declared)
         return self._recovered(info)

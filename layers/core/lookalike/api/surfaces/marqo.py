@@ -79,8 +79,13 @@ def _authorized(event: Any, index_name: str) -> tuple[TenantService, CollectionI
         raise Unauthorized()
     key = header(event, "x-api-key") or bearer_token(event)
     tenant = service().authenticate(key) if key else _tenant_of_index_id(given, index_name)
+    # Nothing is written before the caller is authenticated: without a key, a declared collection
+    # is created only for the index id the operator declared for it (that id is the credential).
+    declared = tenant.config.tenants[tenant.id].collections.get(index_name)
+    declared_id = declared.marqo_index_id if declared else None
+    vouched = bool(key) or (declared_id is not None and hmac.compare_digest(given.encode(), declared_id.encode()))
     try:
-        info = tenant.collection(index_name)
+        info = tenant.collection(index_name, create_declared=vouched)
     except NotFound:
         if not key:
             raise Unauthorized() from None
