@@ -76,3 +76,23 @@ def test_a_database_from_before_the_field_index_is_indexed_on_open(tmp_path: Pat
     page = reopened.search("t", "c", VectorQuery(vector=np.array([1, 0, 0, 0], dtype=np.float32),
                                                  filter=Term("color", "blue")))
     assert [h.id for h in page.hits] == ["a"]
+
+
+def test_filters_nested_to_the_documented_depth_compile(tmp_path: Path) -> None:
+    """Issue 26: 12 nested NOTs (the documented depth is 32) overflowed SQLite's parser stack
+    (500). Every shape at depth 32 answers, as the reference semantics say."""
+    index = LocalIndex(LocalIndexOptions(path=tmp_path / "i.sqlite"))
+    index.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=4))
+    items = [Item(f"i{n}", np.array([1, n / 10, 0, 0], dtype=np.float32), {"a": n % 3, "b": "red" if n % 2 else "blue"})
+             for n in range(10)]
+    index.upsert("t", "c", items)
+    leaf_a, leaf_b = Term("a", 1), Term("b", "red")
+    shapes: dict[str, Filter] = {"not": leaf_a, "and/or": leaf_a, "not-and": leaf_a}
+    for depth in range(32):
+        shapes["not"] = Not(shapes["not"])
+        shapes["and/or"] = (And if depth % 2 else Or)((shapes["and/or"], leaf_b if depth % 3 else Not(leaf_a)))
+        shapes["not-and"] = Not(And((shapes["not-and"], Or((leaf_b, Range("a", 0, 1))))))
+    for name, flt in shapes.items():
+        page = index.search("t", "c", VectorQuery(vector=np.array([1, 0, 0, 0], dtype=np.float32), limit=20,
+                                                  filter=flt))
+        assert {h.id for h in page.hits} == {i.id for i in items if matches(flt, i.metadata)}, name

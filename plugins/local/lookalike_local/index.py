@@ -829,7 +829,45 @@ _FIELDS = "SELECT pk FROM item_fields WHERE tenant = ? AND collection = ? AND ke
 
 def _compile(node: Filter, tenant: str, collection: str, params: list[Any]) -> str:
     """Filter AST -> one SELECT of the passing items' pks over the field index, with the
-    semantics of ``filters.matches``: And is INTERSECT, Or UNION, Not EXCEPT."""
+    semantics of ``filters.matches``: And is INTERSECT, Or UNION, Not EXCEPT.
+
+    Each node is a common table expression naming its children's, so the statement nests one
+    level whatever the filter's depth: nested subqueries overflowed SQLite's parser stack at
+    about ten levels, within the documented depth of 32."""
+    tables: list[str] = []
+    own: list[Any] = []
+
+    def table(sql: str, values: Sequence[Any]) -> str:
+        name = f"f{len(tables)}"
+        tables.append(f"{name}(pk) AS ({sql})")
+        own.extend(values)
+        return name
+
+    def emit(n: Filter) -> str:
+        if isinstance(n, (Term, Range)):
+            values: list[Any] = []
+            return table(_leaf(n, tenant, collection, values), values)
+        if isinstance(n, (And, Or)):
+            if not n.items:
+                return table(_EVERY, (tenant, collection)) if isinstance(n, And) else table(
+                    "SELECT pk FROM items WHERE 0", ())
+            names = [emit(c) for c in n.items]
+            joiner = " INTERSECT " if isinstance(n, And) else " UNION "
+            return table(joiner.join(f"SELECT pk FROM {name}" for name in names), ())
+        if isinstance(n, Not):
+            child = emit(n.item)
+            return table(f"{_EVERY} EXCEPT SELECT pk FROM {child}", (tenant, collection))
+        raise TypeError(f"unknown filter node {n!r}")
+
+    root = emit(node)
+    params.extend(own)
+    return f"WITH {', '.join(tables)} SELECT pk FROM {root}"
+
+
+_EVERY = "SELECT pk FROM items WHERE tenant = ? AND collection = ?"
+
+
+def _leaf(node: Term | Range, tenant: str, collection: str, params: list[Any]) -> str:
     if isinstance(node, Term):
         value = node.value
         params.extend((tenant, collection, node.field))
@@ -845,29 +883,15 @@ def _compile(node: Filter, tenant: str, collection: str, params: list[Any]) -> s
             return _FIELDS + " AND text = ?"
         params.extend((tenant, collection, node.field, number))
         return f"{_FIELDS} AND text = ? UNION {_FIELDS} AND num = ?"
-    if isinstance(node, Range):
-        params.extend((tenant, collection, node.field))
-        sql = _FIELDS + " AND num IS NOT NULL"
-        if node.lower is not None:
-            sql += " AND num >= ?"
-            params.append(node.lower)
-        if node.upper is not None:
-            sql += " AND num <= ?"
-            params.append(node.upper)
-        return sql
-    every = "SELECT pk FROM items WHERE tenant = ? AND collection = ?"
-    if isinstance(node, (And, Or)):
-        if not node.items:
-            if isinstance(node, And):
-                params.extend((tenant, collection))
-                return every
-            return "SELECT pk FROM items WHERE 0"
-        joiner = " INTERSECT " if isinstance(node, And) else " UNION "
-        return joiner.join(f"SELECT pk FROM ({_compile(n, tenant, collection, params)})" for n in node.items)
-    if isinstance(node, Not):
-        params.extend((tenant, collection))
-        return f"{every} EXCEPT SELECT pk FROM ({_compile(node.item, tenant, collection, params)})"
-    raise TypeError(f"unknown filter node {node!r}")
+    params.extend((tenant, collection, node.field))
+    sql = _FIELDS + " AND num IS NOT NULL"
+    if node.lower is not None:
+        sql += " AND num >= ?"
+        params.append(node.lower)
+    if node.upper is not None:
+        sql += " AND num <= ?"
+        params.append(node.upper)
+    return sql
 
 
 def _grow(array: np.ndarray, rows: int) -> np.ndarray:
