@@ -174,6 +174,18 @@ class _Handler(BaseHTTPRequestHandler):
     routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
 
     def do_GET(self) -> None:
+        if self.path == "/dribble":  # an origin that sends a byte every 0.2 s, for 20 s
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass  # the client gave up
+            return
         status, headers, body = self.routes.get(self.path, (404, {}, b""))
         if self.path == "/slow":
             time.sleep(2)
@@ -218,6 +230,12 @@ def test_fetch_follows_checked_redirects_with_limits(origin: str, monkeypatch: p
         fetch(f"{origin}/slow", FetchPolicy(allow_loopback=True, read_timeout=0.3))
     with pytest.raises(FetchError, match="404"):
         fetch(f"{origin}/missing", local)
+    # Issue 26: the deadline is a deadline, whatever the origin does (it was checked between
+    # 64 KB chunks, so a dribbling origin held the request for the whole of its body).
+    began = time.monotonic()
+    with pytest.raises(FetchError, match="timed out"):
+        fetch(f"{origin}/dribble", FetchPolicy(allow_loopback=True, deadline=1.0, read_timeout=5.0))
+    assert time.monotonic() - began < 2.5
     with pytest.raises(FetchError, match="forbidden"):
         fetch(f"{origin}/img.jpg")  # loopback is refused unless allowed
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -76,6 +77,26 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+def _until(resp: urllib3.BaseHTTPResponse, deadline_at: float, read_timeout: float) -> Iterator[bytes]:
+    """The body as it arrives, one socket read at a time, each bounded by what is left of the
+    deadline: an origin that sends a byte now and then cannot stretch the fetch (reading until
+    64 KB had arrived, between deadline checks, let it hold a worker for minutes)."""
+    while True:
+        remaining = deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise FetchError("Image URL fetch timed out")
+        sock = getattr(resp.connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(min(read_timeout, remaining))
+        try:
+            chunk = resp.read1(64 * 1024)
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise FetchError("Image URL fetch timed out") from exc
+        if not chunk:
+            return
+        yield chunk
+
+
 def fetch(url: str, policy: FetchPolicy | None = None) -> tuple[bytes, str]:
     """Return (body, content type) of ``url``, refusing unsafe destinations."""
     policy = policy or FetchPolicy()
@@ -126,12 +147,10 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> tuple[bytes, str]:
                 if declared and declared.isdigit() and int(declared) > policy.max_bytes:
                     raise PayloadTooLarge(f"Image exceeds the limit of {policy.max_bytes} bytes")
                 body = bytearray()
-                for chunk in resp.stream(64 * 1024):
+                for chunk in _until(resp, started + policy.deadline, policy.read_timeout):
                     body += chunk
                     if len(body) > policy.max_bytes:
                         raise PayloadTooLarge(f"Image exceeds the limit of {policy.max_bytes} bytes")
-                    if time.monotonic() - started > policy.deadline:
-                        raise FetchError("Image URL fetch timed out")
                 return bytes(body), resp.headers.get("Content-Type", "")
             finally:
                 resp.release_conn()
