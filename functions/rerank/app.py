@@ -16,14 +16,12 @@ import io
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from lookalike import geometry, images
+from lookalike.aws import s3_client
 from lookalike.errors import LookalikeError
 
 _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="features")
@@ -34,15 +32,9 @@ CACHED_PHOTOS = 5_000
 _cache_lock = threading.Lock()
 
 
-@cache
-def _s3() -> Any:
-    return boto3.client("s3", config=Config(connect_timeout=3, read_timeout=10, signature_version="s3v4",
-                                            retries={"max_attempts": 3, "mode": "standard"}))
-
-
 def _get(bucket: str, key: str) -> bytes | None:
     try:
-        return bytes(_s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+        return bytes(s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
             return None
@@ -81,7 +73,7 @@ def _read_features(event: dict[str, Any], photo_key: str) -> geometry.Features:
     except (LookalikeError, ImportError):  # HEIC: pillow-heif is not in this layer
         return geometry.NO_FEATURES
     features = geometry.extract(photo)
-    _s3().put_object(Bucket=bucket, Key=geometry.features_key(photo_key), Body=geometry.dumps(features),
+    s3_client().put_object(Bucket=bucket, Key=geometry.features_key(photo_key), Body=geometry.dumps(features),
                      ContentType="application/octet-stream")
     return features
 

@@ -376,23 +376,31 @@ def _object_ref(record: dict[str, Any]) -> tuple[str, str]:
 Located = tuple[TenantService, CatalogKey] | str
 
 
-def follow_sidecar(record: dict[str, Any], s3: Any) -> dict[str, Any]:
+def follow_sidecar(record: dict[str, Any], s3: Any,
+                   found: dict[tuple[str, str], str | None] | None = None) -> dict[str, Any]:
     """A record about a sidecar (``<tenant>/<collection>/<stem>.json``) as a record about its
     image, so metadata uploaded after its image converges too (the image is re-read with its
     sidecar); other records unchanged. A sidecar whose image is not there yet stays as it is
-    and is ignored: the image's own event reads the sidecar."""
-    bucket, key = _object_ref(record)
+    and is ignored: the image's own event reads the sidecar. ``found`` keeps each sidecar's
+    image for the batch, so its records list the bucket once."""
+    ref = bucket, key = _object_ref(record)
     parts = key.split("/")
     if len(parts) != 3 or not parts[2].lower().endswith(".json"):
         return record
-    stem = key[: -len(".json")]
-    # An S3 failure here is raised, and the record retried, as a failed read would be.
-    listed = s3.list_objects_v2(Bucket=bucket, Prefix=stem + ".", MaxKeys=20).get("Contents", [])
-    images = sorted(o["Key"] for o in listed if o["Key"].rsplit(".", 1)[0] == stem
-                    and Path(o["Key"]).suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
+    if found is None or ref not in found:
+        stem = key[: -len(".json")]
+        # An S3 failure here is raised, and the record retried, as a failed read would be.
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=stem + ".", MaxKeys=20).get("Contents", [])
+        images = sorted(o["Key"] for o in listed if o["Key"].rsplit(".", 1)[0] == stem
+                        and Path(o["Key"]).suffix.lower() in IMAGE_SUFFIXES)
+        image = images[0] if images else None
+        if found is not None:
+            found[ref] = image
+    else:
+        image = found[ref]
+    if image is None:
         return record
-    obj = {**record["s3"]["object"], "key": quote_plus(images[0])}
+    obj = {**record["s3"]["object"], "key": quote_plus(image)}
     return {**record, "s3": {**record["s3"], "object": obj}}
 
 
@@ -420,13 +428,14 @@ class EventBatch:
     located: dict[tuple[str, str], Located] = field(default_factory=dict)
     prefetched: dict[tuple[str, str], Prefetched] = field(default_factory=dict)
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    sidecar_images: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, app: Lookalike, records: Sequence[dict[str, Any]], s3: Any,
                 pool: ThreadPoolExecutor) -> EventBatch:
         batch = cls()
         groups: dict[tuple[str, str], tuple[TenantService, list[str]]] = {}
-        for record in (follow_sidecar(r, s3) for r in records):
+        for record in (follow_sidecar(r, s3, batch.sidecar_images) for r in records):
             ref = _object_ref(record)
             if ref in batch.located:
                 continue
@@ -444,7 +453,7 @@ class EventBatch:
 def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: OnceOnly | None = None,
                      batch: EventBatch | None = None) -> str:
     """Apply one S3 event record; returns what was done. Raises to ask for a retry (or the DLQ)."""
-    record = follow_sidecar(record, s3)
+    record = follow_sidecar(record, s3, batch.sidecar_images if batch else None)
     ref = bucket, key = _object_ref(record)
     found = batch.located.get(ref) if batch else None
     if found is None:

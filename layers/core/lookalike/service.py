@@ -488,7 +488,13 @@ class TenantService:
         decoded = self.decode(data)
         image = _crop(decoded.image, region) if region is not None else decoded.image
         vector = self.embedder.embed_images([image])[0]
-        anchor = Anchor(id=uuid.uuid4().hex, model_id=self.embedder.model_id,
+        return self._save_anchor(uuid.uuid4().hex, data, decoded.mime, vector, region)
+
+    def _save_anchor(self, anchor_id: str, data: bytes, mime: str, vector: np.ndarray,
+                     region: tuple[float, float, float, float] | None = None) -> Anchor:
+        """Store an anchor's photo and its vector: the photo first, since a search that finds
+        the vector (what makes the anchor exist) may read the photo to re-rank."""
+        anchor = Anchor(id=anchor_id, model_id=self.embedder.model_id,
                         expires_at=time.time() + self.limits.anchor_ttl_seconds)
         key = self._anchor_key(anchor.id)
         meta = {"model_id": anchor.model_id, "expires_at": f"{anchor.expires_at:.3f}"}
@@ -496,8 +502,8 @@ class TenantService:
             meta["region"] = ",".join(repr(float(v)) for v in region)
         buf = io.BytesIO()
         np.save(buf, vector.astype(np.float32), allow_pickle=False)
+        self.blobs.put(key, data, mime, meta)
         self.blobs.put(key + ".npy", buf.getvalue(), "application/x-npy", meta)
-        self.blobs.put(key, data, decoded.mime, meta)
         return anchor
 
     def anchor_upload(self) -> AnchorUpload:
@@ -518,13 +524,7 @@ class TenantService:
         except NotFound:
             raise NotFound("Anchor not found") from None
         decoded = self.decode(uploaded.data)
-        vector = self.embedder.embed_images([decoded.image])[0]
-        meta = {"model_id": self.embedder.model_id,
-                "expires_at": f"{time.time() + self.limits.anchor_ttl_seconds:.3f}"}
-        buf = io.BytesIO()
-        np.save(buf, vector.astype(np.float32), allow_pickle=False)
-        self.blobs.put(key, uploaded.data, decoded.mime, meta)  # the photo first: a re-ranking search reads it
-        self.blobs.put(key + ".npy", buf.getvalue(), "application/x-npy", meta)
+        self._save_anchor(anchor_id, uploaded.data, decoded.mime, self.embedder.embed_images([decoded.image])[0])
         self.blobs.delete(key + UPLOADED_SUFFIX)
 
     def _load_anchor(self, anchor_id: str) -> tuple[Anchor, np.ndarray]:
@@ -739,16 +739,19 @@ class TenantService:
     def photo_link(self, collection: str, item_id: str, version: str | None = None,
                    expires_s: int = PHOTO_LINK_TTL_S) -> str | None:
         """A short-lived URL to the stored image straight from the blob store (None if it has none)."""
-        item = self.get_item(collection, item_id)
+        return self.blobs.presigned_get(self._photo_key(self.get_item(collection, item_id), version), expires_s)
+
+    @staticmethod
+    def _photo_key(item: Item, version: str | None = None) -> str:
+        """The item's photo's blob key; with ``version`` (a media link's), only if it is still that photo."""
         if not item.image_key or (version is not None and media.version_of(item.image_key) != version):
             raise NotFound("Item not found")
-        return self.blobs.presigned_get(item.image_key, expires_s)
+        return item.image_key
 
     def _photo(self, item: Item, version: str | None = None) -> tuple[bytes, str]:
-        if not item.image_key or (version is not None and media.version_of(item.image_key) != version):
-            raise NotFound("Item not found")
+        key = self._photo_key(item, version)
         try:
-            blob = self.blobs.get(item.image_key)
+            blob = self.blobs.get(key)
         except NotFound:
             raise NotFound("Item not found") from None
         return blob.data, blob.content_type

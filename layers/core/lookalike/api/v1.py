@@ -216,7 +216,7 @@ def _image_answer(tenant: TenantService, collection: str, item_id: str, version:
                   data: bytes, ctype: str) -> Response[bytes]:
     """The image, or on Lambda, where an answer over 6 MB (after base64) never arrives, a
     redirect to a short-lived link straight from the stack's bucket."""
-    if service().settings.on_lambda and len(data) > LAMBDA_MAX_ANSWER_BYTES:
+    if tenant.on_lambda and len(data) > LAMBDA_MAX_ANSWER_BYTES:
         link = tenant.photo_link(collection, item_id, version)
         if link is None:
             raise PayloadTooLarge(f"the image is larger than Lambda can answer ({LAMBDA_MAX_ANSWER_BYTES} bytes) "
