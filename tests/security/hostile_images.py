@@ -12,6 +12,8 @@ import zlib
 
 from PIL import Image
 
+from tests.security.heif_files import crafted
+
 
 def _photo(fmt: str, size: tuple[int, int] = (64, 48), **save: object) -> bytes:
     img = Image.new("RGB", size)
@@ -122,6 +124,7 @@ def corpus() -> list[tuple[str, bytes]]:
         ("avif", b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + b"\x00" * 32),
         ("mp4", b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 32),
     ]
+    items += crafted()  # AVIF/HEIC whose header and coded frames disagree, and tile bombs
     for fraction in (0.1, 0.3, 0.5, 0.7):
         items.append((f"jpeg-truncated-{int(fraction * 100)}", jpeg[: int(len(jpeg) * fraction)]))
     for fraction in (0.2, 0.5, 0.8):

@@ -20,6 +20,7 @@ from lookalike.errors import InvalidImage, ModelMismatch, NotFound, PayloadTooLa
 from lookalike.fetch import FetchError, FetchPolicy, address_allowed, fetch
 from lookalike.service import ImageRef, Lookalike
 from tests.conftest import query_image, write_deployment
+from tests.security.heif_files import crafted, well_formed
 
 LIMITS = {"max_bytes": 5 * 1024 * 1024, "max_pixels": 40_000_000}
 
@@ -106,6 +107,26 @@ def test_avif_and_heic_keep_the_intake_checks(fmt: str, mime: str) -> None:
         images.decode(data, **LIMITS, allowed_types=frozenset({"image/jpeg", "image/png"}))
     # An ftyp box of another kind (an MP4 video) is no image.
     assert images.sniff(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 16) is None
+
+
+def test_crafted_avif_and_heic_are_refused_before_any_decoder_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grids of thousands of tiles, an ``ispe`` that is not the coded frame's size, AV1 under HEIC
+    brands and HEVC under AVIF ones: each is refused from its boxes and bitstream headers, so its
+    cost is a parse of the file, whatever the decoder would have done (up to 24 s, or a 40 MP
+    image from a 64 px frame)."""
+    heif_files = crafted()
+    for name, data in well_formed():
+        decoded = images.decode(data, **LIMITS)
+        assert decoded.image.size == (decoded.width, decoded.height), name
+
+    def no_decoder(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a decoder ran")
+
+    monkeypatch.setattr(images.Image, "open", no_decoder)
+    for name, data in heif_files:
+        with pytest.raises(InvalidImage):
+            images.decode(data, **LIMITS)
+        assert images.sniff(data) in {"image/avif", "image/heic"}, name
 
 
 def test_data_urls() -> None:

@@ -16,6 +16,7 @@ from functools import cache
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from lookalike import heif
 from lookalike.errors import InvalidImage, PayloadTooLarge
 
 # Decoding a truncated file must fail, not return a half-grey image.
@@ -40,6 +41,7 @@ _PIL_FORMATS = {
     "image/tiff": "TIFF", "image/bmp": "BMP", "image/avif": "AVIF", "image/heic": "HEIF",
 }
 SUPPORTED_TYPES = frozenset(_PIL_FORMATS)
+_HEIF_TYPES = frozenset({"image/avif", "image/heic"})
 # ISO base media files (ISO/IEC 14496-12) name their kind in the ``ftyp`` box's brands:
 # AVIF (AV1 in HEIF) or HEIC (HEVC in HEIF, what phones upload).
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
@@ -108,6 +110,9 @@ def decode(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if mime in _HEIF_TYPES:
+                # libavif and libheif decode what is coded, not what the header says: bound that first
+                heif.inspect(data, mime, max_pixels)
             if mime == "image/heic":
                 _register_heif()
             img = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[mime]])
@@ -125,7 +130,8 @@ def decode(
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning, EOFError, IndexError, TypeError, KeyError,
-            ZeroDivisionError, MemoryError) as exc:
+            ZeroDivisionError, MemoryError, RuntimeError) as exc:
+        # (RuntimeError: what pillow-heif raises for a bitstream libheif cannot decode)
         raise InvalidImage() from exc
     return DecodedImage(image=rgb, mime=mime, width=width, height=height, size_bytes=len(data))
 
