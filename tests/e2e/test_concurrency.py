@@ -23,6 +23,7 @@ import requests
 from tests.conftest import catalog_images, query_image, write_deployment
 from tests.e2e.conftest import cli_env, running_server, start_server
 from tests.e2e.isolation_load import Load, SlowOrigin, seed, slow_origin, stored_items_are_their_owners
+from tests.loopback import serve_origin
 
 pytestmark = pytest.mark.e2e
 DEMO = {"Authorization": "Bearer demo-key"}
@@ -61,6 +62,53 @@ def test_a_slow_image_url_does_not_stall_another_tenants_search(server: str) -> 
         assert r.status_code == 200, r.text
         assert took < SlowOrigin.delay_s - 2, f"another tenant's search waited {took:.1f} s for the slow origin"
         slow.join(60)
+
+
+class SlowerOrigin(SlowOrigin):
+    delay_s = 3.0
+
+
+def test_a_tenant_flooding_slow_work_gets_its_share_and_429s_while_another_is_served(
+        tmp_path: Path, model_dir: Path) -> None:
+    """Tenant A sends 12 searches by a slow image URL at once (work that holds a worker 3 s,
+    as a dribbling origin, a 40 MP re-ranking or a duplicates scan does): they take the one
+    worker kept for expensive work, 6 wait in A's own queue and the rest get 429 with
+    Retry-After; tenant B's searches meanwhile are answered without waiting for A's backlog.
+    (Without the cap, A held all three workers and B waited 2.2 s for one; before the turns, for all
+    of the backlog ahead of it.)"""
+    home = tmp_path / "home"
+    write_deployment(home)
+    log = (tmp_path / "serve.log").open("w+")
+    proc, base = start_server(cli_env(home, model_dir), log, "--workers", "3", "--expensive-workers", "1",
+                              "--waiting-per-tenant", "6")
+    try:
+        seed(base, catalog_images()[:8])
+        with serve_origin(SlowerOrigin) as origin:
+            answers: list[requests.Response] = []
+            flood = [threading.Thread(target=lambda: answers.append(requests.post(
+                f"{base}/v1/collections/iso/search", json={"image_url": f"{origin}/slow.jpg"}, headers=DEMO,
+                timeout=90))) for _ in range(12)]
+            for thread in flood:
+                thread.start()
+            time.sleep(1.0)  # A's first request waits on the origin, its backlog is queued
+            for n in range(3):
+                started = time.monotonic()
+                r = requests.post(f"{base}/v1/collections/iso/search", json={"item_id": f"item-{n}"},
+                                  headers=GLOBEX, timeout=60)
+                took = time.monotonic() - started
+                assert r.status_code == 200, r.text
+                assert took < SlowerOrigin.delay_s - 1, f"B's search waited {took:.1f} s behind A's backlog"
+            for thread in flood:
+                thread.join(90)
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses == [200] * 7 + [429] * 5, statuses  # one running and six waiting: answered
+        for r in answers:
+            if r.status_code == 429:
+                assert r.json() == {"error": "Too many requests"} and 1 <= int(r.headers["Retry-After"]) <= 30
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
 
 
 def _raw(base: str, request: bytes, read_for_s: float = 10.0) -> bytes:

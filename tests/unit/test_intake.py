@@ -58,11 +58,23 @@ def test_first_frame_of_animation() -> None:
     assert images.decode(buf.getvalue(), **LIMITS).image.getpixel((0, 0))[0] > 200
 
 
-def test_large_jpeg_decodes_in_draft_mode_with_original_size() -> None:
-    data = encode(Image.new("RGB", (4000, 3000), "green"), "JPEG")
-    out = images.decode(data, **LIMITS)
+@pytest.mark.parametrize(("fmt", "mode"), [("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"),
+                                           ("PNG", "L"), ("WEBP", "RGB")])
+def test_large_images_decode_to_a_bounded_working_size_with_original_size(fmt: str, mode: str) -> None:
+    """JPEG in draft mode, the rest by whole factors after decoding: the model, the local features
+    of a re-ranking search and crops then cost the same for 40 MP as for 1 MP."""
+    photo = Image.open(query_image("hat")).convert("RGB").resize((4000, 3000))
+    source = photo.convert(mode)
+    if mode == "RGBA":
+        source.putalpha(255)
+    out = images.decode(encode(source, fmt), max_bytes=64 * 1024 * 1024, max_pixels=40_000_000)
     assert (out.width, out.height) == (4000, 3000)
-    assert max(out.image.size) <= 1000  # decoded at a fraction of full size
+    assert images.DRAFT_TARGET <= max(out.image.size) <= images.WORKING_SIDE
+    assert out.image.mode == "RGB"
+    expected = np.asarray(photo.resize(out.image.size, Image.Resampling.BOX).convert(out.image.mode), dtype=np.int16)
+    if mode == "L":
+        expected = np.asarray(photo.convert("L").resize(out.image.size).convert("RGB"), dtype=np.int16)
+    assert np.abs(np.asarray(out.image, dtype=np.int16) - expected).mean() < 8  # the same picture, smaller
 
 
 @pytest.mark.parametrize("data", [

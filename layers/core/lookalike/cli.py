@@ -329,13 +329,21 @@ def default_template() -> Path:
 @click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--workers", type=click.IntRange(0, 64), default=lambda: int(os.environ.get("LOOKALIKE_WORKERS", "0")),
               help="Worker processes, each answering one request at a time [default: CPUs + 1, at least 2].")
+@click.option("--expensive-workers", type=click.IntRange(0, 64), default=0,
+              help="Workers that may re-rank, find duplicates or fetch image URLs at once "
+                   "[default: half the CPUs, at least 1].")
+@click.option("--waiting-per-tenant", type=click.IntRange(0, 10_000), default=0,
+              help="Requests a tenant may have waiting for a worker; more are answered 429 "
+                   "[default: 4 per worker].")
 @click.option("--connection-limit", type=click.IntRange(1, 10_000), default=512, show_default=True,
               help="Open connections at most; more wait in the listen backlog.")
 @click.option("--idle-timeout", type=click.IntRange(1, 3600), default=30, show_default=True,
               help="Seconds before an idle or stalled connection is closed.")
-def serve(host: str, port: int, template: Path | None, workers: int, connection_limit: int,
-          idle_timeout: int) -> None:
+def serve(host: str, port: int, template: Path | None, workers: int, expensive_workers: int,
+          waiting_per_tenant: int, connection_limit: int, idle_timeout: int) -> None:
     """Serve the API on 127.0.0.1, routed by template.yaml to the Lambda handlers.
+
+    Tenants take turns at the workers (one queue each); see SECURITY.md, "Fair shares".
 
     SIGTERM or Ctrl-C stops it gracefully: requests in flight are answered first."""
     from lookalike.server import Gateway, LocalServer, ServerOptions
@@ -352,7 +360,8 @@ def serve(host: str, port: int, template: Path | None, workers: int, connection_
     app.config()  # fail now, not at the first request, when there is no configuration
     # What a killed process left behind, swept beside the serving (it only removes old, unreferenced files).
     threading.Thread(target=_repair_quietly, args=(app,), daemon=True, name="lookalike-repair").start()
-    options = ServerOptions(host=host, port=port, workers=workers, connection_limit=connection_limit,
+    options = ServerOptions(host=host, port=port, workers=workers, expensive_workers=expensive_workers,
+                            waiting_per_tenant=waiting_per_tenant, connection_limit=connection_limit,
                             channel_timeout_s=idle_timeout)
     server = LocalServer(gateway, options)
     click.echo(f"Lookalike serving {len(gateway.routes)} routes on http://{host}:{server.port}"

@@ -25,6 +25,11 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Largest side we ever need: embedders work at a few hundred pixels, so JPEG draft mode
 # can decode big photos at 1/2..1/8 scale, which is most of the decode cost saved.
 DRAFT_TARGET = 512
+# Every decoded image is brought to at most this side (by whole factors, as draft mode does for
+# JPEG), so what follows (model input, local features, crops) costs the same for 40 MP as for 1 MP.
+WORKING_SIDE = 2 * DRAFT_TARGET
+# Modes reduced before their conversion to RGB (cheaper); those with alpha are composited first.
+_REDUCE_FIRST = frozenset({"L", "RGB", "CMYK", "YCbCr", "I", "F"})
 
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "image/jpeg"),
@@ -125,7 +130,12 @@ def decode(
                 img.seek(0)  # animated / multi-page: the first frame is the image
             img.load()
             img = ImageOps.exif_transpose(img) or img
+            factor = -(-max(img.size) // WORKING_SIDE)
+            if factor > 1 and img.mode in _REDUCE_FIRST:
+                img = img.reduce(factor)
             rgb = to_rgb(img)
+            if max(rgb.size) > WORKING_SIDE:
+                rgb = rgb.reduce(factor)
     except InvalidImage:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,

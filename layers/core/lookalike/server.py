@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import yaml
 
+from lookalike import scheduling
 from lookalike.lambda_context import LocalContext
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
@@ -220,9 +221,13 @@ def _worker_main(conn: Connection, template_path: str) -> None:
         function, event = message
         try:
             result = gateway.invoke(gateway.route(function), event)
-            conn.send(("ok", result))
+            conn.send(("ok", (result, scheduling.take_noted_tenant())))
         except Exception as exc:  # noqa: BLE001 - a crashed function is a 502 at API Gateway too
+            scheduling.take_noted_tenant()
             conn.send(("error", type(exc).__name__))
+
+
+Answer = tuple[dict[str, Any], str | None]  # a handler's result, and the tenant it served
 
 
 class WorkerCrashed(Exception):
@@ -249,7 +254,7 @@ class _Worker:
         if status != "ready":
             raise WorkerCrashed(status)
 
-    def call(self, function: str, event: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def call(self, function: str, event: dict[str, Any], timeout: float) -> Answer:
         self.conn.send((function, event))
         if not self.conn.poll(timeout):
             raise WorkerTimedOut(function)
@@ -343,8 +348,8 @@ class WorkerPool:
                 continue
             return worker
 
-    def invoke(self, function: str, event: dict[str, Any], timeout: float, wait: float) -> dict[str, Any]:
-        """The handler's result. Raises queue.Empty when no worker frees up within ``wait`` s,
+    def invoke(self, function: str, event: dict[str, Any], timeout: float, wait: float) -> Answer:
+        """The handler's result and the tenant it served. Raises queue.Empty when no worker frees up within ``wait`` s,
         WorkerTimedOut past ``timeout`` s, WorkerCrashed when the function raised or died."""
         worker = self._borrow(wait)
         try:
@@ -374,12 +379,13 @@ class InProcessPool:
         self.gateway = gateway
         self._lock = threading.Lock()
 
-    def invoke(self, function: str, event: dict[str, Any], timeout: float, wait: float) -> dict[str, Any]:
+    def invoke(self, function: str, event: dict[str, Any], timeout: float, wait: float) -> Answer:
         if not self._lock.acquire(timeout=wait):
             raise queue.Empty
         try:
-            return self.gateway.invoke(self.gateway.route(function), event)
+            return self.gateway.invoke(self.gateway.route(function), event), scheduling.take_noted_tenant()
         except Exception as exc:
+            scheduling.take_noted_tenant()
             raise WorkerCrashed(type(exc).__name__) from exc
         finally:
             self._lock.release()
@@ -420,9 +426,11 @@ def _request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
 class Front:
     """The WSGI application: template route -> event -> a worker -> the HTTP response."""
 
-    def __init__(self, gateway: Gateway, pool: WorkerPool | InProcessPool, queue_wait_s: float = 30.0) -> None:
+    def __init__(self, gateway: Gateway, pool: WorkerPool | InProcessPool, scheduler: scheduling.FairScheduler,
+                 queue_wait_s: float = 30.0) -> None:
         self.gateway = gateway
         self.pool = pool
+        self.scheduler = scheduler
         self.queue_wait_s = queue_wait_s
         self.active = 0  # requests being answered (a graceful stop waits for them)
         self._count_lock = threading.Lock()
@@ -460,16 +468,25 @@ class Front:
         body = environ["wsgi.input"].read(MAX_REQUEST_BYTES + 1)
         if len(body) > MAX_REQUEST_BYTES:
             return json_error(413, "Request body too large")
-        event = self.gateway.event(route, params, method, raw_uri, _request_headers(environ), body,
+        headers = _request_headers(environ)
+        event = self.gateway.event(route, params, method, raw_uri, headers, body,
                                    environ.get("REMOTE_ADDR", "127.0.0.1"))
+        credential = scheduling.credential_of(headers, query)
+        expensive = scheduling.is_expensive(path, query, headers, body)
         try:
-            result = self.pool.invoke(route.function, event, route.timeout_s, self.queue_wait_s)
-        except queue.Empty:
+            with self.scheduler.turn(self.scheduler.key_for(credential), expensive, self.queue_wait_s):
+                result, tenant = self.pool.invoke(route.function, event, route.timeout_s, self.queue_wait_s)
+        except scheduling.QueueFull as full:
+            status, headers, body = json_error(429, "Too many requests")
+            return status, [*headers, ("Retry-After", str(full.retry_after_s))], body
+        except (queue.Empty, scheduling.WaitedTooLong):
             return json_error(503, "Server busy")
         except WorkerTimedOut:
             return json_error(504, "Endpoint request timed out")
         except WorkerCrashed:
             return json_error(502, "Internal server error")
+        if int(result.get("statusCode", 200)) not in (401, 403):
+            self.scheduler.learn(credential, tenant)
         out: dict[str, str] = dict(result.get("headers") or {})
         for name, values in (result.get("multiValueHeaders") or {}).items():
             out[name] = ", ".join(values)
@@ -484,7 +501,7 @@ def in_process_app(template: str | None = None) -> Front:
     sync workers) and for ``bench/server_concurrency.py``, which compares it with ours."""
     path = Path(template or os.environ.get("LOOKALIKE_TEMPLATE") or Path.cwd() / "template.yaml").resolve()
     gateway = Gateway(path)
-    return Front(gateway, InProcessPool(gateway))
+    return Front(gateway, InProcessPool(gateway), ServerOptions(workers=1).scheduler())
 
 
 def _channel_class() -> type:
@@ -543,12 +560,23 @@ class ServerOptions:
     # serve cheap searches alike on 2 cores, more add contention (8: -25 %, p99 x4); the spare
     # one keeps the CPUs busy while another waits on a slow image_url.
     workers: int = 0
+    # Re-ranking, near-duplicates and URL fetches at once (0: half the CPUs, at least 1): the other
+    # workers stay free for the searches of every tenant (bench/fairness.py).
+    expensive_workers: int = 0
+    waiting_per_tenant: int = 0  # requests a tenant may have waiting (0: 4 per worker); then 429
+    waiting: int = 64  # requests waiting in all; then 429
     connection_limit: int = 512
     channel_timeout_s: int = 30  # idle connections are closed after this
     shutdown_grace_s: float = 20.0
 
     def worker_count(self) -> int:
         return self.workers or max(2, (os.cpu_count() or 1) + 1)
+
+    def scheduler(self) -> scheduling.FairScheduler:
+        workers = self.worker_count()
+        return scheduling.FairScheduler(
+            workers, self.expensive_workers or max(1, (os.cpu_count() or 2) // 2),
+            max_waiting_per_key=self.waiting_per_tenant or 4 * workers, max_waiting=self.waiting)
 
 
 class LocalServer:
@@ -561,10 +589,12 @@ class LocalServer:
         self.options = options
         self.pool = pool or WorkerPool(gateway.template_path, options.worker_count())
 
-        self.front = Front(gateway, self.pool)
+        self.front = Front(gateway, self.pool, options.scheduler())
         self.server = create_server(
             self.front, host=options.host, port=options.port,
-            threads=options.worker_count(),  # a thread waits on a worker: no more are useful
+            # a thread per worker and per waiting request: requests wait in the scheduler's
+            # per-tenant queues, never in waitress's own first-come queue
+            threads=options.worker_count() + options.waiting + 2,
             connection_limit=options.connection_limit, channel_timeout=options.channel_timeout_s,
             cleanup_interval=max(1, options.channel_timeout_s // 3),
             max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=MAX_REQUEST_BYTES,

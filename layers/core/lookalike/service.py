@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from lookalike import geometry, images, media
+from lookalike import geometry, images, media, scheduling
 from lookalike.clustering import Cluster, cluster
 from lookalike.config import (
     LAMBDA_MAX_INLINE_IMAGE_BYTES,
@@ -1010,6 +1010,7 @@ class Lookalike:
         config = self.config()
         if tenant_id not in config.tenants:
             raise NotFound("Tenant not found")
+        scheduling.note_tenant(tenant_id)  # which queue this request's credential belongs to
         fingerprint = json.dumps([config.defaults.model_dump(mode="json"),
                                   config.tenants[tenant_id].model_dump(mode="json")], sort_keys=True)
         with self._lock:

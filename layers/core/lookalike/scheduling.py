@@ -1,0 +1,220 @@
+"""Fair turns at ``lookalike serve``'s workers: no tenant, and no holder of one credential, can
+keep another tenant waiting for more than about one request.
+
+Requests wait in one queue per tenant, and a free worker goes to the queues in turn (round
+robin), so a tenant that sends 16 requests at once gets every other worker, not the next 16.
+Work that costs many times a search (re-ranking, near-duplicates, fetching an image URL) has its
+own cap, so some workers always stay free for the rest. A full queue answers 429 with
+``Retry-After`` instead of growing.
+
+The front cannot authenticate (the handlers do, in the workers), so it queues by credential:
+the worker that answers a request says which tenant it served (:func:`note_tenant`), and the
+front remembers which tenant each credential belongs to. A credential not yet seen to succeed
+(a made-up one, or a first request) waits in one shared queue, so inventing credentials buys
+no extra turns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+# Where each surface carries its credential (v1 and Visual Layer: Authorization; XGen:
+# access_token; PixLab: WWW-Authenticate or ?key=; Marqo: x-api-key or x-marqo-index-id).
+CREDENTIAL_HEADERS = frozenset({"authorization", "access_token", "www-authenticate", "x-api-key", "x-marqo-index-id"})
+UNIDENTIFIED = "(unidentified)"
+_KNOWN_CREDENTIALS = 4096  # remembered credential -> tenant pairs (least recently used go first)
+_QUERY_KEY = re.compile(r"(?:^|&)key=([^&]*)")
+# A request may fetch a URL when it names one anywhere (JSON, form, query; percent-encoded too).
+_NAMES_URL = re.compile(rb"https?(?::|%3a)", re.I)
+_RERANK = re.compile(rb"rerank", re.I)
+
+_served_tenant: str | None = None
+
+
+def note_tenant(tenant_id: str) -> None:
+    """Called where a request's tenant is resolved (one request at a time per worker process)."""
+    global _served_tenant
+    _served_tenant = tenant_id
+
+
+def take_noted_tenant() -> str | None:
+    """The tenant the last request served, once (the worker reads it after each request)."""
+    global _served_tenant
+    tenant, _served_tenant = _served_tenant, None
+    return tenant
+
+
+def credential_of(headers: Sequence[tuple[str, str]], query: str) -> str | None:
+    """A digest of what in a request names its tenant, or None when nothing does."""
+    parts = sorted((n.lower(), v) for n, v in headers if n.lower() in CREDENTIAL_HEADERS)
+    key = _QUERY_KEY.search(query)
+    if key:
+        parts.append(("?key", key.group(1)))
+    if not parts:
+        return None
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def is_expensive(path: str, query: str, headers: Sequence[tuple[str, str]], body: bytes) -> bool:
+    """Whether a request may re-rank, look for near-duplicates or fetch a URL. Read from the raw
+    request, so it errs on the side of "yes" (a caption that mentions a URL counts)."""
+    if path.rstrip("/").endswith("/duplicates"):
+        return True
+    text = query.encode("latin-1", "replace")
+    if _RERANK.search(text) or any("rerank" in n.lower() for n, _ in headers):
+        return True
+    return bool(_NAMES_URL.search(text) or _RERANK.search(body) or _NAMES_URL.search(body))
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class WaitedTooLong(Exception):
+    pass
+
+
+@dataclass
+class _Ticket:
+    key: str
+    expensive: bool
+    granted: bool = False
+
+
+class FairScheduler:
+    """``slots`` turns at once (one per worker), of which at most ``expensive_slots`` for
+    expensive work; at most ``max_waiting_per_key`` waiting per tenant and ``max_waiting``
+    in all."""
+
+    def __init__(self, slots: int, expensive_slots: int, max_waiting_per_key: int, max_waiting: int) -> None:
+        self.slots = slots
+        self.expensive_slots = max(1, min(expensive_slots, slots))
+        self.max_waiting_per_key = max_waiting_per_key
+        self.max_waiting = max_waiting
+        self._cond = threading.Condition()
+        self._free = slots
+        self._expensive_free = self.expensive_slots
+        self._queues: dict[str, deque[_Ticket]] = {}  # in the order of the round
+        self._service_s = 0.2  # moving average of how long a turn lasts, for Retry-After
+        self._waiting = 0
+        self._tenants: OrderedDict[str, str] = OrderedDict()  # credential digest -> tenant
+
+    # -- which queue
+
+    def key_for(self, credential: str | None) -> str:
+        with self._cond:
+            tenant = self._tenants.get(credential) if credential else None
+            if tenant is not None:
+                self._tenants.move_to_end(credential)  # type: ignore[arg-type]
+            return tenant or UNIDENTIFIED
+
+    def learn(self, credential: str | None, tenant: str | None) -> None:
+        """``credential`` was accepted for ``tenant`` (by a worker, in a non-401/403 answer)."""
+        if not credential or not tenant:
+            return
+        with self._cond:
+            self._tenants[credential] = tenant
+            self._tenants.move_to_end(credential)
+            while len(self._tenants) > _KNOWN_CREDENTIALS:
+                self._tenants.popitem(last=False)
+
+    # -- turns
+
+    @contextmanager
+    def turn(self, key: str, expensive: bool, wait_s: float) -> Iterator[None]:
+        """Hold one of the workers' turns for the block. Raises QueueFull when ``key``'s queue
+        (or all of them) is full, WaitedTooLong past ``wait_s``."""
+        ticket = self._enqueue(key, expensive)
+        try:
+            self._await(ticket, wait_s)
+        except BaseException:
+            self._abandon(ticket)
+            raise
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._release(ticket, time.monotonic() - started)
+
+    def _enqueue(self, key: str, expensive: bool) -> _Ticket:
+        with self._cond:
+            queue = self._queues.get(key)
+            waiting = len(queue) if queue else 0
+            if waiting >= self.max_waiting_per_key or self._waiting >= self.max_waiting:
+                raise QueueFull(self._retry_after(waiting + 1))
+            ticket = _Ticket(key, expensive)
+            if queue is None:
+                queue = self._queues[key] = deque()  # joins the round at its end
+            queue.append(ticket)
+            self._waiting += 1
+            self._dispatch()
+            return ticket
+
+    def _await(self, ticket: _Ticket, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while not ticket.granted:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitedTooLong()
+                self._cond.wait(left)
+
+    def _abandon(self, ticket: _Ticket) -> None:
+        with self._cond:
+            if ticket.granted:
+                self._give_back(ticket)
+            else:
+                queue = self._queues.get(ticket.key)
+                if queue is not None and ticket in queue:
+                    queue.remove(ticket)
+                    self._waiting -= 1
+                    if not queue:
+                        del self._queues[ticket.key]
+            self._dispatch()
+
+    def _release(self, ticket: _Ticket, service_s: float) -> None:
+        with self._cond:
+            self._service_s += 0.1 * (service_s - self._service_s)
+            self._give_back(ticket)
+            self._dispatch()
+
+    def _give_back(self, ticket: _Ticket) -> None:
+        self._free += 1
+        if ticket.expensive:
+            self._expensive_free += 1
+
+    def _dispatch(self) -> None:
+        """Grant free turns to the queues in turn: the first queue with a ticket that may run
+        gives its oldest such ticket and moves to the end of the round (dicts keep insertion
+        order). A tenant's cheap work passes its own expensive work waiting for the cap."""
+        granted = False
+        while self._free > 0:
+            found = next(((key, ticket) for key, queue in self._queues.items() for ticket in queue
+                          if not ticket.expensive or self._expensive_free > 0), None)
+            if found is None:
+                break  # nothing waits, or only expensive work while its cap is reached
+            key, ticket = found
+            queue = self._queues.pop(key)
+            queue.remove(ticket)
+            if queue:
+                self._queues[key] = queue
+            self._waiting -= 1
+            self._free -= 1
+            if ticket.expensive:
+                self._expensive_free -= 1
+            ticket.granted = granted = True
+        if granted:
+            self._cond.notify_all()
+
+    def _retry_after(self, waiting: int) -> int:
+        return max(1, min(30, math.ceil(waiting * self._service_s / self.slots)))
