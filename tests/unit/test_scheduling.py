@@ -53,7 +53,8 @@ class Clients:
         for _ in range(2000):
             with self.scheduler._cond:
                 queued = sum(len(q) for q in self.scheduler._queues.values())
-                running = self.scheduler.slots - self.scheduler._free
+                running = (self.scheduler.slots - self.scheduler._free
+                           + self.scheduler.expensive_slots - self.scheduler._expensive_free)
             if queued + running >= len(self._threads) - len(self._finished()):
                 return
             threading.Event().wait(0.005)
@@ -96,9 +97,26 @@ def test_a_second_tenant_is_served_next_not_after_the_first_tenants_backlog() ->
         assert c.order == ["a0", "a1", "b0", "a2", "b1", "a3"]
 
 
-def test_expensive_work_never_takes_the_last_workers() -> None:
-    """Three workers, one for re-ranking, duplicates and URL fetches: tenant A's eight re-ranking
-    searches run one at a time, and B's search takes a free worker at once."""
+def test_the_last_free_worker_waits_for_a_tenant_that_holds_none() -> None:
+    """A alone gets every worker but one; B, arriving, takes that one without waiting for A."""
+    with clients(FairScheduler(slots=3, expensive_slots=1, max_waiting_per_key=16, max_waiting=64)) as c:
+        for n in range(5):
+            c.start(f"a{n}", "A")
+        assert c.granted("a0") and c.granted("a1")
+        c.start("b0", "B")
+        assert c.granted("b0")
+        assert c.order == ["a0", "a1", "b0"]
+        c.finish("a0")  # A holds one, B one: the free one stays kept for a third tenant
+        assert not c._granted["a2"].wait(0.2)
+        c.finish("b0")
+        assert c.granted("a2")
+        assert c.order == ["a0", "a1", "b0", "a2"]
+
+
+def test_expensive_work_never_takes_the_workers_of_searches() -> None:
+    """Three workers for searches and one of its own for re-ranking, duplicates and URL
+    fetches: tenant A's eight re-ranking searches run one at a time, and B's search, and A's own
+    plain one, take a free worker at once."""
     with clients(FairScheduler(slots=3, expensive_slots=1, max_waiting_per_key=16, max_waiting=64)) as c:
         for n in range(8):
             c.start(f"a{n}", "A", expensive=True)

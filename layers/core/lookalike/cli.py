@@ -365,7 +365,8 @@ def serve(host: str, port: int, template: Path | None, workers: int, expensive_w
                             channel_timeout_s=idle_timeout)
     server = LocalServer(gateway, options)
     click.echo(f"Lookalike serving {len(gateway.routes)} routes on http://{host}:{server.port}"
-               f" with {options.worker_count()} workers")
+               f" with {options.worker_count()} workers (and {options.expensive_worker_count()} for re-ranking,"
+               " duplicates and URL fetches)")
     server.run()
 
 

@@ -3,9 +3,10 @@ keep another tenant waiting for more than about one request.
 
 Requests wait in one queue per tenant, and a free worker goes to the queues in turn (round
 robin), so a tenant that sends 16 requests at once gets every other worker, not the next 16.
-Work that costs many times a search (re-ranking, near-duplicates, fetching an image URL) has its
-own cap, so some workers always stay free for the rest. A full queue answers 429 with
-``Retry-After`` instead of growing.
+Work that costs many times a search (re-ranking, near-duplicates, fetching an image URL) runs
+in workers of its own, fewer and at a lower CPU priority, so it never holds the workers that
+answer searches, nor their CPU time. A full queue answers 429 with ``Retry-After`` instead of
+growing.
 
 The front cannot authenticate (the handlers do, in the workers), so it queues by credential:
 the worker that answers a request says which tenant it served (:func:`note_tenant`), and the
@@ -92,21 +93,23 @@ class _Ticket:
 
 
 class FairScheduler:
-    """``slots`` turns at once (one per worker), of which at most ``expensive_slots`` for
-    expensive work; at most ``max_waiting_per_key`` waiting per tenant and ``max_waiting``
-    in all."""
+    """``slots`` turns at once for ordinary work and ``expensive_slots`` for expensive work (one
+    per worker of each kind); at most ``max_waiting_per_key`` waiting per tenant and
+    ``max_waiting`` in all."""
 
     def __init__(self, slots: int, expensive_slots: int, max_waiting_per_key: int, max_waiting: int) -> None:
         self.slots = slots
-        self.expensive_slots = max(1, min(expensive_slots, slots))
+        self.expensive_slots = max(1, expensive_slots)
         self.max_waiting_per_key = max_waiting_per_key
         self.max_waiting = max_waiting
         self._cond = threading.Condition()
         self._free = slots
         self._expensive_free = self.expensive_slots
         self._queues: dict[str, deque[_Ticket]] = {}  # in the order of the round
-        self._service_s = 0.2  # moving average of how long a turn lasts, for Retry-After
+        # moving averages of how long a turn lasts (ordinary, expensive), for Retry-After
+        self._service_s = {False: 0.2, True: 1.0}
         self._waiting = 0
+        self._running: dict[tuple[str, bool], int] = {}  # turns held, per key and kind
         self._tenants: OrderedDict[str, str] = OrderedDict()  # credential digest -> tenant
 
     # -- which queue
@@ -151,7 +154,7 @@ class FairScheduler:
             queue = self._queues.get(key)
             waiting = len(queue) if queue else 0
             if waiting >= self.max_waiting_per_key or self._waiting >= self.max_waiting:
-                raise QueueFull(self._retry_after(waiting + 1))
+                raise QueueFull(self._retry_after(waiting + 1, expensive))
             ticket = _Ticket(key, expensive)
             if queue is None:
                 queue = self._queues[key] = deque()  # joins the round at its end
@@ -184,37 +187,53 @@ class FairScheduler:
 
     def _release(self, ticket: _Ticket, service_s: float) -> None:
         with self._cond:
-            self._service_s += 0.1 * (service_s - self._service_s)
+            self._service_s[ticket.expensive] += 0.1 * (service_s - self._service_s[ticket.expensive])
             self._give_back(ticket)
             self._dispatch()
 
     def _give_back(self, ticket: _Ticket) -> None:
-        self._free += 1
+        held = (ticket.key, ticket.expensive)
+        self._running[held] -= 1
+        if not self._running[held]:
+            del self._running[held]
         if ticket.expensive:
             self._expensive_free += 1
+        else:
+            self._free += 1
 
     def _dispatch(self) -> None:
         """Grant free turns to the queues in turn: the first queue with a ticket that may run
         gives its oldest such ticket and moves to the end of the round (dicts keep insertion
-        order). A tenant's cheap work passes its own expensive work waiting for the cap."""
+        order). A tenant's ordinary work passes its own expensive work waiting for a worker."""
         granted = False
-        while self._free > 0:
+        while self._free > 0 or self._expensive_free > 0:
             found = next(((key, ticket) for key, queue in self._queues.items() for ticket in queue
-                          if not ticket.expensive or self._expensive_free > 0), None)
+                          if self._may_run(key, ticket)), None)
             if found is None:
-                break  # nothing waits, or only expensive work while its cap is reached
+                break  # nothing waits that has a free worker of its kind
             key, ticket = found
             queue = self._queues.pop(key)
             queue.remove(ticket)
             if queue:
                 self._queues[key] = queue
             self._waiting -= 1
-            self._free -= 1
             if ticket.expensive:
                 self._expensive_free -= 1
+            else:
+                self._free -= 1
+            self._running[key, ticket.expensive] = self._running.get((key, ticket.expensive), 0) + 1
             ticket.granted = granted = True
         if granted:
             self._cond.notify_all()
 
-    def _retry_after(self, waiting: int) -> int:
-        return max(1, min(30, math.ceil(waiting * self._service_s / self.slots)))
+    def _may_run(self, key: str, ticket: _Ticket) -> bool:
+        """A free worker of the ticket's kind, and not the last one unless ``key`` holds none:
+        the last worker of each kind is kept for a tenant that arrives, who then waits for no
+        one (work-conserving otherwise: one tenant alone uses every worker but one, and the
+        server has one more worker than CPUs)."""
+        free = self._expensive_free if ticket.expensive else self._free
+        return free > 1 or (free == 1 and not self._running.get((key, ticket.expensive)))
+
+    def _retry_after(self, waiting: int, expensive: bool) -> int:
+        slots = self.expensive_slots if expensive else self.slots
+        return max(1, min(30, math.ceil(waiting * self._service_s[expensive] / slots)))

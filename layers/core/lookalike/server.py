@@ -204,9 +204,11 @@ class Gateway:
 # ---------------------------------------------------------------- worker processes
 
 
-def _worker_main(conn: Connection, template_path: str) -> None:
+def _worker_main(conn: Connection, template_path: str, niceness: int) -> None:
     """One execution environment: handles one event at a time until told to stop (None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the front stops us
+    if niceness:
+        os.nice(niceness)
     gateway = Gateway(Path(template_path))
     for route in {r.function: r for r in gateway.routes}.values():
         gateway.handler_for(route)  # import every function now: no cold start on the first request
@@ -241,9 +243,9 @@ class WorkerTimedOut(Exception):
 class _Worker:
     retired = False  # killed and replaced
 
-    def __init__(self, ctx: Any, template_path: Path) -> None:
+    def __init__(self, ctx: Any, template_path: Path, niceness: int) -> None:
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, str(template_path)), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, str(template_path), niceness), daemon=True)
         self.process.start()
         child.close()
 
@@ -276,27 +278,37 @@ class _Worker:
 
 
 class WorkerPool:
-    """``size`` worker processes; a request borrows one for its whole invocation."""
+    """``size`` worker processes; a request borrows one for its whole invocation. ``niceness``
+    lowers their CPU priority (the workers for expensive work)."""
 
-    def __init__(self, template_path: Path, size: int, start_timeout: float = 120.0) -> None:
+    def __init__(self, template_path: Path, size: int, start_timeout: float = 120.0, niceness: int = 0,
+                 wait: bool = True) -> None:
         # spawn, not fork: the front runs threads, and a forked child would inherit their locks.
         self._ctx = multiprocessing.get_context("spawn")
         self._template = template_path
         self._start_timeout = start_timeout
+        self._niceness = niceness
         # Last in, first out: at low load the same warm worker takes every request, and the
         # others never load a collection's vectors (each worker holds its own copy).
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._closed = False
-        workers = [self._spawn() for _ in range(size)]
-        for worker in workers:
-            worker.wait_ready(start_timeout)
+        self._starting = [self._spawn() for _ in range(size)]
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait for the workers started with the pool (``wait=False`` lets pools start together)."""
+        starting, self._starting = self._starting, []
+        for worker in starting:
+            worker.wait_ready(self._start_timeout)
             self._idle.put(worker)
-        threading.Thread(target=self._watch, daemon=True, name="lookalike-workers").start()
+        if starting:
+            threading.Thread(target=self._watch, daemon=True, name="lookalike-workers").start()
 
     def _spawn(self) -> _Worker:
-        worker = _Worker(self._ctx, self._template)
+        worker = _Worker(self._ctx, self._template, self._niceness)
         with self._lock:
             self._all.add(worker)
         return worker
@@ -427,9 +439,10 @@ class Front:
     """The WSGI application: template route -> event -> a worker -> the HTTP response."""
 
     def __init__(self, gateway: Gateway, pool: WorkerPool | InProcessPool, scheduler: scheduling.FairScheduler,
-                 queue_wait_s: float = 30.0) -> None:
+                 queue_wait_s: float = 30.0, expensive_pool: WorkerPool | InProcessPool | None = None) -> None:
         self.gateway = gateway
         self.pool = pool
+        self.expensive_pool = expensive_pool or pool
         self.scheduler = scheduler
         self.queue_wait_s = queue_wait_s
         self.active = 0  # requests being answered (a graceful stop waits for them)
@@ -469,13 +482,14 @@ class Front:
         if len(body) > MAX_REQUEST_BYTES:
             return json_error(413, "Request body too large")
         headers = _request_headers(environ)
-        event = self.gateway.event(route, params, method, raw_uri, headers, body,
-                                   environ.get("REMOTE_ADDR", "127.0.0.1"))
         credential = scheduling.credential_of(headers, query)
         expensive = scheduling.is_expensive(path, query, headers, body)
+        pool = self.expensive_pool if expensive else self.pool
         try:
             with self.scheduler.turn(self.scheduler.key_for(credential), expensive, self.queue_wait_s):
-                result, tenant = self.pool.invoke(route.function, event, route.timeout_s, self.queue_wait_s)
+                event = self.gateway.event(route, params, method, raw_uri, headers, body,
+                                           environ.get("REMOTE_ADDR", "127.0.0.1"))
+                result, tenant = pool.invoke(route.function, event, route.timeout_s, self.queue_wait_s)
         except scheduling.QueueFull as full:
             status, headers, body = json_error(429, "Too many requests")
             return status, [*headers, ("Retry-After", str(full.retry_after_s))], body
@@ -560,9 +574,11 @@ class ServerOptions:
     # serve cheap searches alike on 2 cores, more add contention (8: -25 %, p99 x4); the spare
     # one keeps the CPUs busy while another waits on a slow image_url.
     workers: int = 0
-    # Re-ranking, near-duplicates and URL fetches at once (0: half the CPUs, at least 1): the other
-    # workers stay free for the searches of every tenant (bench/fairness.py).
+    # Workers of their own, at a lower CPU priority, for re-ranking, near-duplicates and URL
+    # fetches (0: half the CPUs, at least 1): the others stay free for every tenant's searches
+    # (bench/fairness.py).
     expensive_workers: int = 0
+    expensive_niceness: int = 10
     waiting_per_tenant: int = 0  # requests a tenant may have waiting (0: 4 per worker); then 429
     waiting: int = 64  # requests waiting in all; then 429
     connection_limit: int = 512
@@ -572,11 +588,14 @@ class ServerOptions:
     def worker_count(self) -> int:
         return self.workers or max(2, (os.cpu_count() or 1) + 1)
 
+    def expensive_worker_count(self) -> int:
+        return self.expensive_workers or max(1, (os.cpu_count() or 2) // 2)
+
     def scheduler(self) -> scheduling.FairScheduler:
         workers = self.worker_count()
-        return scheduling.FairScheduler(
-            workers, self.expensive_workers or max(1, (os.cpu_count() or 2) // 2),
-            max_waiting_per_key=self.waiting_per_tenant or 4 * workers, max_waiting=self.waiting)
+        return scheduling.FairScheduler(workers, self.expensive_worker_count(),
+                                        max_waiting_per_key=self.waiting_per_tenant or 4 * workers,
+                                        max_waiting=self.waiting)
 
 
 class LocalServer:
@@ -587,14 +606,19 @@ class LocalServer:
         from waitress.server import create_server
 
         self.options = options
-        self.pool = pool or WorkerPool(gateway.template_path, options.worker_count())
+        self.pool = pool or WorkerPool(gateway.template_path, options.worker_count(), wait=False)
+        self.expensive_pool = pool or WorkerPool(gateway.template_path, options.expensive_worker_count(),
+                                                 niceness=options.expensive_niceness, wait=False)
+        for each in {id(p): p for p in (self.pool, self.expensive_pool)}.values():
+            if isinstance(each, WorkerPool):
+                each.wait_ready()
 
-        self.front = Front(gateway, self.pool, options.scheduler())
+        self.front = Front(gateway, self.pool, options.scheduler(), expensive_pool=self.expensive_pool)
         self.server = create_server(
             self.front, host=options.host, port=options.port,
             # a thread per worker and per waiting request: requests wait in the scheduler's
             # per-tenant queues, never in waitress's own first-come queue
-            threads=options.worker_count() + options.waiting + 2,
+            threads=options.worker_count() + options.expensive_worker_count() + options.waiting + 2,
             connection_limit=options.connection_limit, channel_timeout=options.channel_timeout_s,
             cleanup_interval=max(1, options.channel_timeout_s // 3),
             max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=MAX_REQUEST_BYTES,
@@ -621,6 +645,8 @@ class LocalServer:
         finally:
             self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=self.options.shutdown_grace_s)
             self.pool.close()
+            if self.expensive_pool is not self.pool:
+                self.expensive_pool.close()
 
     def stop(self) -> None:
         """Graceful stop, from any thread: no new connections; requests in flight finish (up to
