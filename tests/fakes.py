@@ -102,7 +102,7 @@ class MemoryIndex(SearchBackend):
     def set_status(self, tenant: str, name: str, status: Literal["READY", "INDEXING"]) -> None:
         self._get(tenant, name)["status"] = status
 
-    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
+    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> list[str]:
         c = self._get(tenant, collection)
         spec: CollectionSpec = c["spec"]
         for item in items:
@@ -113,12 +113,18 @@ class MemoryIndex(SearchBackend):
                     raise BadRequest("text vector dimension does not match the collection's")
         if self.fail:
             self.fail("write")
+        superseded = []
         for item in items:
+            stored = c["items"].get(item.id)
+            if stored is not None and stored.updated_at > item.updated_at:
+                superseded.append(item.id)
+                continue
             c["items"][item.id] = Item(
                 id=item.id, vector=np.asarray(item.vector, dtype=np.float32).reshape(-1),
-                metadata=dict(item.metadata), image_key=item.image_key,
+                metadata=dict(item.metadata), image_key=item.image_key, updated_at=item.updated_at,
                 text_vectors={f: np.asarray(v, dtype=np.float32).reshape(-1) for f, v in item.text_vectors.items()
                               if f in ("caption", "prompt")})
+        return superseded
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
         c = self._get(tenant, collection)

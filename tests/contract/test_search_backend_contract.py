@@ -155,6 +155,25 @@ def test_upsert_replaces_and_delete_removes(backend: SearchBackend) -> None:
     assert backend.get_collection("t", "c").item_count == 3
 
 
+def test_a_write_that_began_earlier_never_replaces_a_later_one(backend: SearchBackend) -> None:
+    """The version is when the write began (``Item.updated_at``): a late commit of an older write
+    (a killed server's orphaned worker) is refused and reported; a newer one, or the same again
+    (a retry), replaces."""
+    now = backend.get_item("t", "c", "red-hat").updated_at  # type: ignore[union-attr]
+    assert backend.upsert("t", "c", [Item("red-hat", vec(0, 1), {"v": "later"}, updated_at=now + 10)]) == []
+    late = [Item("red-hat", vec(1, 0), {"v": "earlier"}, updated_at=now + 5),
+            Item("new-one", vec(0, 0, 0, 1), {"v": "new"}, updated_at=now + 5)]
+    assert backend.upsert("t", "c", late) == ["red-hat"]
+    kept = backend.get_item("t", "c", "red-hat")
+    assert kept is not None and kept.metadata == {"v": "later"} and np.allclose(kept.vector, vec(0, 1))
+    assert ids(backend.search("t", "c", VectorQuery(vector=vec(0, 1), limit=1))) == ["red-hat"]
+    assert backend.get_item("t", "c", "new-one") is not None  # the rest of the batch is written
+    assert backend.upsert("t", "c", [Item("red-hat", vec(0, 1), {"v": "again"}, updated_at=now + 10)]) == []
+    assert backend.get_item("t", "c", "red-hat").metadata == {"v": "again"}  # type: ignore[union-attr]
+    assert backend.upsert("t", "c", [Item("red-hat", vec(1, 1), {"v": "newest"}, updated_at=now + 20)]) == []
+    assert backend.get_item("t", "c", "red-hat").metadata == {"v": "newest"}  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(("flt", "expected"), [
     (Term("color", "red"), {"red-shoe", "red-hat"}),
     (Term("tags", "b"), {"red-shoe", "blue-shoe"}),

@@ -31,10 +31,11 @@ def lookalike(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 
 def start_server(env: dict[str, str], log: IO[str], *args: str, new_session: bool = False,
-                 ) -> tuple[subprocess.Popen[str], str]:
-    """`lookalike serve` on a free port, returned once it answers: (process, base URL)."""
+                 harness: tuple[str, ...] = ("lookalike.cli",)) -> tuple[subprocess.Popen[str], str]:
+    """`lookalike serve` on a free port, returned once it answers: (process, base URL).
+    ``harness``: the module (and its arguments) that runs the CLI, for tests/e2e/pause_at.py."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--port", str(port), *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", *harness, "serve", "--port", str(port), *args], env=env,
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=new_session)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -61,3 +62,21 @@ def running_server(env: dict[str, str]) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+def worker_pids(base: str) -> list[int]:
+    """The server's worker processes (children of the process listening on ``base``'s port)."""
+    port = int(base.rsplit(":", 1)[1])
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    server_pid = next(int(pid) for pid, _, args in rows if f"--port {port}" in args and "serve" in args)
+    return sorted(int(pid) for pid, ppid, args in rows if int(ppid) == server_pid and "spawn_main" in args)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
+    except FileNotFoundError:
+        return False

@@ -11,7 +11,6 @@ import base64
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import catalog_images, query_image, write_deployment
-from tests.e2e.conftest import cli_env, running_server, start_server
+from tests.e2e.conftest import cli_env, lookalike, running_server, start_server, worker_pids
 from tests.e2e.isolation_load import Load, SlowOrigin, seed, slow_origin, stored_items_are_their_owners
 from tests.loopback import serve_origin
 
@@ -184,26 +183,74 @@ def test_slow_clients_do_not_starve_others(server: str) -> None:
             s.close()
 
 
+def _keep_alive_stream(base: str, stop: threading.Event, seen: list[requests.Response | str]) -> None:
+    """Requests one after another on one keep-alive connection, until an error (bounded)."""
+    session = requests.Session()
+    deadline = time.monotonic() + 60
+    for _ in range(5000):
+        if stop.is_set() or time.monotonic() > deadline:
+            return
+        try:
+            seen.append(session.get(f"{base}/v1/collections", headers=DEMO, timeout=30))
+        except requests.RequestException as exc:
+            seen.append(type(exc).__name__)
+            return
+
+
 def test_graceful_stop_answers_the_request_in_flight(tmp_path: Path, model_dir: Path) -> None:
+    """After SIGTERM: the request in flight is answered; a client streaming requests on a
+    keep-alive connection gets its current answer with `Connection: close` and no more; a
+    request sent on an idle keep-alive connection is never read; the server then exits at once,
+    not at the end of its 20 s grace. (Before, keep-alive connections went on being read, the
+    drain never went idle, and what was in flight at the grace's end was dropped.)"""
     home = tmp_path / "home"
     write_deployment(home)
     env = cli_env(home, model_dir)
     log = (tmp_path / "serve.log").open("w+")
     proc, base = start_server(env, log, "--workers", "2")
+    host, port = base.removeprefix("http://").split(":")
+    idle = socket.create_connection((host, int(port)), timeout=30)
     try:
+        idle.sendall(b"GET /v1/collections HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer demo-key\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first or not first.endswith(b"}"):  # one whole JSON answer
+            first += idle.recv(65536) or b"}"
+        assert first.startswith(b"HTTP/1.1 200"), "the idle connection's first answer"
+        stop, streamed = threading.Event(), []
+        stream = threading.Thread(target=_keep_alive_stream, args=(base, stop, streamed))
         with slow_origin() as url:
             answers: list[requests.Response] = []
             in_flight = threading.Thread(target=lambda: answers.append(requests.post(
                 f"{base}/v1/embed", json={"image_url": url}, headers=DEMO, timeout=60)))
             in_flight.start()
+            stream.start()
             time.sleep(1.0)  # the request now waits on the origin inside a worker
+            assert len(streamed) > 3 and all(not isinstance(r, str) for r in streamed)
             proc.send_signal(signal.SIGTERM)
+            signalled = len(streamed)
+            time.sleep(0.5)
+            # a new request on the idle keep-alive connection: never read, never answered
+            idle.sendall(b"POST /v1/collections HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer demo-key\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 22\r\n\r\n{\"name\": \"after-stop\"}")
             in_flight.join(60)
+            stream.join(60)
+            stop.set()
         assert answers and answers[0].status_code == 200, answers[0].text if answers else "no answer"
-        assert proc.wait(timeout=30) == 0
+        after = streamed[signalled:]
+        assert len(after) <= 2 and isinstance(after[-1], str), f"{len(after)} answers after SIGTERM: {after[:3]}"
+        if len(after) == 2:  # the one in progress at SIGTERM, answered, closed
+            assert after[0].status_code == 200 and after[0].headers.get("Connection") == "close"
+        try:
+            leftover = idle.recv(65536)
+        except ConnectionResetError:  # closed with the unread request in its buffer
+            leftover = b""
+        assert leftover == b"", "a request sent after SIGTERM was answered"
+        assert proc.wait(timeout=15) == 0
+        assert "after-stop" not in lookalike(env, "collections", "--tenant", "demo").stdout
         with pytest.raises(requests.ConnectionError):
             requests.get(f"{base}/v1/collections", timeout=2)
     finally:
+        idle.close()
         if proc.poll() is None:
             proc.kill()
         proc.wait()
@@ -212,7 +259,7 @@ def test_graceful_stop_answers_the_request_in_flight(tmp_path: Path, model_dir: 
 
 def test_a_crashed_worker_is_replaced(server: str) -> None:
     """kill -9 of a worker mid-request: that request gets 502, the server carries on."""
-    workers = _worker_pids(server)
+    workers = worker_pids(server)
     assert len(workers) >= 2
     os.kill(workers[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
@@ -220,20 +267,11 @@ def test_a_crashed_worker_is_replaced(server: str) -> None:
     while time.monotonic() < deadline:
         r = requests.get(f"{server}/v1/collections", headers=DEMO, timeout=30)
         statuses.add(r.status_code)
-        if r.status_code == 200 and len(_worker_pids(server)) == len(workers):
+        if r.status_code == 200 and len(worker_pids(server)) == len(workers):
             break
         time.sleep(0.2)
     assert statuses <= {200, 502}
-    assert len(_worker_pids(server)) == len(workers)
+    assert len(worker_pids(server)) == len(workers)
     r = requests.post(f"{server}/v1/embed", headers=DEMO, timeout=30,
                       json={"image_base64": base64.b64encode(query_image("hat").read_bytes()).decode()})
     assert r.status_code == 200
-
-
-def _worker_pids(base: str) -> list[int]:
-    """The server's worker processes (children of the process listening on ``base``'s port)."""
-    port = int(base.rsplit(":", 1)[1])
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
-    server_pid = next(int(pid) for pid, _, args in rows if f"--port {port}" in args and "serve" in args)
-    return sorted(int(pid) for pid, ppid, args in rows if int(ppid) == server_pid and "spawn_main" in args)

@@ -30,7 +30,7 @@ from lookalike.contracts import BackendContext
 from lookalike.service import ImageRef, Lookalike
 from lookalike_local.blobstore import FilesystemBlobStore, FilesystemOptions
 from tests.conftest import ROOT, catalog_images, write_deployment
-from tests.e2e.conftest import cli_env, lookalike, start_server
+from tests.e2e.conftest import alive, cli_env, lookalike, start_server, worker_pids
 
 pytestmark = pytest.mark.e2e
 COLLECTION = "kills"
@@ -189,15 +189,21 @@ def _put_stream(base: str, n: int, seed: int, stop: threading.Event, photos: lis
                                    "metadata": (None, json.dumps({"sha": _sha(data), "k": k}))})
         except requests.RequestException:
             return  # the server died under this request: it may or may not have landed
+        if r.status_code == 502:
+            return  # its worker died under it: it may or may not have landed
         assert r.status_code == 200, r.text
         acknowledged[item] = _sha(data)
         del in_flight[item]
 
 
+VICTIMS = ("front and workers", "front", "workers")  # what each round kills
+
+
 def test_killed_server_keeps_every_acknowledged_put(tmp_path: Path, model_dir: Path,
                                                     vectors: dict[str, np.ndarray]) -> None:
-    """A stream of PUTs (new items and replacements) while the server and its workers are
-    killed at a random moment: every PUT that was answered 200 is there after a restart."""
+    """A stream of PUTs (new items and replacements) while the server and its workers, the
+    front alone or the workers alone are killed at a random moment: every PUT that was answered
+    200 is there after a restart, and no worker outlives its front."""
     home = tmp_path / "home"
     write_deployment(home)
     env = cli_env(home, model_dir)
@@ -219,11 +225,25 @@ def test_killed_server_keeps_every_acknowledged_put(tmp_path: Path, model_dir: P
             for w in writers:
                 w.start()
             time.sleep(random.Random(round_).uniform(1.0, 3.0))
-            os.killpg(proc.pid, signal.SIGKILL)  # the server and its workers, at once
+            workers = worker_pids(base)
+            victim = VICTIMS[round_ % len(VICTIMS)]
+            if victim == "front and workers":
+                os.killpg(proc.pid, signal.SIGKILL)
+            elif victim == "front":
+                os.kill(proc.pid, signal.SIGKILL)
+            else:
+                for pid in workers:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(1.0)  # the server replaces them; the stream goes on meanwhile
+                os.killpg(proc.pid, signal.SIGTERM)
             stop.set()
             for w in writers:
                 w.join(60)
             proc.wait(timeout=30)
+            deadline = time.monotonic() + 5
+            while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not any(alive(pid) for pid in workers), f"a worker outlived its front ({victim})"
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -236,6 +256,74 @@ def test_killed_server_keeps_every_acknowledged_put(tmp_path: Path, model_dir: P
     assert acknowledged, "no PUT was acknowledged before the kills"
     assert lookalike(env, "repair", "--older-than", "0").returncode == 0
     assert stray_files(home) == []
+
+
+PAUSE_S = 12.0  # how long the killed server's worker holds its write open
+
+
+def test_a_write_of_a_killed_front_never_lands_over_a_later_acknowledged_one(
+        tmp_path: Path, model_dir: Path, vectors: dict[str, np.ndarray]) -> None:
+    """The front is killed -9 while its worker holds a PUT open just before the write (a slow
+    write, as a 40 MP re-encode or a slow disk makes it); a restarted server then acknowledges a
+    newer photo of the same item. The orphaned worker ends with its front, and even a write of
+    it that came late would be older than the acknowledged one: the item keeps the newer photo.
+    (Before, the orphan committed its photo over the acknowledged one when its pause ended.)"""
+    home = tmp_path / "home"
+    write_deployment(home)
+    env = cli_env(home, model_dir)
+    old, new = IMAGES[0].read_bytes(), IMAGES[1].read_bytes()
+    auth = {"Authorization": "Bearer demo-key"}
+
+    def put(base: str, data: bytes) -> requests.Response:
+        return requests.put(f"{base}/v1/collections/{COLLECTION}/items/item", headers=auth, timeout=60,
+                            files={"image": ("p.jpg", data, "image/jpeg"),
+                                   "metadata": (None, json.dumps({"sha": _sha(data)}))})
+
+    log = (tmp_path / "serve-paused.log").open("w+")
+    proc, base = start_server(env, log, "--workers", "1", new_session=True,
+                              harness=("tests.e2e.pause_at", str(PAUSE_S), "--"))
+    try:
+        assert requests.post(f"{base}/v1/collections", json={"name": COLLECTION}, headers=auth,
+                             timeout=30).status_code == 201
+        workers = worker_pids(base)
+        unanswered: list[BaseException] = []
+
+        def put_old() -> None:
+            try:
+                put(base, old)
+            except requests.RequestException as exc:  # its server is killed under it
+                unanswered.append(exc)
+
+        held = threading.Thread(target=put_old)
+        held.start()
+        photos = home / "blobs" / "demo" / "collections" / COLLECTION / "images" / "item"
+        deadline = time.monotonic() + 30
+        while not (photos.is_dir() and any(photos.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the photo is stored: the worker is now in its paused write
+        assert photos.is_dir(), "the PUT never reached its write"
+        os.kill(proc.pid, signal.SIGKILL)  # the front alone
+        killed_at = time.monotonic()
+        proc.wait(timeout=30)
+        while any(alive(pid) for pid in workers) and time.monotonic() < killed_at + 5:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in workers), "the worker outlived its front"
+        held.join(60)
+        assert unanswered, "the held PUT was answered"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    log = (tmp_path / "serve-after.log").open("w+")
+    proc, base = start_server(env, log, "--workers", "1")
+    try:
+        assert put(base, new).status_code == 200  # acknowledged
+        time.sleep(max(0.0, killed_at + PAUSE_S + 2 - time.monotonic()))  # past the orphan's pause
+        check_store(home, {"item": {_sha(old), _sha(new)}}, vectors, must_have={"item": _sha(new)})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
 
 
 @pytest.mark.parametrize("point", ["ann-tmp", "ann-renamed", "ann-recorded"])

@@ -115,6 +115,7 @@ class Item:
     vector: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
     image_key: str | None = None
+    #: When the write that stores it began: the version ``SearchBackend.upsert`` orders writes by.
     updated_at: float = field(default_factory=time.time)
     #: Embeddings of the caption / prompt metadata, in the collection's text model.
     text_vectors: dict[str, np.ndarray] = field(default_factory=dict)
@@ -197,8 +198,12 @@ class SearchBackend(abc.ABC):
     def set_status(self, tenant: str, name: str, status: Literal["READY", "INDEXING"]) -> None: ...
 
     @abc.abstractmethod
-    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
-        """Insert or replace items by id. Vectors must match the collection's dimension."""
+    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> list[str]:
+        """Insert or replace items by id. Vectors must match the collection's dimension.
+
+        An item replaces a stored one only if its ``updated_at`` is not older: a write that
+        began earlier and commits late (a killed server's orphaned worker) never replaces a
+        later one. Returns the ids not written for that reason."""
 
     @abc.abstractmethod
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:

@@ -204,8 +204,22 @@ class Gateway:
 # ---------------------------------------------------------------- worker processes
 
 
-def _worker_main(conn: Connection, template_path: str, niceness: int) -> None:
+def _exit_with(parent: int) -> None:
+    """End this worker as soon as the front that started it is gone (kill -9 included): an
+    orphan must not go on to commit a write that nobody will answer for. Whatever it might still
+    commit in the 50 ms is older than any write the next server acknowledges, and the backends
+    keep the later-begun write of an item (``SearchBackend.upsert``)."""
+    while True:
+        time.sleep(0.05)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _worker_main(conn: Connection, template_path: str, niceness: int, parent: int) -> None:
     """One execution environment: handles one event at a time until told to stop (None)."""
+    if os.getppid() != parent:
+        return  # the front died while this worker was starting
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="lookalike-parent").start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the front stops us
     if niceness:
         os.nice(niceness)
@@ -245,7 +259,8 @@ class _Worker:
 
     def __init__(self, ctx: Any, template_path: Path, niceness: int) -> None:
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, str(template_path), niceness), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, str(template_path), niceness, os.getpid()),
+                                   daemon=True)
         self.process.start()
         child.close()
 
@@ -518,9 +533,10 @@ def in_process_app(template: str | None = None) -> Front:
     return Front(gateway, InProcessPool(gateway), ServerOptions(workers=1).scheduler())
 
 
-def _channel_class() -> type:
-    """waitress's connection handler, made to pass headers as API Gateway does and to refuse
-    in our error shape.
+def _channel_class(stopping: threading.Event) -> type:
+    """waitress's connection handler, made to pass headers as API Gateway does, to refuse in our
+    error shape, and to read no new request once ``stopping`` is set (each connection's answer
+    in progress then says ``Connection: close``, and the drain can end).
 
     WSGI upper-cases header names and folds '-' into '_', and waitress drops names that
     contain '_' (they would be ambiguous in WSGI). API Gateway hands a handler the headers as
@@ -542,6 +558,11 @@ def _channel_class() -> type:
                                 for line in lines if (m := HEADER_FIELD_RE.match(line))]
 
     class RawHeaderTask(WSGITask):
+        def build_response_header(self) -> bytes:
+            if stopping.is_set():
+                self.set_close_on_finish()  # the last answer on this connection
+            return super().build_response_header()
+
         def get_environment(self) -> dict[str, Any]:
             environ = super().get_environment()
             environ[RAW_HEADERS] = getattr(self.request, "raw_headers", [])
@@ -562,6 +583,9 @@ def _channel_class() -> type:
         parser_class = RawHeaderParser
         task_class = RawHeaderTask
         error_task_class = JsonErrorTask
+
+        def readable(self) -> bool:
+            return not stopping.is_set() and bool(super().readable())
 
     return Channel
 
@@ -625,8 +649,8 @@ class LocalServer:
             asyncore_use_poll=True,  # select() stops at 1,024 descriptors
             ident="Lookalike", expose_tracebacks=False, clear_untrusted_proxy_headers=True,
         )
-        self.server.channel_class = _channel_class()
         self._stopping = threading.Event()
+        self.server.channel_class = _channel_class(self._stopping)
 
     @property
     def port(self) -> int:

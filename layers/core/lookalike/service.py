@@ -554,6 +554,7 @@ class TenantService:
     def put_item(self, collection: str, item_id: str, ref: ImageRef, metadata: Any = None,
                  prepared: PreparedImage | None = None) -> Item:
         """Add or replace one item; ``prepared`` is its image already decoded and embedded."""
+        began = time.time()  # the write's version: a write that began later is never replaced by it
         info = self._searchable(collection)
         check_item_id(item_id)
         meta = validate_metadata(metadata)
@@ -564,7 +565,7 @@ class TenantService:
                                      _features_blob(decoded.image))
             if not np.any(prepared.vector):  # prepare_images refuses these itself
                 raise BadRequest(ZERO_VECTOR)
-        return self._store(info.name, [(item_id, data, prepared, meta)])[0]
+        return self._store(info.name, [(item_id, data, prepared, meta)], began)[0]
 
     def prepare_images(self, datas: Sequence[bytes], pool: ThreadPoolExecutor) -> list[PreparedImage | BadRequest]:
         """Decode ``datas`` on ``pool`` and embed the decodable ones in batches: the costly part of
@@ -597,6 +598,7 @@ class TenantService:
         report = IngestReport()
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             for chunk in _chunks(entries, self.embedder.batch_size):
+                began = time.time()
                 rows = []
                 for item_id, data, metadata in chunk:
                     try:
@@ -612,7 +614,7 @@ class TenantService:
                     else:
                         ready.append((item_id, data, image, meta))
                 if ready:
-                    self._store(info.name, ready)
+                    self._store(info.name, ready, began)
                     report.indexed.extend(r[0] for r in ready)
         return report
 
@@ -625,13 +627,14 @@ class TenantService:
     def _images_prefix(self, collection: str) -> str:
         return f"{self.id}/collections/{collection}/images/"
 
-    def _store(self, collection: str,
-               rows: Sequence[tuple[str, bytes, PreparedImage, dict]]) -> list[Item]:
+    def _store(self, collection: str, rows: Sequence[tuple[str, bytes, PreparedImage, dict]],
+               began: float) -> list[Item]:
+        """Write the photos, then the rows (versioned by ``began``), then delete what they replaced."""
         items = []
         for item_id, _, image, meta in rows:
             size = {"width": meta.get("width", image.decoded.width), "height": meta.get("height", image.decoded.height)}
             items.append(Item(id=item_id, vector=image.vector, metadata={**meta, **size},
-                              image_key=self._image_key(collection, item_id)))
+                              image_key=self._image_key(collection, item_id), updated_at=began))
         self._embed_texts(collection, items)  # may refuse: nothing is written yet
         previous = {item.id: old.image_key for item in items
                     if (old := self.search_backend.get_item(self.id, collection, item.id)) is not None}
@@ -644,12 +647,16 @@ class TenantService:
                     key = geometry.features_key(item.image_key or "")
                     self.blobs.put(key, image.features, "application/octet-stream", {"item_id": item_id})
                     written.append(key)
-            self.search_backend.upsert(self.id, collection, items)
+            superseded = set(self.search_backend.upsert(self.id, collection, items))
         except BaseException:
             self._delete_blobs(written)  # nothing refers to them
             raise
-        self._delete_blobs([k for key in previous.values() if key and key not in written
-                            for k in (key, geometry.features_key(key))])
+        # A write that began later is stored for the superseded items: their new photos are ours
+        # to remove, and what they replaced is that write's to remove, not ours.
+        self._delete_blobs([k for item in items if item.id in superseded and item.image_key
+                            for k in (item.image_key, geometry.features_key(item.image_key))])
+        self._delete_blobs([k for item_id, key in previous.items() if key and key not in written
+                            and item_id not in superseded for k in (key, geometry.features_key(key))])
         return items
 
     def _delete_blobs(self, keys: Iterable[str]) -> None:

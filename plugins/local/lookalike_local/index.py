@@ -220,9 +220,9 @@ class LocalIndex(SearchBackend):
 
     # ------------------------------------------------------------ items
 
-    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
+    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> list[str]:
         if not items:
-            return
+            return []
         with self._lock:
             with self._tx():
                 # The revision is read under the write lock: a write another process made before
@@ -234,17 +234,23 @@ class LocalIndex(SearchBackend):
                         for item in items]
                 before = self._revision(tenant, collection)
                 revision = self._next_revision()
+                superseded: list[str] = []
                 for item, v, texts in rows:
                     cur = self._db.execute(
                         "INSERT INTO items (tenant, collection, id, metadata, image_key, vector, updated_at, vrev)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, collection, id) DO UPDATE SET"
                         " metadata = excluded.metadata, image_key = excluded.image_key,"
                         " vector = excluded.vector, updated_at = excluded.updated_at, vrev = excluded.vrev"
+                        " WHERE excluded.updated_at >= items.updated_at"  # a later-begun write stays
                         " RETURNING pk",
                         (tenant, collection, item.id, json.dumps(item.metadata), item.image_key,
                          v.tobytes(), item.updated_at, revision),
                     )
-                    pk = cur.fetchone()[0]
+                    row = cur.fetchone()
+                    if row is None:
+                        superseded.append(item.id)
+                        continue
+                    pk = row[0]
                     self._db.execute("DELETE FROM items_text WHERE rowid = ?", (pk,))
                     self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (pk,))
                     self._db.execute("DELETE FROM item_fields WHERE pk = ?", (pk,))
@@ -264,10 +270,12 @@ class LocalIndex(SearchBackend):
             matrix = self._cache.get((tenant, collection))
             if matrix is not None and matrix.revision == before:
                 for item, v, texts in rows:
-                    _matrix_put(matrix, item.id, v, texts)
+                    if item.id not in superseded:
+                        _matrix_put(matrix, item.id, v, texts)
                 matrix.revision = revision
             else:
                 self._cache.pop((tenant, collection), None)
+            return superseded
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
         with self._lock:

@@ -390,13 +390,21 @@ class MarqoBackend(SearchBackend):
                 reason = str(failed[0].get("message") or failed[0].get("error") or "")[:200] if failed else ""
                 raise BackendUnavailable(f"search backend rejected {len(failed) or 'some'} documents: {reason}")
 
-    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
+    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> list[str]:
         if not items:
-            return
+            return []
         record = self._require(tenant, collection)
         max_len = self.options.filter_string_max_length
+        index = self.index_name(tenant, collection)
+        # Marqo has no conditional write: the stored versions are read first, so only a write that
+        # lands between this read and ours can still replace a later one (README, "Backends").
+        stored_at = {doc["_id"]: float(json.loads(doc[ITEM_FIELD]).get("updated_at") or 0)
+                     for doc in self._documents(index, [i.id for i in items]) if doc.get(KIND_FIELD) == "item"}
+        superseded = [i.id for i in items if stored_at.get(i.id, 0.0) > i.updated_at]
         documents = []
         for item in items:
+            if item.id in superseded:
+                continue
             vector = np.asarray(item.vector, dtype=np.float32).reshape(-1)
             if vector.shape[0] != record["dimension"]:
                 raise BadRequest(f"vector dimension {vector.shape[0]} does not match the collection's "
@@ -409,7 +417,9 @@ class MarqoBackend(SearchBackend):
             documents.append({"_id": item.id, KIND_FIELD: "item", ITEM_FIELD: json.dumps(stored),
                               VECTOR_FIELD: {"vector": [float(x) for x in vector]},
                               **texts, **filter_fields(item.metadata, max_len)})
-        self._add(self.index_name(tenant, collection), documents)
+        if documents:
+            self._add(index, documents)
+        return superseded
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
         self._require(tenant, collection)

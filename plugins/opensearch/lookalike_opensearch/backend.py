@@ -50,6 +50,11 @@ def _check_window(offset: int, limit: int) -> None:
         raise BadRequest(f"offset + limit must be at most {MAX_RESULT_WINDOW} on this backend")
 
 
+
+def _version(item: Item) -> int:
+    """An item's external version: when its write began, in microseconds."""
+    return round(item.updated_at * 1_000_000)
+
 class OpenSearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str | None = None  # default: LOOKALIKE_OPENSEARCH_ENDPOINT
@@ -307,9 +312,9 @@ class OpenSearchBackend(SearchBackend):
 
     # ------------------------------------------------------------ items
 
-    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> None:
+    def upsert(self, tenant: str, collection: str, items: Sequence[Item]) -> list[str]:
         if not items:
-            return
+            return []
         record = self._require(tenant, collection)
         lines: list[dict[str, Any]] = []
         index = self._index(tenant, collection)
@@ -330,10 +335,14 @@ class OpenSearchBackend(SearchBackend):
                 if record.get("text_dimension") is None or len(tv) != record["text_dimension"]:
                     raise BadRequest("text vector dimension does not match the collection's")
                 doc[f"{field}_vector"] = [float(x) for x in tv]
-            lines += [{"index": {"_index": index, "_id": item.id}}, doc]
-        result = self._bulk(lines)
-        if result.get("errors"):
-            failed = [i["index"] for i in result["items"] if "error" in i["index"]]
+            # The write's start in microseconds as an external version: OpenSearch itself refuses
+            # (409) a document older than the stored one, so a late write never replaces a newer.
+            lines += [{"index": {"_index": index, "_id": item.id, "version": _version(item),
+                                 "version_type": "external_gte"}}, doc]
+        answers = [i["index"] for i in self._bulk(lines).get("items", [])]
+        superseded = [a["_id"] for a in answers if "error" in a and int(a.get("status", 0)) == 409]
+        failed = [a for a in answers if "error" in a and int(a.get("status", 0)) != 409]
+        if failed:
             # 429 and 5xx can succeed later; any other status (a mapping conflict with another
             # item's metadata, say) never will, so it must not be retried as if it could.
             if any(int(f.get("status", 500)) == 429 or int(f.get("status", 500)) >= 500 for f in failed):
@@ -341,6 +350,7 @@ class OpenSearchBackend(SearchBackend):
             first = failed[0]
             reason = str(first.get("error", {}).get("reason", ""))[:200]
             raise BadRequest(f"the search backend refused item {first.get('_id')!r}: {reason}")
+        return superseded
 
     def delete(self, tenant: str, collection: str, ids: Sequence[str]) -> int:
         self._require(tenant, collection)
