@@ -27,6 +27,8 @@ comes from Marqo's own sources, cited as [n]:
     Add Documents (batches of at most 128, per-document errors, ``custom_vector`` mappings,
     documents of at most 100,000 bytes).
 [5] Vespa's ``prenormalized-angular`` closeness, 1 / (1 + (1 - cos)), is tensor ``_score``.
+[6] Marqo server, ``src/marqo/core/search/search_filter.py``: ``MarqoFilterStringParser.parse``
+    reads the filter string with an explicit stack, and sets no limit on nesting or length.
 
 What it keeps simple: LEXICAL scores are term frequency over the searched fields, not BM25;
 ties come back in insertion order (a real engine gives no tie order). With ``cloud=True`` the
@@ -363,7 +365,8 @@ class FakeMarqo(LoopbackServer):
         candidates = index["docs"].items()
         if body.get("filter"):
             try:
-                node = marqo_filter.parse(body["filter"])
+                # Marqo's own parser keeps a stack, not a recursion: no limit of nesting or length [6]
+                node = marqo_filter.parse(body["filter"], bounded=False)
             except BadRequest as exc:
                 return _error(400, "invalid_argument", f"Error parsing filter string: {exc}")
             candidates = [(i, d) for i, d in candidates

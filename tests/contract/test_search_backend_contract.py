@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +15,19 @@ import pytest
 
 from lookalike.contracts import BackendContext, CollectionSpec, Item, SearchBackend, TextQuery, VectorQuery
 from lookalike.errors import BadRequest, Conflict, NotFound
-from lookalike.filters import And, Not, Or, Range, Term, from_json
+from lookalike.filters import (
+    MAX_FILTER_NODES,
+    MAX_FILTER_VALUE_CHARS,
+    And,
+    Filter,
+    Not,
+    Or,
+    Range,
+    Term,
+    count_nodes,
+    from_json,
+    matches,
+)
 from lookalike_local.index import LocalIndex
 from lookalike_marqo.backend import MarqoBackend, MarqoOptions
 from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
@@ -194,6 +208,48 @@ def test_filters(backend: SearchBackend, flt, expected: set[str]) -> None:  # ty
     page = backend.search("t", "c", VectorQuery(vector=vec(1), limit=10, filter=flt))
     assert set(ids(page)) == expected
     assert page.total == len(expected)
+
+
+def _leaf(rng: random.Random) -> Filter:
+    field = rng.choice(["color", "kind", "price", "tags", "sale", "missing"])
+    kind = rng.randrange(4)
+    if kind == 0:
+        return Term(field, rng.choice(["red", "shoe", "b", "cheap", 50, 80, True, False]))
+    if kind == 1:
+        return Range(field, rng.choice([None, 0, 20, 51]), rng.choice([None, 50, 100]))
+    if kind == 2:
+        return Term(field, "x" * MAX_FILTER_VALUE_CHARS)  # the longest value a filter may hold
+    return Term(field, rng.choice(["red", "hat", "blue"]))
+
+
+def _deep(rng: random.Random, depth: int) -> Filter:
+    """A filter ``depth`` levels deep: NOT, AND and OR nested in a random order."""
+    if depth <= 1:
+        return _leaf(rng)
+    inner = _deep(rng, depth - 1)
+    kind = rng.randrange(3)
+    if kind == 0:
+        return Not(inner)
+    siblings = tuple(_leaf(rng) for _ in range(rng.randrange(1, 3)))
+    return And((inner, *siblings)) if kind == 1 else Or((*siblings, inner))
+
+
+def test_filters_at_the_documented_limits_compile_and_match_on_every_backend(backend: SearchBackend) -> None:
+    """Random filters as deep as the Marqo DSL lets a caller write (32 NOTs or parentheses around
+    a term: 33 levels), as wide as MAX_FILTER_NODES, with values of MAX_FILTER_VALUE_CHARS: every
+    backend (the real OpenSearch node included) answers each exactly as the reference semantics."""
+    rng = random.Random(26)
+    stored = {i: backend.get_item("t", "c", i) for i in ("red-shoe", "red-hat", "blue-shoe", "green-hat")}
+    shapes: list[Filter] = [_deep(rng, 33) for _ in range(12)]
+    shapes += [Not(Not(Not(_leaf(rng)))) for _ in range(3)]
+    shapes.append(functools.reduce(lambda inner, _: Not(inner), range(32), Term("color", "red")))
+    shapes.append(And(tuple(_leaf(rng) for _ in range(MAX_FILTER_NODES - 1))))
+    shapes.append(Or(tuple(_leaf(rng) for _ in range(MAX_FILTER_NODES - 1))))
+    for flt in shapes:
+        assert count_nodes(flt) <= MAX_FILTER_NODES
+        page = backend.search("t", "c", VectorQuery(vector=vec(1, 1, 1), limit=10, filter=flt))
+        expected = {i for i, item in stored.items() if item is not None and matches(flt, item.metadata)}
+        assert set(ids(page)) == expected, flt
 
 
 def test_selective_filter_still_returns_k(make_backend: Factory) -> None:

@@ -19,7 +19,7 @@ from lookalike import images
 from lookalike.errors import InvalidImage, ModelMismatch, NotFound, PayloadTooLarge
 from lookalike.fetch import FetchError, FetchPolicy, address_allowed, fetch
 from lookalike.service import ImageRef, Lookalike
-from tests.conftest import query_image, write_deployment
+from tests.conftest import catalog_images, query_image, write_deployment
 from tests.security.heif_files import crafted, well_formed
 
 LIMITS = {"max_bytes": 5 * 1024 * 1024, "max_pixels": 40_000_000}
@@ -336,3 +336,25 @@ def test_a_collection_of_the_retired_int8_model_answers_409_with_the_way_forward
     with pytest.raises(ModelMismatch, match=r"built with model efficientnet-lite0-int8/gem3/crop\+pad/224 .*"
                                             r"efficientnet-lite0/gem3/crop\+pad/224.*re-ingest its photos"):
         tenant.search("retired", ImageRef(data=query_image().read_bytes()))
+
+
+def test_a_write_that_began_earlier_and_lands_late_changes_nothing(deployment: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The late write of an orphaned worker (issue 26): it began before the acknowledged one, so
+    the item keeps the acknowledged photo, and the late write removes only its own photo, never
+    the acknowledged one it lost to."""
+    from lookalike import service as service_module
+
+    tenant = Lookalike().tenant("demo")
+    tenant.create_collection("c")
+    newer, older = catalog_images()[0].read_bytes(), catalog_images()[1].read_bytes()
+    acknowledged = tenant.put_item("c", "item", ImageRef(data=newer))
+    real_time = time.time
+    monkeypatch.setattr(service_module.time, "time", lambda: real_time() - 60)  # began a minute ago
+    late = tenant.put_item("c", "item", ImageRef(data=older))
+    monkeypatch.setattr(service_module.time, "time", real_time)
+    stored = tenant.get_item("c", "item")
+    assert stored.image_key == acknowledged.image_key and stored.image_key != late.image_key
+    assert tenant.blobs.get(acknowledged.image_key or "").data == newer
+    with pytest.raises(NotFound):
+        tenant.blobs.get(late.image_key or "")

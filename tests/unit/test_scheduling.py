@@ -187,6 +187,13 @@ def test_credentials_map_to_tenants_only_once_accepted() -> None:
     ("/v1/collections/c/search", "rerank=true", [], b"", True),
     ("/v1/collections/c/search", "", [], b'{"image_url": "https://example.com/a.jpg"}', True),
     ("/imgembed", "img=http%3A%2F%2Fexample.com%2Fa.jpg", [], b"", True),
+    ("/api/v1/indexes/i/reverse-image-search", "", [], b'{"q": "https://example.com/a.jpg", "limit": 5}', True),
+    ("/imgembed", "", [], b'--b\r\nContent-Disposition: form-data; name="img"\r\n\r\nhttps://e.com/a.jpg\r\n--b--',
+     True),
+    ("/v1/collections/c/items/i", "", [], b'{"image_base64": "AAAA", "metadata": {"link": "https://e.com/p"}}',
+     False),
+    ("/v1/collections/c/items/i", "", [], b'--b\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n'
+     b'{"url": "https://e.com/p"}\r\n--b--', False),
     ("/v1/collections/c/search", "", [], b'{"item_id": "x"}', False),
     ("/v1/collections/c", "", [("Authorization", "Bearer k")], b"", False),
 ])

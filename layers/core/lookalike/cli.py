@@ -334,7 +334,7 @@ def default_template() -> Path:
                    "[default: half the CPUs, at least 1].")
 @click.option("--waiting-per-tenant", type=click.IntRange(0, 10_000), default=0,
               help="Requests a tenant may have waiting for a worker; more are answered 429 "
-                   "[default: 4 per worker].")
+                   "[default: 64].")
 @click.option("--connection-limit", type=click.IntRange(1, 10_000), default=512, show_default=True,
               help="Open connections at most; more wait in the listen backlog.")
 @click.option("--idle-timeout", type=click.IntRange(1, 3600), default=30, show_default=True,

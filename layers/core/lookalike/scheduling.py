@@ -33,8 +33,16 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "access_token", "www-authentica
 UNIDENTIFIED = "(unidentified)"
 _KNOWN_CREDENTIALS = 4096  # remembered credential -> tenant pairs (least recently used go first)
 _QUERY_KEY = re.compile(r"(?:^|&)key=([^&]*)")
-# A request may fetch a URL when it names one anywhere (JSON, form, query; percent-encoded too).
-_NAMES_URL = re.compile(rb"https?(?::|%3a)", re.I)
+# A request fetches a URL when one of the fields a surface fetches holds one (/v1 image_url,
+# Marqo q, PixLab img), in JSON, a form, a multipart part or the query string. A URL elsewhere
+# (an item's metadata) is no fetch.
+_URL_FIELDS = rb"(?:image_url|q|img)"
+_URL_VALUE = rb"\s*https?(?::|%3a)"
+_NAMES_URL = re.compile(
+    rb'"' + _URL_FIELDS + rb'"\s*:\s*"' + _URL_VALUE                      # JSON
+    + rb"|(?:^|&)" + _URL_FIELDS + rb"=" + _URL_VALUE                       # query or urlencoded form
+    + rb'|name="' + _URL_FIELDS + rb'"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n' + _URL_VALUE,  # multipart
+    re.I)
 _RERANK = re.compile(rb"rerank", re.I)
 
 _served_tenant: str | None = None

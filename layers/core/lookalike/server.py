@@ -603,8 +603,10 @@ class ServerOptions:
     # (bench/fairness.py).
     expensive_workers: int = 0
     expensive_niceness: int = 10
-    waiting_per_tenant: int = 0  # requests a tenant may have waiting (0: 4 per worker); then 429
-    waiting: int = 64  # requests waiting in all; then 429
+    # Requests a tenant may have waiting (0: 64, so that ordinary bursts of a busy client never
+    # see 429; fairness comes from the turns, the bound only stops a flood), and in all.
+    waiting_per_tenant: int = 0
+    waiting: int = 256
     connection_limit: int = 512
     channel_timeout_s: int = 30  # idle connections are closed after this
     shutdown_grace_s: float = 20.0
@@ -618,7 +620,7 @@ class ServerOptions:
     def scheduler(self) -> scheduling.FairScheduler:
         workers = self.worker_count()
         return scheduling.FairScheduler(workers, self.expensive_worker_count(),
-                                        max_waiting_per_key=self.waiting_per_tenant or 4 * workers,
+                                        max_waiting_per_key=self.waiting_per_tenant or 64,
                                         max_waiting=self.waiting)
 
 

@@ -79,8 +79,15 @@ def _term(kind: str, raw: str) -> Filter:
     return Term(field, value)
 
 
-def parse(text: str) -> Filter:
-    if len(text) > MAX_FILTER_CHARS:
+MAX_FILTER_DEPTH = 32  # NOTs and parentheses around a term, at most
+
+
+def parse(text: str, bounded: bool = True) -> Filter:
+    """The filter ``text`` as Lookalike's filter AST, or FilterSyntaxError. ``bounded``: within
+    this surface's limits of length, nesting and size (tests/fake_marqo.py parses as Marqo's
+    server does, without them)."""
+    max_depth = MAX_FILTER_DEPTH if bounded else 200  # (then bounded by Python's recursion)
+    if bounded and len(text) > MAX_FILTER_CHARS:
         raise FilterSyntaxError(f"filter exceeds {MAX_FILTER_CHARS} characters")
     tokens = _tokens(text)
     if not tokens:
@@ -112,7 +119,7 @@ def parse(text: str) -> Filter:
         return items[0] if len(items) == 1 else And(tuple(items))
 
     def unary(depth: int) -> Filter:
-        if depth > 32:
+        if depth > max_depth:
             raise FilterSyntaxError("filter is nested too deeply")
         kind, raw = take()
         if (kind, raw) == ("word", "NOT"):
@@ -129,6 +136,6 @@ def parse(text: str) -> Filter:
     result = expr(0)
     if pos != len(tokens):
         raise FilterSyntaxError(f"unexpected {tokens[pos][1]!r} in filter")
-    if count_nodes(result) > MAX_FILTER_NODES:
+    if bounded and count_nodes(result) > MAX_FILTER_NODES:
         raise FilterSyntaxError("filter is too large")
     return result
