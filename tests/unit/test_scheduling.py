@@ -7,6 +7,7 @@ next one."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -200,3 +201,22 @@ def test_credentials_map_to_tenants_only_once_accepted() -> None:
 def test_what_counts_as_expensive(path: str, query: str, headers: list[tuple[str, str]], body: bytes,
                                   expensive: bool) -> None:
     assert scheduling.is_expensive(path, query, headers, body) is expensive
+
+
+def test_a_tenant_over_its_share_with_a_backlog_is_demoted_to_the_expensive_workers() -> None:
+    """A tenant alone is never demoted; with another tenant served too, the one that used more
+    than an equal share of worker time and has more requests in the server runs its ordinary
+    work as expensive work; a tenant sending one request at a time never is."""
+    scheduler = FairScheduler(slots=3, expensive_slots=1, max_waiting_per_key=16, max_waiting=64)
+    for _ in range(4):  # A alone, busy
+        with scheduler.turn("A", False, wait_s=1):
+            time.sleep(0.05)
+    with clients(scheduler) as c:
+        c.start("a-held", "A")
+        assert not scheduler.demoted("A")  # alone
+        with scheduler.turn("B", False, wait_s=1):
+            pass
+        assert scheduler.demoted("A")  # B is served too, A used far more and holds a request
+        assert not scheduler.demoted("B")  # B used less, and has nothing in the server
+        c.finish_all()
+    assert not scheduler.demoted("A")  # nothing of A's in the server any more

@@ -5,8 +5,10 @@ Requests wait in one queue per tenant, and a free worker goes to the queues in t
 robin), so a tenant that sends 16 requests at once gets every other worker, not the next 16.
 Work that costs many times a search (re-ranking, near-duplicates, fetching an image URL) runs
 in workers of its own, fewer and at a lower CPU priority, so it never holds the workers that
-answer searches, nor their CPU time. A full queue answers 429 with ``Retry-After`` instead of
-growing.
+answer searches, nor their CPU time. So does the ordinary work of a tenant that, while others
+are served too, has used more than its share of worker time lately and has more requests in
+the server: a flood of cheap requests then yields the CPUs to the tenants that send one at a
+time. A full queue answers 429 with ``Retry-After`` instead of growing.
 
 The front cannot authenticate (the handlers do, in the workers), so it queues by credential:
 the worker that answers a request says which tenant it served (:func:`note_tenant`), and the
@@ -31,19 +33,41 @@ from dataclasses import dataclass
 # access_token; PixLab: WWW-Authenticate or ?key=; Marqo: x-api-key or x-marqo-index-id).
 CREDENTIAL_HEADERS = frozenset({"authorization", "access_token", "www-authenticate", "x-api-key", "x-marqo-index-id"})
 UNIDENTIFIED = "(unidentified)"
+USAGE_HALF_LIFE_S = 1.0  # worker time used counts half after this long
+ACTIVE_S = 2.0  # a tenant served this recently shares the workers
 _KNOWN_CREDENTIALS = 4096  # remembered credential -> tenant pairs (least recently used go first)
 _QUERY_KEY = re.compile(r"(?:^|&)key=([^&]*)")
 # A request fetches a URL when one of the fields a surface fetches holds one (/v1 image_url,
 # Marqo q, PixLab img), in JSON, a form, a multipart part or the query string. A URL elsewhere
-# (an item's metadata) is no fetch.
-_URL_FIELDS = rb"(?:image_url|q|img)"
+# (an item's metadata) is no fetch. Bodies run to megabytes of image bytes, so each field's
+# literal spelling is found first (memchr speed), and only what follows a hit is matched.
+_URL_FIELDS = (b"image_url", b"q", b"img")
 _URL_VALUE = rb"\s*https?(?::|%3a)"
-_NAMES_URL = re.compile(
-    rb'"' + _URL_FIELDS + rb'"\s*:\s*"' + _URL_VALUE                      # JSON
-    + rb"|(?:^|&)" + _URL_FIELDS + rb"=" + _URL_VALUE                       # query or urlencoded form
-    + rb'|name="' + _URL_FIELDS + rb'"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n' + _URL_VALUE,  # multipart
-    re.I)
-_RERANK = re.compile(rb"rerank", re.I)
+_SPELLINGS = tuple(
+    (literal, re.compile(after, re.I))
+    for field in _URL_FIELDS
+    for literal, after in (
+        (b'"' + field + b'"', rb"\s*:\s*\"" + _URL_VALUE),  # JSON
+        (field + b"=", _URL_VALUE),  # query string or urlencoded form (checked to start a pair)
+        (b'name="' + field + b'"', rb"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n" + _URL_VALUE),  # multipart
+    ))
+_MAX_HITS = 10_000  # of one literal, looked at (random image bytes spell `q=` every 64 KiB or so)
+
+
+def _names_url(data: bytes) -> bool:
+    for literal, after in _SPELLINGS:
+        at = data.find(literal)
+        for _ in range(_MAX_HITS):
+            if at < 0:
+                break
+            pair_start = not literal.endswith(b"=") or at == 0 or data[at - 1:at] == b"&"
+            if pair_start and after.match(data, at + len(literal)):
+                return True
+            at = data.find(literal, at + 1)
+        else:
+            return True  # too many to look at: count it as a fetch
+    return False
+
 
 _served_tenant: str | None = None
 
@@ -78,9 +102,9 @@ def is_expensive(path: str, query: str, headers: Sequence[tuple[str, str]], body
     if path.rstrip("/").endswith("/duplicates"):
         return True
     text = query.encode("latin-1", "replace")
-    if _RERANK.search(text) or any("rerank" in n.lower() for n, _ in headers):
+    if any("rerank" in n.lower() for n, _ in headers):
         return True
-    return bool(_NAMES_URL.search(text) or _RERANK.search(body) or _NAMES_URL.search(body))
+    return any(b"rerank" in data or b"Rerank" in data or _names_url(data) for data in (text, body))
 
 
 class QueueFull(Exception):
@@ -118,6 +142,9 @@ class FairScheduler:
         self._service_s = {False: 0.2, True: 1.0}
         self._waiting = 0
         self._running: dict[tuple[str, bool], int] = {}  # turns held, per key and kind
+        self._usage: dict[str, float] = {}  # worker seconds used lately, decayed, per key
+        self._seen: dict[str, float] = {}  # when each key last asked or finished
+        self._decayed_at = time.monotonic()
         self._tenants: OrderedDict[str, str] = OrderedDict()  # credential digest -> tenant
 
     # -- which queue
@@ -138,6 +165,33 @@ class FairScheduler:
             self._tenants.move_to_end(credential)
             while len(self._tenants) > _KNOWN_CREDENTIALS:
                 self._tenants.popitem(last=False)
+
+    # -- shares
+
+    def demoted(self, key: str) -> bool:
+        """Whether ``key``'s ordinary work should run as expensive work: other tenants were
+        served in the last ACTIVE_S, ``key`` used more than an equal share of the worker time
+        lately, and it has another request in the server already (a tenant that sends one
+        request at a time is never demoted)."""
+        with self._cond:
+            now = self._decay()
+            active = [k for k, at in self._seen.items() if now - at <= ACTIVE_S]
+            if key not in active or len(active) < 2:
+                return False
+            total = sum(self._usage.get(k, 0.0) for k in active)
+            in_server = len(self._queues.get(key, ())) + sum(n for (k, _), n in self._running.items() if k == key)
+            return total > 0 and self._usage.get(key, 0.0) / total > 1 / len(active) and in_server >= 1
+
+    def _decay(self) -> float:
+        now = time.monotonic()
+        factor = 0.5 ** ((now - self._decayed_at) / USAGE_HALF_LIFE_S)
+        self._decayed_at = now
+        for key in list(self._usage):
+            self._usage[key] *= factor
+            if self._usage[key] < 1e-4 and now - self._seen.get(key, 0.0) > ACTIVE_S:
+                del self._usage[key]
+                self._seen.pop(key, None)
+        return now
 
     # -- turns
 
@@ -164,6 +218,7 @@ class FairScheduler:
             if waiting >= self.max_waiting_per_key or self._waiting >= self.max_waiting:
                 raise QueueFull(self._retry_after(waiting + 1, expensive))
             ticket = _Ticket(key, expensive)
+            self._seen[key] = time.monotonic()
             if queue is None:
                 queue = self._queues[key] = deque()  # joins the round at its end
             queue.append(ticket)
@@ -196,6 +251,9 @@ class FairScheduler:
     def _release(self, ticket: _Ticket, service_s: float) -> None:
         with self._cond:
             self._service_s[ticket.expensive] += 0.1 * (service_s - self._service_s[ticket.expensive])
+            now = self._decay()
+            self._usage[ticket.key] = self._usage.get(ticket.key, 0.0) + service_s
+            self._seen[ticket.key] = now
             self._give_back(ticket)
             self._dispatch()
 
