@@ -62,7 +62,6 @@ class ColorHistogramEmbedder(Embedder):
 class MemoryIndex(SearchBackend):
     """In-memory search backend with the reference filter semantics (``filters.matches``)."""
 
-    supports_text_search = True
 
     def __init__(self, options: object = None, context: object = None) -> None:
         self.collections: dict[tuple[str, str], dict] = {}

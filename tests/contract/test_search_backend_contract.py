@@ -297,6 +297,18 @@ def test_text_search(backend: SearchBackend) -> None:
         backend.text_search("t", "c", TextQuery(text="!!!"))
 
 
+def test_keyword_search_reads_a_caption_list_on_every_backend(make_backend: Factory) -> None:
+    """A caption may be a list of strings; each backend built its keyword text its own way, and
+    only the embedded index found these (issue 27): ``item_text`` is now the one way."""
+    b = make_backend()
+    b.create_collection("t", spec())
+    b.upsert("t", "c", [Item("listed", vec(1), {"caption": ["red", "leather boot"], "prompt": ["studio", "shot"]}),
+                        Item("plain", vec(0, 1), {"caption": "blue canvas hat"})])
+    assert ids(b.text_search("t", "c", TextQuery(text="leather", limit=10))) == ["listed"]
+    assert ids(b.text_search("t", "c", TextQuery(text="studio", fields=("prompt",), limit=10))) == ["listed"]
+    assert ids(b.text_search("t", "c", TextQuery(text="canvas", limit=10))) == ["plain"]
+
+
 def test_facets(backend: SearchBackend) -> None:
     facets = backend.facets("t", "c", ["color", "kind", "tags"])
     assert facets["color"] == [("red", 2), ("blue", 1), ("green", 1)]

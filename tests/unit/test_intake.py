@@ -292,12 +292,12 @@ def test_anchor_expiry_and_model_mismatch(deployment: Path, monkeypatch: pytest.
     tenant = Lookalike().tenant("demo")
     tenant.create_collection("c")
     anchor = tenant.stage_anchor(ImageRef(data=query_image().read_bytes()))
-    vector = tenant.query_vector("c", ImageRef(anchor_id=anchor.id))
+    vector = tenant.search_with_vector("c", ImageRef(anchor_id=anchor.id))[1]
     assert vector.shape == (1280,) and np.isclose(np.linalg.norm(vector), 1, atol=1e-5)
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + 2 * 24 * 3600)
     with pytest.raises(NotFound, match="Anchor not found"):
-        tenant.query_vector("c", ImageRef(anchor_id=anchor.id))
+        tenant.search_with_vector("c", ImageRef(anchor_id=anchor.id))[1]
     monkeypatch.setattr(time, "time", real_time)
 
     monkeypatch.setattr(tenant.embedder, "model_id", "some-other-model")

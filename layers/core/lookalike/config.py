@@ -104,11 +104,16 @@ LAMBDA_MAX_INLINE_IMAGE_BYTES = 3_300_000
 LAMBDA_MAX_ANSWER_BYTES = 4_500_000
 
 
+#: The most hits a tenant's ``limits.max_limit`` may allow on one page (request schemas take up
+#: to this; each tenant's own bound is checked where the page is served).
+PAGE_LIMIT_CEILING = 1000
+
+
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_image_bytes: int = 5 * 1024 * 1024  # the XGen constraints table: 5 MB
     max_image_pixels: int = 40_000_000
-    max_limit: int = 100
+    max_limit: int = Field(default=100, ge=1, le=PAGE_LIMIT_CEILING)
     max_offset: int = 10_000
     anchor_ttl_seconds: int = 24 * 3600
 

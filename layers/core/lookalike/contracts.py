@@ -84,6 +84,15 @@ TextField = Literal["caption", "prompt"]
 TEXT_FIELDS: tuple[TextField, ...] = ("caption", "prompt")
 
 
+def item_text(metadata: Mapping[str, Any], field: str) -> str:
+    """An item's caption or prompt as one text, the same for every backend's keyword index and
+    for the text model: a string as it is, a list's members joined by spaces, nothing else."""
+    value = metadata.get(field)
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value if v is not None and not isinstance(v, (dict, list))).strip()
+    return value.strip() if isinstance(value, str) else ""
+
+
 @dataclass(frozen=True)
 class CollectionSpec:
     name: str
@@ -176,7 +185,6 @@ class SearchBackend(abc.ABC):
     #: Whether the backend keeps its data under the deployment's home (LOOKALIKE_HOME): such a
     #: backend cannot serve on Lambda, where each execution environment has its own /tmp.
     stores_in_home: ClassVar[bool] = False
-    supports_text_search: ClassVar[bool] = True
     #: Whether caption/prompt vectors (another model, another dimension) can be kept beside
     #: the image vectors; without them text search is keyword search.
     supports_text_vectors: ClassVar[bool] = True

@@ -103,7 +103,9 @@ FIELD_NAME_MAX = 64
 
 
 def _check_field(name: str) -> str:
-    if not name or len(name) > FIELD_NAME_MAX or not all(c.isalnum() or c in "_-." for c in name):
+    # The characters of a metadata key (ASCII letters, digits, '_', '.', '-'): a field no key
+    # can have would never match, so it is refused rather than silently matching nothing.
+    if not name or len(name) > FIELD_NAME_MAX or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in name):
         raise BadRequest(f"invalid filter field name: {name[:FIELD_NAME_MAX]!r}")
     return name
 

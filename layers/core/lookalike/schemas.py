@@ -7,11 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lookalike.clustering import CUTOFFS
-from lookalike.config import NAME_PATTERN, CollectionSettings
+from lookalike.config import NAME_PATTERN, PAGE_LIMIT_CEILING, CollectionSettings
 from lookalike.contracts import CollectionInfo, Hit, Item
 from lookalike.fetch import MAX_URL_CHARS
-
-MAX_LIMIT = 100
 
 
 class Strict(BaseModel):
@@ -128,7 +126,8 @@ class Deleted(BaseModel):
 class SearchOptions(Strict):
     """Paging, filtering and cutoff: the multipart form of a search takes only these."""
 
-    limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
+    limit: int = Field(default=10, ge=1, le=PAGE_LIMIT_CEILING, description=(
+        "at most the tenant's limits.max_limit (100 unless configured)"))
     offset: int = Field(default=0, ge=0, le=10_000)
     filter: dict[str, Any] | None = None
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)
@@ -188,7 +187,8 @@ class TextSearchRequest(Strict):
     mode: Literal["semantic", "keyword", "hybrid"] = Field(
         default="semantic", description="meaning, BM25 keywords, or both fused by reciprocal rank")
     fields: list[Literal["caption", "prompt"]] = Field(default=["caption", "prompt"], min_length=1)
-    limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
+    limit: int = Field(default=10, ge=1, le=PAGE_LIMIT_CEILING, description=(
+        "at most the tenant's limits.max_limit (100 unless configured)"))
     offset: int = Field(default=0, ge=0, le=10_000)
     filter: dict[str, Any] | None = None
     min_score: float | None = Field(default=None, ge=-1.0, le=1.0)

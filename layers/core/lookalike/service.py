@@ -53,6 +53,7 @@ from lookalike.contracts import (
     SearchPage,
     TextQuery,
     VectorQuery,
+    item_text,
 )
 from lookalike.errors import (
     BackendUnavailable,
@@ -167,12 +168,6 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise BadRequest(f"metadata exceeds {MAX_METADATA_BYTES} bytes")
     return dict(metadata)
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value if v is not None).strip()
-    return value.strip() if isinstance(value, str) else ""
 
 
 def check_item_id(item_id: str) -> str:
@@ -430,9 +425,6 @@ class TenantService:
     def embed(self, ref: ImageRef) -> np.ndarray:
         data, _ = self.image_bytes(ref)
         return self.embedder.embed_images([self.decode(data).image])[0]
-
-    def query_vector(self, collection: str, ref: ImageRef) -> np.ndarray:
-        return self._query(collection, ref)[0]
 
     def _query(self, collection: str, ref: ImageRef, want_image: bool = False) -> tuple[np.ndarray, Image.Image | None]:
         """The query's vector and, when ``want_image``, its photo (for re-ranking)."""
@@ -694,7 +686,7 @@ class TenantService:
             return
         self._text_model_matches(info)
         wanted = [(item, f, text) for item in items for f in TEXT_FIELDS
-                  if (text := _as_text(item.metadata.get(f)))]
+                  if (text := item_text(item.metadata, f))]
         if not wanted:
             return
         vectors = self.text_embedder.embed_texts([text for _, _, text in wanted])  # type: ignore[union-attr]
@@ -971,8 +963,10 @@ class TenantService:
 
     def _check_page(self, limit: int, offset: int, max_limit: int | None = None) -> None:
         cap = max_limit or self.limits.max_limit
-        if not 1 <= limit <= cap:
-            raise BadRequest(f"limit must be between 1 and {cap}")
+        if limit < 1:
+            raise BadRequest("limit: Input should be greater than or equal to 1")
+        if limit > cap:  # in the words the request schemas use for their own bounds
+            raise BadRequest(f"limit: Input should be less than or equal to {cap}")
         if not 0 <= offset <= self.limits.max_offset:
             raise BadRequest(f"offset must be between 0 and {self.limits.max_offset}")
 
@@ -1028,9 +1022,14 @@ class Lookalike:
             text_embedder = self.backend("embedders", text_choice) if text_choice else None
             if text_embedder is not None and not text_embedder.supports_text:
                 raise ConfigurationError(f"embedder {text_choice.name!r} cannot embed text")  # type: ignore[union-attr]
+            image_choice = config.embedder_for(tenant_id)
+            embedder = self.backend("embedders", image_choice)
+            if not embedder.supports_images:
+                raise ConfigurationError(f"embedder {image_choice.name!r} cannot embed images: choose an image "
+                                         "model as the tenant's embedder (a text model goes under text_embedder)")
             service = TenantService(
                 tenant_id, config, text_embedder=text_embedder,
-                embedder=self.backend("embedders", config.embedder_for(tenant_id)),
+                embedder=embedder,
                 search=self.backend("search_backends", config.search_for(tenant_id)),
                 blobs=self.backend("blob_stores", config.blobs_for(tenant_id)),
                 settings=self.settings,

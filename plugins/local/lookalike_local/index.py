@@ -40,6 +40,7 @@ from lookalike.contracts import (
     SearchPage,
     TextQuery,
     VectorQuery,
+    item_text,
 )
 from lookalike.errors import BackendUnavailable, BadRequest, Conflict, NotFound
 from lookalike.filters import And, Filter, Not, Or, Range, Term, as_number
@@ -132,7 +133,6 @@ class _Matrix:
 class LocalIndex(SearchBackend):
     Options = LocalIndexOptions
     stores_in_home = True
-    supports_text_search = True
 
     def __init__(self, options: LocalIndexOptions | None = None, context: BackendContext | None = None) -> None:
         options = options or LocalIndexOptions()
@@ -257,7 +257,7 @@ class LocalIndex(SearchBackend):
                     self._db.executemany(
                         "INSERT INTO item_fields (pk, tenant, collection, key, text, num, flag)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)", _field_rows(pk, tenant, collection, item.metadata))
-                    text = [_text(item.metadata.get(f)) for f in TEXT_FIELDS]
+                    text = [item_text(item.metadata, f) for f in TEXT_FIELDS]
                     if any(text):
                         self._db.execute("INSERT INTO items_text (rowid, caption, prompt) VALUES (?, ?, ?)",
                                          (pk, *text))
@@ -807,12 +807,6 @@ def _checked(vector: Any, dim: int | None, what: str) -> np.ndarray:
     if dim is None or v.shape[0] != dim:
         raise BadRequest(f"{what} dimension {v.shape[0]} does not match the collection's {dim}")
     return v
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _json_path(field: str) -> str:

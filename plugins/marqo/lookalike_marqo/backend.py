@@ -78,6 +78,7 @@ from lookalike.contracts import (
     SearchPage,
     TextQuery,
     VectorQuery,
+    item_text,
 )
 from lookalike.errors import BackendUnavailable, BadRequest, Conflict, NotFound
 from lookalike.filters import Filter, facet_keys
@@ -140,7 +141,6 @@ def _message(exc: MarqoWebError) -> str:
 
 class MarqoBackend(SearchBackend):
     Options = MarqoOptions
-    supports_text_search: ClassVar[bool] = True
     supports_text_vectors: ClassVar[bool] = False
 
     def __init__(self, options: MarqoOptions | None = None, context: BackendContext | None = None) -> None:
@@ -412,8 +412,7 @@ class MarqoBackend(SearchBackend):
             if item.text_vectors:
                 raise BadRequest("the marqo backend does not keep caption/prompt vectors")
             stored = {"metadata": item.metadata, "image_key": item.image_key, "updated_at": item.updated_at}
-            texts = {TEXT_FIELD[f]: item.metadata[f] for f in TEXT_FIELDS
-                     if isinstance(item.metadata.get(f), str) and item.metadata[f].strip()}
+            texts = {TEXT_FIELD[f]: text for f in TEXT_FIELDS if (text := item_text(item.metadata, f))}
             documents.append({"_id": item.id, KIND_FIELD: "item", ITEM_FIELD: json.dumps(stored),
                               VECTOR_FIELD: {"vector": [float(x) for x in vector]},
                               **texts, **filter_fields(item.metadata, max_len)})

@@ -32,6 +32,7 @@ from lookalike.contracts import (
     SearchPage,
     TextQuery,
     VectorQuery,
+    item_text,
 )
 from lookalike.errors import BackendUnavailable, BadRequest, ConfigurationError, Conflict, NotFound
 from lookalike.filters import Filter
@@ -115,7 +116,6 @@ def make_client(options: OpenSearchOptions) -> Any:
 
 class OpenSearchBackend(SearchBackend):
     Options = OpenSearchOptions
-    supports_text_search = True
 
     def __init__(self, options: OpenSearchOptions | None = None, context: BackendContext | None = None,
                  client: Any = None) -> None:
@@ -326,8 +326,7 @@ class OpenSearchBackend(SearchBackend):
             doc: dict[str, Any] = {"item_id": item.id, "image_key": item.image_key, "updated_at": item.updated_at,
                                    "metadata": item.metadata, "vector": vector, **typed_fields(item.metadata)}
             for field in TEXT_FIELDS:
-                text = item.metadata.get(field)
-                if isinstance(text, str):
+                if text := item_text(item.metadata, field):
                     doc[field] = text
             for field, tv in item.text_vectors.items():
                 if field not in TEXT_FIELDS:

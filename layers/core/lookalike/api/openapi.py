@@ -39,8 +39,21 @@ def _model(model: type[BaseModel]) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-SEARCH_FORM = _form(image=BINARY, limit={"type": "integer"}, offset={"type": "integer"}, filter=JSON_TEXT,
-                    min_score={"type": "number"}, threshold={"type": "integer", "minimum": 0, "maximum": 4})
+def _form_of(model: type[BaseModel], **files: dict[str, Any]) -> dict[str, Any]:
+    """A multipart form's schema from the pydantic model that validates its fields (so a field
+    added to the model is documented at once): object and list fields travel as JSON text."""
+    properties: dict[str, dict[str, Any]] = {}
+    for name, prop in model.model_json_schema()["properties"].items():
+        kinds = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+        if any(k.get("type") in ("object", "array") for k in kinds):
+            properties[name] = JSON_TEXT
+        else:
+            kept = {k: v for k, v in prop.items() if k == "description" or (k == "default" and v is not None)}
+            properties[name] = {**{k: v for k, v in kinds[0].items() if k != "title"}, **kept}
+    return _form(**files, **properties)
+
+
+SEARCH_FORM = _form_of(schemas.SearchOptions, image=BINARY)
 MARQO_BODY = {"type": "object", "required": ["q"], "properties": {
     "q": {"type": "string", "description": "image URL (.jpg .jpeg .png .webp .tiff .avif) or data:image/... URL"},
     "limit": {"type": "integer", "default": 10, "description": "clamped to 1-10"},
