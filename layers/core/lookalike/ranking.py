@@ -1,4 +1,5 @@
-"""Ordering shared by every backend that ranks in-process: score desc, then id asc.
+"""Ordering shared by every backend that ranks in-process, and rank fusion: score desc, then
+id asc.
 
 The id tie-break makes offset paging stable: the same query over the same collection
 always yields the same order, even when scores tie exactly (duplicates do).
@@ -6,9 +7,14 @@ always yields the same order, even when scores tie exactly (duplicates do).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
+
+from lookalike.contracts import Hit, SearchPage
+
+RRF_K = 60  # reciprocal-rank fusion constant (Cormack, Clarke and Buettcher, SIGIR 2009)
 
 
 def top_k(
@@ -29,3 +35,18 @@ def top_k(
         pool = pool[sub >= threshold]
     order = sorted(pool.tolist(), key=lambda r: (-float(scores[r]), id_of(r)))
     return order[:k], total
+
+
+def fuse(rankings: Sequence[Sequence[Hit]], limit: int, offset: int = 0) -> SearchPage:
+    """Reciprocal-rank fusion of ``rankings``: each hit scores the sum of 1 / (RRF_K + rank) over
+    the rankings that hold it (rank from 1), ties by id; the page ``offset:offset + limit`` of
+    the fused order, each hit with its fused score, and how many hits were fused."""
+    fused: dict[str, float] = {}
+    first: dict[str, Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            fused[hit.id] = fused.get(hit.id, 0.0) + 1.0 / (RRF_K + rank)
+            first.setdefault(hit.id, hit)
+    order = sorted(fused, key=lambda i: (-fused[i], i))
+    return SearchPage(hits=[replace(first[i], score=round(fused[i], 6)) for i in order[offset:offset + limit]],
+                      total=len(order))

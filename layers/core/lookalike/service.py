@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from lookalike import geometry, images, media, scheduling
+from lookalike import geometry, images, media, ranking, scheduling
 from lookalike.clustering import Cluster, cluster
 from lookalike.config import (
     LAMBDA_MAX_INLINE_IMAGE_BYTES,
@@ -215,7 +215,6 @@ def _chunks(entries: Iterable[Any], size: int) -> Iterable[list[Any]]:
 
 
 TextMode = Literal["semantic", "keyword", "hybrid"]
-RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
 HYBRID_DEPTH = 200  # candidates taken from each side before fusing
 
 
@@ -942,17 +941,9 @@ class TenantService:
     def _hybrid(self, collection: str, query: TextQuery, limit: int, offset: int) -> SearchPage:
         depth = min(HYBRID_DEPTH, max(offset + limit, 2 * limit))
         ranked = [self.search_backend.text_search(self.id, collection, replace(query, limit=depth, offset=0,
-                                                                              vector=v, min_score=m))
+                                                                              vector=v, min_score=m)).hits
                   for v, m in ((query.vector, query.min_score), (None, None))]
-        fused: dict[str, float] = {}
-        hits: dict[str, Hit] = {}
-        for page in ranked:
-            for rank, hit in enumerate(page.hits):
-                fused[hit.id] = fused.get(hit.id, 0.0) + 1.0 / (RRF_K + rank + 1)
-                hits.setdefault(hit.id, hit)
-        order = sorted(fused, key=lambda i: (-fused[i], i))
-        chosen = [replace(hits[i], score=round(fused[i], 6)) for i in order[offset:offset + limit]]
-        return SearchPage(hits=chosen, total=len(order))
+        return ranking.fuse(ranked, limit, offset)
 
     def facets(self, collection: str, fields: Sequence[str] | None = None, filter: Filter | None = None,
                size: int = 100) -> dict[str, list[tuple[str, int]]]:
