@@ -1,5 +1,5 @@
 """ingest: S3 ObjectCreated/ObjectRemoved events (via SQS) keep collections in step with the bucket."""
 
-from lookalike.api.s3_events import lambda_handler
+from lookalike.s3_events import lambda_handler
 
 __all__ = ["lambda_handler"]

@@ -2,8 +2,9 @@
 search page (/ui);
 Imgen's characters, models and styles."""
 
-from lookalike.api import v1, web
+from lookalike.api import web
 from lookalike.api.app import build_handler
 from lookalike.api.surfaces import imgen
+from lookalike.api.v1 import taxonomy
 
-app, lambda_handler = build_handler(v1.catalog, imgen.taxonomy_router, web.router)
+app, lambda_handler = build_handler(taxonomy.router, imgen.taxonomy_router, web.router)

@@ -21,7 +21,7 @@ import pytest
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from PIL import Image
 
-from lookalike.api import s3_events
+from lookalike import s3_events
 from lookalike.errors import BackendUnavailable
 from lookalike.lambda_context import LocalContext
 from tests.functional.test_events import function

@@ -15,14 +15,15 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from pydantic import BaseModel
 
 from lookalike import schemas
-from lookalike.api import v1
 from lookalike.api.app import build_app
 from lookalike.api.surfaces import imgen, marqo, pixlab, visual_layer, xgen
+from lookalike.api.v1 import embed, generate, reverse_search, taxonomy, upload
 
 # Served by lookalike.api.web at GET /openapi.json, which imports this module (every router
 # and model) only for that route.
 ROUTERS: tuple[Router, ...] = (
-    v1.catalog, v1.items, v1.search, v1.text, v1.embedding, xgen.router, marqo.router, pixlab.router,
+    taxonomy.router, upload.router, reverse_search.router, generate.router, embed.router,
+    xgen.router, marqo.router, pixlab.router,
     imgen.search_router, imgen.taxonomy_router, visual_layer.upload_router, visual_layer.explore_router,
 )
 
