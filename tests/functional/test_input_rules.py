@@ -85,3 +85,16 @@ def test_the_search_form_documents_every_field_the_search_takes() -> None:
     assert set(SEARCH_FORM["properties"]) == {"image", *SearchOptions.model_fields}
     assert SEARCH_FORM["properties"]["rerank"]["type"] == "boolean"
     assert SEARCH_FORM["properties"]["filter"]["type"] == "string"  # JSON, as text
+
+
+@pytest.mark.parametrize("name", ["p.jpg", "p.JPEG", "p.avif", "p.heic", "p.HEIF", "p.tiff"])
+def test_ingestion_takes_every_image_type_the_intake_decodes(name: str) -> None:
+    """Ingestion's suffixes were a copy that lacked AVIF and HEIC: a phone's photo dropped in the
+    catalog bucket was skipped although every upload route decodes it."""
+    from lookalike.images import IMAGE_SUFFIXES, SUPPORTED_TYPES
+    from lookalike.ingest import parse_catalog_key
+
+    key = parse_catalog_key(f"demo/c/{name}")
+    assert key is not None and key.item_id == "p"
+    assert parse_catalog_key("demo/c/notes.txt") is None
+    assert {s.lstrip(".") for s in IMAGE_SUFFIXES} >= {t.split("/")[1] for t in SUPPORTED_TYPES} - {"jpeg"}

@@ -23,9 +23,9 @@ from urllib.parse import quote_plus, unquote_plus
 from lookalike.errors import BadRequest, Conflict, LookalikeError, NotFound
 from lookalike.fetch import fetch
 from lookalike.idempotency import OnceOnly
+from lookalike.images import IMAGE_SUFFIXES
 from lookalike.service import DecodedForIngest, ImageRef, IngestReport, Lookalike, PreparedImage, TenantService
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 MAX_MANIFEST_LINE = 64 * 1024
 
 

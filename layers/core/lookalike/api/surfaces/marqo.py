@@ -28,7 +28,7 @@ from lookalike.errors import BadRequest, NotFound, Unauthorized
 from lookalike.service import ImageRef, TenantService
 
 router = Router()
-URL_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".avif")
+URL_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".avif")  # the document's list, not IMAGE_SUFFIXES
 Q_ERROR = "q must be an image URL or base64 data URI"
 NOT_ENABLED = "reverse image search is not enabled for this index"
 MAX_ATTRIBUTES = 256
