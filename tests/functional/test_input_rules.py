@@ -98,3 +98,16 @@ def test_ingestion_takes_every_image_type_the_intake_decodes(name: str) -> None:
     assert key is not None and key.item_id == "p"
     assert parse_catalog_key("demo/c/notes.txt") is None
     assert {s.lstrip(".") for s in IMAGE_SUFFIXES} >= {t.split("/")[1] for t in SUPPORTED_TYPES} - {"jpeg"}
+
+
+@pytest.mark.parametrize("stem", ["-photo", ".hidden", "plain", "été 2024", "a" * 300, "@home"])
+def test_an_item_id_from_a_file_name_is_always_a_valid_item_id(stem: str) -> None:
+    """Ingestion made ids with its own copy of the rule: `-photo.jpg` became `-photo`, which the
+    item id check refuses, so the file failed to ingest."""
+    from lookalike.ingest import item_id_for
+    from lookalike.service import check_item_id
+
+    item_id = item_id_for(Path(f"{stem}.jpg"))
+    assert check_item_id(item_id) == item_id
+    if stem == "plain":
+        assert item_id == "plain"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,15 @@ from lookalike.errors import BadRequest, Conflict, LookalikeError, NotFound
 from lookalike.fetch import fetch
 from lookalike.idempotency import OnceOnly
 from lookalike.images import IMAGE_SUFFIXES
-from lookalike.service import DecodedForIngest, ImageRef, IngestReport, Lookalike, PreparedImage, TenantService
+from lookalike.service import (
+    DecodedForIngest,
+    ImageRef,
+    IngestReport,
+    Lookalike,
+    PreparedImage,
+    TenantService,
+    item_id_from,
+)
 
 MAX_MANIFEST_LINE = 64 * 1024
 
@@ -39,7 +46,7 @@ class Source:
 
 
 def item_id_for(path: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9_.:@=+-]", "_", path.stem)[:256] or "_"
+    return item_id_from(path.stem)
 
 
 def folder_sources(folder: Path, skipped: list[tuple[str, str]]) -> list[Source]:

@@ -73,8 +73,18 @@ from lookalike.plugins import Registry, default_registry
 PHOTO_LINK_TTL_S = 300  # a redirect to the blob store is followed at once
 ANCHOR_UPLOAD_TTL_S = 900  # a presigned upload of a query image is used at once
 UPLOADED_SUFFIX = ".uploaded"  # a query image a client uploaded itself, not yet embedded
-ITEM_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,255}$"
+_ITEM_ID_CHARS = "A-Za-z0-9_.:@=+-"
+ITEM_ID_PATTERN = rf"^[A-Za-z0-9_][{_ITEM_ID_CHARS}]{{0,255}}$"
 _ITEM_ID = re.compile(ITEM_ID_PATTERN)
+
+
+def item_id_from(name: str) -> str:
+    """The item id a file name gives (ingestion): every other character becomes ``_``, and an
+    id that would start with one of ``.:@=+-`` starts with ``_``, so it passes ``check_item_id``."""
+    text = re.sub(rf"[^{_ITEM_ID_CHARS}]", "_", name)
+    if not text or not re.match(r"[A-Za-z0-9_]", text):
+        text = "_" + text
+    return text[:256]
 _ANCHOR_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_METADATA_BYTES = 16 * 1024
 RERANK_DEPTH = 50  # hits a re-ranking search verifies by local features (bench/rerank.py)
