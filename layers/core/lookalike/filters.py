@@ -8,6 +8,7 @@ OpenSearch). ``matches`` is the reference semantics used by in-memory fakes and 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,13 +101,15 @@ Filter = Term | Range | And | Or | Not
 MAX_FILTER_NODES = 256
 MAX_FILTER_VALUE_CHARS = 1024
 FIELD_NAME_MAX = 64
+#: A metadata key, and so any field a filter or facet may name: 1-64 ASCII letters, digits, '_',
+#: '.' or '-', not starting with '.' or '-'. One rule for both: a field no key can have would never
+#: match, so a filter naming one is refused rather than silently matching nothing.
+FIELD_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{FIELD_NAME_MAX - 1}}}")
 
 
-def _check_field(name: str) -> str:
-    # The characters of a metadata key (ASCII letters, digits, '_', '.', '-'): a field no key
-    # can have would never match, so it is refused rather than silently matching nothing.
-    if not name or len(name) > FIELD_NAME_MAX or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in name):
-        raise BadRequest(f"invalid filter field name: {name[:FIELD_NAME_MAX]!r}")
+def check_field(name: str) -> str:
+    if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
+        raise BadRequest(f"invalid filter field name: {str(name)[:FIELD_NAME_MAX]!r}")
     return name
 
 
@@ -122,7 +125,7 @@ def from_json(spec: Mapping[str, Any] | None) -> Filter | None:
         raise BadRequest("filter must be an object")
     clauses: list[Filter] = []
     for field, value in spec.items():
-        _check_field(field)
+        check_field(field)
         if isinstance(value, Mapping):
             unknown = set(value) - {"gte", "lte"}
             if unknown or not value:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from lookalike import geometry, images, media, ranking, scheduling
+from lookalike import filters, geometry, images, media, ranking, scheduling
 from lookalike.clustering import Cluster, cluster
 from lookalike.config import (
     LAMBDA_MAX_INLINE_IMAGE_BYTES,
@@ -156,7 +156,7 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     if len(metadata) > MAX_METADATA_KEYS:
         raise BadRequest(f"metadata has more than {MAX_METADATA_KEYS} keys")
     for key, value in metadata.items():
-        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", key):
+        if not isinstance(key, str) or not filters.FIELD_NAME.fullmatch(key):
             raise BadRequest("metadata keys must be 1-64 letters, digits, '_', '.' or '-'")
         # Search engines read dots as paths: "a." or "a..b" names nothing, and "a" beside "a.b"
         # would be a value and an object at once. Refused here, so every backend agrees.

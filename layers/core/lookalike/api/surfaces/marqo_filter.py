@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from lookalike.errors import BadRequest
-from lookalike.filters import MAX_FILTER_NODES, And, Filter, Not, Or, Range, Term, _check_field, count_nodes
+from lookalike.filters import MAX_FILTER_NODES, And, Filter, Not, Or, Range, Term, check_field, count_nodes
 
 MAX_FILTER_CHARS = 4096
 _TOKEN = re.compile(r"""
@@ -65,7 +65,7 @@ def _bound(text: str) -> float | None:
 
 def _term(kind: str, raw: str) -> Filter:
     field, _, value = raw.partition(":")
-    _check_field(field)
+    check_field(field)
     if kind == "range":
         parts = re.split(r"\s+TO\s+", value[1:-1].strip())
         if len(parts) != 2:

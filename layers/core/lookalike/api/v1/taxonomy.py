@@ -74,7 +74,7 @@ def facets(
     names = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
     if names:
         for name in names:
-            filters._check_field(name)
+            filters.check_field(name)
     result = tenant.facets(collection, names, size=size)
     return FacetsResponse(facets={k: [FacetValue(value=v, count=n) for v, n in vals] for k, vals in result.items()})
 
