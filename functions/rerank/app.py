@@ -20,7 +20,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from lookalike import geometry, images
+from lookalike import geometry, images, keys
 from lookalike.aws import s3_client
 from lookalike.errors import LookalikeError
 
@@ -59,7 +59,7 @@ def _photo_features(event: dict[str, Any], photo_key: str) -> geometry.Features:
 
 def _read_features(event: dict[str, Any], photo_key: str) -> geometry.Features:
     bucket = event["bucket"]
-    stored = _get(bucket, geometry.features_key(photo_key))
+    stored = _get(bucket, keys.features_key(photo_key))
     if stored is not None:
         try:
             return geometry.loads(stored)
@@ -73,7 +73,7 @@ def _read_features(event: dict[str, Any], photo_key: str) -> geometry.Features:
     except (LookalikeError, ImportError):  # HEIC: pillow-heif is not in this layer
         return geometry.NO_FEATURES
     features = geometry.extract(photo)
-    s3_client().put_object(Bucket=bucket, Key=geometry.features_key(photo_key), Body=geometry.dumps(features),
+    s3_client().put_object(Bucket=bucket, Key=keys.features_key(photo_key), Body=geometry.dumps(features),
                      ContentType="application/octet-stream")
     return features
 

@@ -20,7 +20,7 @@ re-ranking 0.900 / 0.973 with ORB against 0.867 / 0.967 with RootSIFT, extractio
 against 26-45 ms, matching 27 ms against 39, which keeps ingest at the model's speed.
 
 The catalog side is computed once, at ingest, and stored beside the photo in the blob store
-(``features_key``), so every search backend gets it; a query pays for its own features and
+(``keys.features_key``), so every search backend gets it; a query pays for its own features and
 the matching. OpenCV is imported on first use; where it is not installed (the Lambda layer
 leaves its 150 MB out) ``available()`` is False and nothing is verified.
 """
@@ -77,11 +77,6 @@ def _cv() -> Any:
 
     cv2.setNumThreads(1)  # one request per worker process
     return cv2
-
-
-def features_key(image_key: str) -> str:
-    """Where an item's features live: beside its photo, under the same version."""
-    return image_key + ".features"
 
 
 def extract(img: Image.Image) -> Features:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from lookalike import filters, geometry, images, media, ranking, scheduling
+from lookalike import filters, geometry, images, keys, media, ranking, scheduling
 from lookalike.clustering import Cluster, cluster
 from lookalike.config import (
     LAMBDA_MAX_INLINE_IMAGE_BYTES,
@@ -72,7 +72,6 @@ from lookalike.plugins import Registry, default_registry
 
 PHOTO_LINK_TTL_S = 300  # a redirect to the blob store is followed at once
 ANCHOR_UPLOAD_TTL_S = 900  # a presigned upload of a query image is used at once
-UPLOADED_SUFFIX = ".uploaded"  # a query image a client uploaded itself, not yet embedded
 _ITEM_ID_CHARS = "A-Za-z0-9_.:@=+-"
 ITEM_ID_PATTERN = rf"^[A-Za-z0-9_][{_ITEM_ID_CHARS}]{{0,255}}$"
 _ITEM_ID = re.compile(ITEM_ID_PATTERN)
@@ -272,7 +271,7 @@ class TenantService:
     # ------------------------------------------------------------ ingest status
 
     def _leases_prefix(self, collection: str) -> str:
-        return f"{self.id}/collections/{collection}/ingest/leases/"
+        return keys.leases_prefix(self.id, collection)
 
     def _leases(self, collection: str) -> dict[str, bool]:
         """Every ingest lease of ``collection``: key -> whether it is still live."""
@@ -357,12 +356,12 @@ class TenantService:
         self.collection(name)
         self.search_backend.delete_collection(self.id, name)
         # The items' images, ingest failures and lease: everything the collection stored.
-        self.blobs.delete_prefix(f"{self.id}/collections/{name}/")
+        self.blobs.delete_prefix(keys.collection_prefix(self.id, name))
 
     # ------------------------------------------------------------ ingest failures
 
     def _failures_key(self, collection: str) -> str:
-        return f"{self.id}/collections/{collection}/ingest/failures.json"
+        return keys.failures_key(self.id, collection)
 
     def ingest_failures(self, collection: str) -> list[dict[str, Any]]:
         """The latest images ingestion refused in this tenant's ``collection`` (looked up by the
@@ -476,8 +475,7 @@ class TenantService:
     def _anchor_key(self, anchor_id: str) -> str:
         if not _ANCHOR_ID.match(anchor_id):
             raise NotFound("Anchor not found")
-        # Under one anchors/ prefix so the anchors bucket's lifecycle rule can expire them all.
-        return f"anchors/{self.id}/{anchor_id}"
+        return keys.anchor_key(self.id, anchor_id)
 
     def stage_anchor(self, ref: ImageRef, region: tuple[float, float, float, float] | None = None) -> Anchor:
         """Store a query image and its embedding; paging by anchor never re-embeds.
@@ -504,15 +502,15 @@ class TenantService:
         buf = io.BytesIO()
         np.save(buf, vector.astype(np.float32), allow_pickle=False)
         self.blobs.put(key, data, mime, meta)
-        self.blobs.put(key + ".npy", buf.getvalue(), "application/x-npy", meta)
+        self.blobs.put(key + keys.VECTOR_SUFFIX, buf.getvalue(), "application/x-npy", meta)
         return anchor
 
     def anchor_upload(self) -> AnchorUpload:
         """A presigned upload for one query image; it becomes an anchor on its first search."""
         anchor_id = uuid.uuid4().hex
         expires_at = time.time() + ANCHOR_UPLOAD_TTL_S
-        post = self.blobs.presigned_post(self._anchor_key(anchor_id) + UPLOADED_SUFFIX, self.limits.max_image_bytes,
-                                         "image/", ANCHOR_UPLOAD_TTL_S)
+        post = self.blobs.presigned_post(self._anchor_key(anchor_id) + keys.UPLOADED_SUFFIX,
+                                         self.limits.max_image_bytes, "image/", ANCHOR_UPLOAD_TTL_S)
         if post is None:
             raise NotAvailableHere("uploads straight to the blob store need one that signs them (blobs: s3)")
         return AnchorUpload(anchor_id, post[0], post[1], self.limits.max_image_bytes, expires_at)
@@ -521,23 +519,23 @@ class TenantService:
         """Embed a query image a client uploaded itself, once, as an anchor (limits as for any image)."""
         key = self._anchor_key(anchor_id)
         try:
-            uploaded = self.blobs.get(key + UPLOADED_SUFFIX)
+            uploaded = self.blobs.get(key + keys.UPLOADED_SUFFIX)
         except NotFound:
             raise NotFound("Anchor not found") from None
         decoded = self.decode(uploaded.data)
         self._save_anchor(anchor_id, uploaded.data, decoded.mime, self.embedder.embed_images([decoded.image])[0])
-        self.blobs.delete(key + UPLOADED_SUFFIX)
+        self.blobs.delete(key + keys.UPLOADED_SUFFIX)
 
     def _load_anchor(self, anchor_id: str) -> tuple[Anchor, np.ndarray]:
         try:
-            blob = self.blobs.get(self._anchor_key(anchor_id) + ".npy")
+            blob = self.blobs.get(self._anchor_key(anchor_id) + keys.VECTOR_SUFFIX)
         except NotFound:
             try:
                 self._stage_uploaded(anchor_id)  # uploaded by the client: embedded on its first use
             except NotFound:
                 pass  # never uploaded, or staged meanwhile by a concurrent search
             try:
-                blob = self.blobs.get(self._anchor_key(anchor_id) + ".npy")
+                blob = self.blobs.get(self._anchor_key(anchor_id) + keys.VECTOR_SUFFIX)
             except NotFound:
                 raise NotFound("Anchor not found") from None
         try:
@@ -623,10 +621,10 @@ class TenantService:
         # A new key for every write: the row is switched to it only once the image is stored,
         # so a kill at any point leaves the item whole (old or new), never the new photo under
         # the old vector; what the switch leaves unreferenced is removed, or swept later.
-        return f"{self._images_prefix(collection)}{item_id}/{uuid.uuid4().hex}"
+        return keys.new_image_key(self.id, collection, item_id)
 
     def _images_prefix(self, collection: str) -> str:
-        return f"{self.id}/collections/{collection}/images/"
+        return keys.images_prefix(self.id, collection)
 
     def _store(self, collection: str, rows: Sequence[tuple[str, bytes, PreparedImage, dict]],
                began: float) -> list[Item]:
@@ -645,7 +643,7 @@ class TenantService:
                 self.blobs.put(item.image_key or "", data, image.decoded.mime, {"item_id": item_id})
                 written.append(item.image_key or "")
                 if image.features is not None:  # the photo's local features, for re-ranking searches
-                    key = geometry.features_key(item.image_key or "")
+                    key = keys.features_key(item.image_key or "")
                     self.blobs.put(key, image.features, "application/octet-stream", {"item_id": item_id})
                     written.append(key)
             superseded = set(self.search_backend.upsert(self.id, collection, items))
@@ -655,9 +653,9 @@ class TenantService:
         # A write that began later is stored for the superseded items: their new photos are ours
         # to remove, and what they replaced is that write's to remove, not ours.
         self._delete_blobs([k for item in items if item.id in superseded and item.image_key
-                            for k in (item.image_key, geometry.features_key(item.image_key))])
+                            for k in (item.image_key, keys.features_key(item.image_key))])
         self._delete_blobs([k for item_id, key in previous.items() if key and key not in written
-                            and item_id not in superseded for k in (key, geometry.features_key(key))])
+                            and item_id not in superseded for k in (key, keys.features_key(key))])
         return items
 
     def _delete_blobs(self, keys: Iterable[str]) -> None:
@@ -680,9 +678,9 @@ class TenantService:
         for key, modified in list(self.blobs.list_keys(prefix)):
             if modified >= cutoff:
                 continue
-            item_id = key[len(prefix):].rpartition("/")[0]
+            item_id = keys.item_id_of(self.id, collection, key)
             item = self.search_backend.get_item(self.id, collection, item_id) if _ITEM_ID.match(item_id) else None
-            photo = key.removesuffix(geometry.features_key(""))  # a photo's features go with it
+            photo = keys.photo_key(key)  # a photo's features go with it
             if item is None or item.image_key != photo:
                 self.blobs.delete(key)
                 removed += 1
@@ -722,7 +720,7 @@ class TenantService:
         item = self.search_backend.get_item(self.id, collection, check_item_id(item_id))
         removed = self.search_backend.delete(self.id, collection, [item_id]) > 0
         if item is not None and item.image_key:
-            self._delete_blobs([item.image_key, geometry.features_key(item.image_key)])
+            self._delete_blobs([item.image_key, keys.features_key(item.image_key)])
         return removed
 
     def media_url(self, base: str, collection: str, item: Hit | Item, size: media.Size = "full") -> str:
@@ -858,7 +856,7 @@ class TenantService:
         which every backend writes photos to (``_image_key``)."""
         self.collection(collection)
         prefix = self._images_prefix(collection)
-        ids = {key[len(prefix):].rpartition("/")[0] for key, _ in self.blobs.list_keys(prefix)}
+        ids = {keys.item_id_of(self.id, collection, key) for key, _ in self.blobs.list_keys(prefix)}
         return sorted(i for i in ids if _ITEM_ID.match(i)
                       and (item := self.search_backend.get_item(self.id, collection, i)) is not None
                       and item.image_key)
@@ -894,7 +892,7 @@ class TenantService:
         was ingested before features were."""
         if not hit.image_key:
             return geometry.NO_FEATURES
-        key = geometry.features_key(hit.image_key)
+        key = keys.features_key(hit.image_key)
         try:
             return geometry.loads(self.blobs.get(key).data)
         except (NotFound, ValueError):
