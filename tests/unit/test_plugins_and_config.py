@@ -242,3 +242,30 @@ def test_unknown_backend_or_bad_options_is_a_configuration_error(tmp_path: Path)
     write_deployment(tmp_path, {"defaults": {"search": {"name": "local", "options": {"bogus": 1}}}})
     with pytest.raises(ConfigurationError, match="invalid options for local"):
         Lookalike(Settings(home=tmp_path)).tenant("demo")
+
+
+def test_plugins_own_their_commands() -> None:
+    """`lookalike models build` is the local plugin's (register_commands), so the core CLI no
+    longer imports a plugin to offer it (issue 27); a third-party plugin adds its own."""
+    import ast
+
+    import click
+
+    from lookalike import cli
+    from lookalike.hookspecs import hookimpl
+    from lookalike.plugins import make_plugin_manager
+
+    class ThirdParty:
+        @hookimpl
+        def register_commands(self, register) -> None:  # type: ignore[no-untyped-def]
+            register(click.Command("hello", callback=lambda: None))
+
+    added: list[str] = []
+    make_plugin_manager(builtins=(), extra_plugins=(ThirdParty(),), load_entry_points=False).hook.register_commands(
+        register=lambda command: added.append(command.name))
+    assert added == ["hello"]
+
+    group = cli.main.commands["models"]
+    assert group.commands["build"].callback.__module__ == "lookalike_local"
+    imported = {n.module for n in ast.walk(ast.parse(Path(cli.__file__).read_text())) if isinstance(n, ast.ImportFrom)}
+    assert not any(m and m.startswith("lookalike_") for m in imported)

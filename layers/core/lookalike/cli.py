@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import click
 
 from lookalike.config import ApiKey, DeploymentConfig, Settings, TenantConfig, hash_key, parse_config, write_config
 from lookalike.errors import LookalikeError
+from lookalike.plugins import DEFAULT_PLUGINS, make_plugin_manager
 from lookalike.service import ImageRef, Lookalike, TenantService
 
 
@@ -295,27 +297,6 @@ def embed(image: Path, tenant: str | None) -> None:
                            "embedding": [round(float(x), 7) for x in vector]}))
 
 
-@main.group()
-def models() -> None:
-    """Model files."""
-
-
-@models.command("build")
-@click.option("--model-dir", type=click.Path(path_type=Path))
-@click.option("--only", type=click.Choice(["image", "text"]), help="Build one of the two models.")
-def models_build(model_dir: Path | None, only: str | None) -> None:
-    """Convert the packaged EfficientNet-Lite0 (float32 and int8) and all-MiniLM-L6-v2 weights to ONNX
-    (numpy + onnx + onnxruntime's quantiser, no torch)."""
-    from lookalike_local import efficientnet, minilm
-
-    target = model_dir or efficientnet.default_model_dir()
-    if only in (None, "image"):
-        click.echo(f"wrote {efficientnet.build_onnx(target / efficientnet.ONNX_NAME)}")
-        click.echo(f"wrote {efficientnet.build_int8(target / efficientnet.ONNX_INT8_NAME)}")
-    if only in (None, "text"):
-        click.echo(f"wrote {minilm.build_onnx(target)}")
-
-
 def default_template() -> Path:
     here = Path.cwd() / "template.yaml"
     if here.exists():
@@ -375,6 +356,16 @@ def _repair_quietly(app: Lookalike) -> None:
         app.repair()
     except LookalikeError as exc:
         click.echo(f"repair skipped: {exc.message}", err=True)
+
+
+def _plugin_commands() -> None:
+    """Plugins add their own commands (the local plugin's ``lookalike models build``, for one):
+    those that are installed (a layer's build has only some of them)."""
+    installed = tuple(m for m in DEFAULT_PLUGINS if importlib.util.find_spec(m) is not None)
+    make_plugin_manager(builtins=installed).hook.register_commands(register=main.add_command)
+
+
+_plugin_commands()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Lambda cold start then never imports the backends its tenants do not use).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
@@ -42,4 +43,14 @@ def register_blob_stores(register: Callable[[str, type | str], None]) -> None:
 
     :param register: call ``register(name, cls)`` once per store; ``name`` is what
         configuration uses in ``blobs.name``. Names must be unique.
+    """
+
+
+@hookspec
+def register_commands(register: Callable[[Any], None]) -> None:
+    """Add commands to the ``lookalike`` command line (a plugin that owns files to build, such
+    as model conversions, adds the command that builds them).
+
+    :param register: call ``register(command)`` once per click command or group. Import what a
+        command needs inside it: every ``lookalike`` invocation registers them all.
     """
