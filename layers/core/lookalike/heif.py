@@ -38,13 +38,6 @@ class _Item:
     tiles: list[int] = field(default_factory=list)  # dimg references, in order
 
 
-@dataclass(frozen=True)
-class HeifShape:
-    width: int
-    height: int
-    tiles: int  # coded images behind the primary one (1 unless it is a grid)
-
-
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
     """(type, payload start, payload end) of each box in data[start:end]."""
     pos = start
@@ -327,8 +320,8 @@ def _item_bytes(data: bytes, item: _Item, idat: _Span) -> bytes:
     return b"".join(chunks)
 
 
-def inspect(data: bytes, mime: str, max_pixels: int) -> HeifShape:
-    """Check an AVIF/HEIC file as described above; its displayed size and tile count."""
+def inspect(data: bytes, mime: str, max_pixels: int) -> None:
+    """Check an AVIF/HEIC file as described above (InvalidImage when it fails)."""
     meta = next(((lo, hi) for kind, lo, hi in _boxes(data, 0, len(data)) if kind == b"meta"), None)
     if meta is None:
         raise InvalidImage()
@@ -379,18 +372,17 @@ def inspect(data: bytes, mime: str, max_pixels: int) -> HeifShape:
     image = items[primary]
     if image.kind == coded_kind:
         width, height = ispe(image)
-        tiles = 1
     elif image.kind == b"grid":
-        width, height, tiles = _grid(data, image, items, idat, coded_kind, ispe)
+        width, height = _grid(data, image, items, idat, coded_kind, ispe)
     else:
         raise InvalidImage()
     if width <= 0 or height <= 0 or width * height > max_pixels:
         raise InvalidImage("Image dimensions exceed the limit")
-    return HeifShape(width, height, tiles)
 
 
 def _grid(data: bytes, grid: _Item, items: dict[int, _Item], idat: _Span, coded_kind: bytes,
-          ispe: Callable[[_Item], tuple[int, int]]) -> tuple[int, int, int]:
+          ispe: Callable[[_Item], tuple[int, int]]) -> tuple[int, int]:
+    """A grid's output size, once its tiles are checked."""
     body = _item_bytes(data, grid, idat)
     r = _Reader(body, 0, len(body))
     if r.uint(1) != 0:
@@ -409,4 +401,4 @@ def _grid(data: bytes, grid: _Item, items: dict[int, _Item], idat: _Span, coded_
     # the tiles cover the output, and no whole row or column of them lies outside it
     if not ((columns - 1) * tile_w < width <= columns * tile_w and (rows - 1) * tile_h < height <= rows * tile_h):
         raise InvalidImage()
-    return width, height, rows * columns
+    return width, height

@@ -636,7 +636,7 @@ class LocalServer:
         self.pool = pool or WorkerPool(gateway.template_path, options.worker_count(), wait=False)
         self.expensive_pool = pool or WorkerPool(gateway.template_path, options.expensive_worker_count(),
                                                  niceness=options.expensive_niceness, wait=False)
-        for each in {id(p): p for p in (self.pool, self.expensive_pool)}.values():
+        for each in (self.pool, self.expensive_pool):  # started together, awaited here
             if isinstance(each, WorkerPool):
                 each.wait_ready()
 

@@ -72,18 +72,10 @@ from lookalike.plugins import Registry, default_registry
 
 PHOTO_LINK_TTL_S = 300  # a redirect to the blob store is followed at once
 ANCHOR_UPLOAD_TTL_S = 900  # a presigned upload of a query image is used at once
-_ITEM_ID_CHARS = "A-Za-z0-9_.:@=+-"
-ITEM_ID_PATTERN = rf"^[A-Za-z0-9_][{_ITEM_ID_CHARS}]{{0,255}}$"
+_ITEM_ID_FIRST = "A-Za-z0-9_"
+_ITEM_ID_CHARS = _ITEM_ID_FIRST + ".:@=+-"
+ITEM_ID_PATTERN = rf"^[{_ITEM_ID_FIRST}][{_ITEM_ID_CHARS}]{{0,255}}$"
 _ITEM_ID = re.compile(ITEM_ID_PATTERN)
-
-
-def item_id_from(name: str) -> str:
-    """The item id a file name gives (ingestion): every other character becomes ``_``, and an
-    id that would start with one of ``.:@=+-`` starts with ``_``, so it passes ``check_item_id``."""
-    text = re.sub(rf"[^{_ITEM_ID_CHARS}]", "_", name)
-    if not text or not re.match(r"[A-Za-z0-9_]", text):
-        text = "_" + text
-    return text[:256]
 _ANCHOR_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_METADATA_BYTES = 16 * 1024
 RERANK_DEPTH = 50  # hits a re-ranking search verifies by local features (bench/rerank.py)
@@ -179,6 +171,15 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     return dict(metadata)
 
 
+def item_id_from(name: str) -> str:
+    """The item id a file name gives (ingestion): every other character becomes ``_``, and an
+    id that would start with one of ``.:@=+-`` starts with ``_``, so it passes ``check_item_id``."""
+    text = re.sub(rf"[^{_ITEM_ID_CHARS}]", "_", name)
+    if not re.match(rf"[{_ITEM_ID_FIRST}]", text):
+        text = "_" + text
+    return text[:256]
+
+
 def check_item_id(item_id: str) -> str:
     if not isinstance(item_id, str) or not _ITEM_ID.match(item_id):
         raise BadRequest("item id must be 1-256 characters: letters, digits and _ . : @ = + -")
@@ -270,14 +271,11 @@ class TenantService:
 
     # ------------------------------------------------------------ ingest status
 
-    def _leases_prefix(self, collection: str) -> str:
-        return keys.leases_prefix(self.id, collection)
-
     def _leases(self, collection: str) -> dict[str, bool]:
         """Every ingest lease of ``collection``: key -> whether it is still live."""
         now = time.time()
         leases = {}
-        for key, _ in list(self.blobs.list_keys(self._leases_prefix(collection))):
+        for key, _ in list(self.blobs.list_keys(keys.leases_prefix(self.id, collection))):
             try:
                 leases[key] = float(json.loads(self.blobs.get(key).data)["expires_at"]) > now
             except (NotFound, ValueError, KeyError, TypeError):
@@ -294,7 +292,7 @@ class TenantService:
         Each ingest holds a lease that a background thread renews; a status whose leases all
         lapsed (the ingest was killed) reads as READY again, and the last ingest to finish
         sets READY."""
-        key = self._leases_prefix(collection) + uuid.uuid4().hex
+        key = keys.leases_prefix(self.id, collection) + uuid.uuid4().hex
 
         def renew() -> None:
             body = json.dumps({"expires_at": time.time() + self.ingest_lease_s, "pid": os.getpid()}).encode()
@@ -360,14 +358,11 @@ class TenantService:
 
     # ------------------------------------------------------------ ingest failures
 
-    def _failures_key(self, collection: str) -> str:
-        return keys.failures_key(self.id, collection)
-
     def ingest_failures(self, collection: str) -> list[dict[str, Any]]:
         """The latest images ingestion refused in this tenant's ``collection`` (looked up by the
         caller), newest first: ``{"id", "reason", "at"}``."""
         try:
-            return list(json.loads(self.blobs.get(self._failures_key(collection)).data))
+            return list(json.loads(self.blobs.get(keys.failures_key(self.id, collection)).data))
         except (NotFound, ValueError):
             return []
 
@@ -381,7 +376,7 @@ class TenantService:
         fresh = [{"id": item_id, "reason": reason[:300], "at": now} for item_id, reason in reversed(failures)]
         with _FAILURES_LOCK:
             kept = (fresh + self.ingest_failures(collection))[:MAX_FAILURES_KEPT]
-            self.blobs.put(self._failures_key(collection), json.dumps(kept).encode(), "application/json")
+            self.blobs.put(keys.failures_key(self.id, collection), json.dumps(kept).encode(), "application/json")
 
     def _searchable(self, name: str) -> CollectionInfo:
         info = self.collection(name)
@@ -617,15 +612,6 @@ class TenantService:
                     report.indexed.extend(r[0] for r in ready)
         return report
 
-    def _image_key(self, collection: str, item_id: str) -> str:
-        # A new key for every write: the row is switched to it only once the image is stored,
-        # so a kill at any point leaves the item whole (old or new), never the new photo under
-        # the old vector; what the switch leaves unreferenced is removed, or swept later.
-        return keys.new_image_key(self.id, collection, item_id)
-
-    def _images_prefix(self, collection: str) -> str:
-        return keys.images_prefix(self.id, collection)
-
     def _store(self, collection: str, rows: Sequence[tuple[str, bytes, PreparedImage, dict]],
                began: float) -> list[Item]:
         """Write the photos, then the rows (versioned by ``began``), then delete what they replaced."""
@@ -633,7 +619,7 @@ class TenantService:
         for item_id, _, image, meta in rows:
             size = {"width": meta.get("width", image.decoded.width), "height": meta.get("height", image.decoded.height)}
             items.append(Item(id=item_id, vector=image.vector, metadata={**meta, **size},
-                              image_key=self._image_key(collection, item_id), updated_at=began))
+                              image_key=keys.new_image_key(self.id, collection, item_id), updated_at=began))
         self._embed_texts(collection, items)  # may refuse: nothing is written yet
         previous = {item.id: old.image_key for item in items
                     if (old := self.search_backend.get_item(self.id, collection, item.id)) is not None}
@@ -658,9 +644,9 @@ class TenantService:
                             and item_id not in superseded for k in (key, keys.features_key(key))])
         return items
 
-    def _delete_blobs(self, keys: Iterable[str]) -> None:
+    def _delete_blobs(self, blob_keys: Iterable[str]) -> None:
         """Best effort: a blob left behind is an orphan that ``sweep`` removes later."""
-        for key in keys:
+        for key in blob_keys:
             try:
                 self.blobs.delete(key)
             except LookalikeError:
@@ -674,7 +660,7 @@ class TenantService:
         for key, live in self._leases(collection).items():
             if not live:  # a killed ingest's
                 self.blobs.delete(key)
-        prefix = self._images_prefix(collection)
+        prefix = keys.images_prefix(self.id, collection)
         for key, modified in list(self.blobs.list_keys(prefix)):
             if modified >= cutoff:
                 continue
@@ -853,9 +839,9 @@ class TenantService:
 
     def item_ids(self, collection: str) -> list[str]:
         """Every item of ``collection`` that has a photo, sorted: walked through the blob store,
-        which every backend writes photos to (``_image_key``)."""
+        which every backend writes photos to (``keys.new_image_key``)."""
         self.collection(collection)
-        prefix = self._images_prefix(collection)
+        prefix = keys.images_prefix(self.id, collection)
         ids = {keys.item_id_of(self.id, collection, key) for key, _ in self.blobs.list_keys(prefix)}
         return sorted(i for i in ids if _ITEM_ID.match(i)
                       and (item := self.search_backend.get_item(self.id, collection, i)) is not None
