@@ -210,7 +210,7 @@ def _load(clients: int, seconds: float, one: Callable[[requests.Session, int, bo
 def _embed_loop(home: str, photos: list[bytes], seconds: float) -> tuple[int, float]:
     """One core's worth: decode and embed uploaded photos one at a time, as a worker does."""
     from lookalike.config import Settings
-    from lookalike.service import Lookalike
+    from lookalike.process import Lookalike
 
     tenant = Lookalike(Settings(home=Path(home))).tenant(TENANT)
     tenant.embedder.embed_images([tenant.decode(photos[0]).image])  # load the model first
@@ -263,7 +263,7 @@ def main() -> None:
     ceiling = model_ceiling(home, payloads, args.seconds)
     print(f"model ceiling: {ceiling} images/s", file=sys.stderr)
     from lookalike.config import Settings
-    from lookalike.service import Lookalike
+    from lookalike.process import Lookalike
 
     tenant = Lookalike(Settings(home=home)).tenant(TENANT)
     query_vectors = tenant.embedder.embed_images([tenant.decode(d).image for _, d in payloads])

@@ -48,7 +48,8 @@ def ef_sweep(home: Path, name: str, args: argparse.Namespace, options: dict) -> 
     """Recall@10 against exact search and the backend's own latency for each ef_search, on the
     same index (a query-time setting), with the validation photos' real embeddings."""
     from lookalike.contracts import VectorQuery
-    from lookalike.service import ImageRef, Lookalike
+    from lookalike.process import Lookalike
+    from lookalike.service import ImageRef
     from lookalike_opensearch.backend import OpenSearchBackend, OpenSearchOptions
 
     local = Lookalike().tenant("bench")

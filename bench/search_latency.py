@@ -46,7 +46,7 @@ def catalog_vectors(home: Path) -> tuple[list[str], np.ndarray, list[str]]:
     cache = RESULTS / "catalog_vectors.npz"
     paths = sorted((DATA / "train").rglob("*.jpg"))
     from lookalike.config import Settings
-    from lookalike.service import Lookalike
+    from lookalike.process import Lookalike
 
     tenant = Lookalike(Settings(home=home)).tenant("bench")
     if cache.exists():  # the same photos, embedded by the same model
@@ -64,7 +64,7 @@ def bench_tenant(prefix: str) -> tuple[Path, TenantService]:
     """A fresh home with one tenant, ``bench``, on the embedded default (set as LOOKALIKE_HOME),
     and that tenant's service."""
     from lookalike.config import Settings
-    from lookalike.service import Lookalike
+    from lookalike.process import Lookalike
 
     home = Path(tempfile.mkdtemp(prefix=prefix))
     (home / "config.yaml").write_text("tenants: {bench: {}}\n")

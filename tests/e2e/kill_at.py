@@ -36,7 +36,7 @@ def _maybe_die(point: str, wanted: str, nth: int) -> None:
 def install(point: str, nth: int) -> None:
     import pathlib
 
-    from lookalike import service
+    from lookalike import catalog
     from lookalike_local import ann, blobstore, index
 
     real_replace = os.replace
@@ -86,15 +86,15 @@ def install(point: str, nth: int) -> None:
 
     index.LocalIndex._set_revision = set_revision  # type: ignore[method-assign]
 
-    real_delete_blobs = service.TenantService._delete_blobs
+    real_delete_blobs = catalog.delete_blobs
 
-    def delete_blobs(self: Any, keys: Any) -> None:
+    def delete_blobs(tenant: Any, keys: Any) -> None:
         keys = list(keys)
         if keys:
             _maybe_die("after-commit", point, nth)
-        real_delete_blobs(self, keys)
+        real_delete_blobs(tenant, keys)
 
-    service.TenantService._delete_blobs = delete_blobs  # type: ignore[method-assign]
+    catalog.delete_blobs = delete_blobs  # type: ignore[assignment]
 
     real_set_status = index.LocalIndex.set_status
 

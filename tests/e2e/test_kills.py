@@ -27,7 +27,8 @@ import pytest
 import requests
 
 from lookalike.contracts import BackendContext
-from lookalike.service import ImageRef, Lookalike
+from lookalike.process import Lookalike
+from lookalike.service import ImageRef
 from lookalike_local.blobstore import FilesystemBlobStore, FilesystemOptions
 from tests.conftest import ROOT, catalog_images, write_deployment
 from tests.e2e.conftest import alive, cli_env, lookalike, start_server, worker_pids

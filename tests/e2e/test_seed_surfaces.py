@@ -668,7 +668,7 @@ def test_visual_layer_rs256_tenant_and_isolation(server: str) -> None:
 def test_visual_layer_not_ready_is_409(server: str) -> None:
     """While an ingest holds the collection (as `lookalike ingest` does, from another process)."""
     from lookalike.config import Settings
-    from lookalike.service import Lookalike
+    from lookalike.process import Lookalike
 
     tenant = Lookalike(Settings(home=_seeds_home(server))).tenant("demo")
     with tenant.indexing("clothing"):

@@ -208,3 +208,50 @@ def test_500_objects_with_faults_duplicates_and_reordering(deployment: Path, mot
             assert item is None
     s3_client.cache_clear()
     s3_events._once.cache_clear()
+
+
+def test_one_s3_record_looks_its_collection_up_once(deployment: Path, moto_server: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27: a record's collection is looked up once, where the record is located, and
+    handed down (it was three lookups for a write, two for a removal: on OpenSearch, six HTTP
+    round trips before the write). Counted at the backend, over the ingest function's handler."""
+    from lookalike.api.request import service
+    from lookalike.aws import s3_client
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)
+    monkeypatch.setenv("LOOKALIKE_S3_ENDPOINT_URL", moto_server)
+    s3_client.cache_clear()
+    s3_events._once.cache_clear()
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    tenant = service().tenant("demo")
+    tenant.create_collection("once")
+    lookups: list[str] = []
+    real_get_collection = tenant.search_backend.get_collection
+
+    def get_collection(tenant_id: str, name: str) -> Any:
+        lookups.append(name)
+        return real_get_collection(tenant_id, name)
+
+    monkeypatch.setattr(tenant.search_backend, "get_collection", get_collection)
+    handler = function("ingest").lambda_handler
+    context = LocalContext(function_name="ingest")
+    key = "demo/once/item-1.png"
+    put = s3.put_object(Bucket=BUCKET, Key=key, Body=tile(1))
+    for n, event in enumerate([s3_event("ObjectCreated:Put", key, 1, put["ETag"].strip('"')),
+                               s3_event("ObjectRemoved:Delete", key, 2)]):
+        if n:
+            s3.delete_object(Bucket=BUCKET, Key=key)
+        message = {"MessageId": f"m{n}", "ReceiptHandle": f"r{n}", "Body": json.dumps({"Records": [event]}),
+                   "MD5OfBody": ""}
+        # S3 straight to the function, then the same record through SQS (a redelivery: done once).
+        for delivery in ({"Records": [event]}, sqs_event([message], "arn:aws:sqs:us-east-1:1:ingest")):
+            lookups.clear()
+            result = handler(delivery, context)
+            assert result.get("batchItemFailures", []) == []
+            assert lookups == ["once"], (event["eventName"], result)
+    monkeypatch.undo()
+    assert tenant.search_backend.get_item("demo", "once", "item-1") is None
+    assert tenant.collection("once").item_count == 0
+    s3_client.cache_clear()
+    s3_events._once.cache_clear()

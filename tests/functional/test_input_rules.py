@@ -15,9 +15,9 @@ from lookalike.api import request as api_request
 from lookalike.api.openapi import SEARCH_FORM
 from lookalike.errors import BadRequest, ConfigurationError
 from lookalike.filters import from_json
+from lookalike.process import Lookalike
 from lookalike.schemas import SearchOptions
 from lookalike.server import Gateway
-from lookalike.service import Lookalike
 from tests.conftest import ROOT, catalog_images, write_deployment
 
 DEMO = [("Authorization", "Bearer demo-key"), ("Content-Type", "application/json")]
@@ -91,8 +91,9 @@ def test_the_search_form_documents_every_field_the_search_takes() -> None:
 def test_ingestion_takes_every_image_type_the_intake_decodes(name: str) -> None:
     """Ingestion's suffixes were a copy that lacked AVIF and HEIC: a phone's photo dropped in the
     catalog bucket was skipped although every upload route decodes it."""
-    from lookalike.images import IMAGE_SUFFIXES, SUPPORTED_TYPES
+    from lookalike.images import SUPPORTED_TYPES
     from lookalike.ingest import parse_catalog_key
+    from lookalike.rules import IMAGE_SUFFIXES
 
     key = parse_catalog_key(f"demo/c/{name}")
     assert key is not None and key.item_id == "p"
@@ -105,7 +106,7 @@ def test_an_item_id_from_a_file_name_is_always_a_valid_item_id(stem: str) -> Non
     """Ingestion made ids with its own copy of the rule: `-photo.jpg` became `-photo`, which the
     item id check refuses, so the file failed to ingest."""
     from lookalike.ingest import item_id_for
-    from lookalike.service import check_item_id
+    from lookalike.rules import check_item_id
 
     item_id = item_id_for(Path(f"{stem}.jpg"))
     assert check_item_id(item_id) == item_id

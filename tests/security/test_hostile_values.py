@@ -10,7 +10,8 @@ import pytest
 import requests
 
 from lookalike.errors import BadRequest
-from lookalike.service import ZERO_VECTOR, validate_metadata
+from lookalike.intake import ZERO_VECTOR
+from lookalike.rules import validate_metadata
 from tests.conftest import catalog_images
 from tests.security.conftest import DEMO, healthy, jwt_headers
 
@@ -127,7 +128,8 @@ def test_an_image_that_embeds_to_zero_is_refused_and_stores_nothing(deployment: 
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    from lookalike.service import ImageRef, Lookalike
+    from lookalike.process import Lookalike
+    from lookalike.service import ImageRef
 
     tenant = Lookalike().tenant("demo")
     tenant.create_collection("zeros")

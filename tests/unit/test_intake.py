@@ -18,7 +18,8 @@ from lookalike import fetch as fetch_module
 from lookalike import images
 from lookalike.errors import InvalidImage, ModelMismatch, NotFound, PayloadTooLarge
 from lookalike.fetch import FetchError, FetchPolicy, address_allowed, fetch
-from lookalike.service import ImageRef, Lookalike
+from lookalike.process import Lookalike
+from lookalike.service import ImageRef
 from tests.conftest import catalog_images, query_image, write_deployment
 from tests.security.heif_files import crafted, well_formed
 

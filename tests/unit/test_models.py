@@ -13,7 +13,8 @@ from PIL import Image, ImageOps
 
 from lookalike.config import Settings
 from lookalike.errors import BadRequest, ModelMismatch
-from lookalike.service import ImageRef, Lookalike
+from lookalike.process import Lookalike
+from lookalike.service import ImageRef
 from lookalike_local.efficientnet import EfficientNetLite0, EfficientNetOptions, projection_matrix
 from lookalike_local.minilm import MiniLM, MiniLMOptions
 from tests.conftest import catalog_images, query_image, write_deployment

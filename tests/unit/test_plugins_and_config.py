@@ -21,7 +21,7 @@ from lookalike.config import (
 )
 from lookalike.errors import ConfigurationError, NotFound, Unauthorized
 from lookalike.hookspecs import hookimpl
-from lookalike.service import Lookalike
+from lookalike.process import Lookalike
 from tests.conftest import ROOT, write_deployment
 from tests.fakes import ColorHistogramEmbedder, MemoryBlobStore, MemoryIndex, TestPlugin
 

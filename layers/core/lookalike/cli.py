@@ -17,7 +17,8 @@ import click
 from lookalike.config import ApiKey, DeploymentConfig, Settings, TenantConfig, hash_key, parse_config, write_config
 from lookalike.errors import LookalikeError
 from lookalike.plugins import DEFAULT_PLUGINS, make_plugin_manager
-from lookalike.service import ImageRef, Lookalike, TenantService
+from lookalike.process import Lookalike
+from lookalike.service import ImageRef, TenantService
 
 
 def _service() -> Lookalike:

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,14 +20,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookalike.errors import ConfigurationError
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-_NAME_RE = re.compile(NAME_PATTERN)
+from lookalike.rules import (
+    DEFAULT_MAX_LIMIT,
+    DEFAULT_MAX_OFFSET,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    NAME_PATTERN,
+    PAGE_LIMIT_CEILING,
+    valid_name,
+)
 
 
 def _check_names(value: dict[str, Any], what: str) -> dict[str, Any]:
     for name in value:
-        if not _NAME_RE.match(name):
+        if not valid_name(name):
             raise ValueError(f"invalid {what} {name!r}")
     return value
 
@@ -104,17 +109,12 @@ LAMBDA_MAX_INLINE_IMAGE_BYTES = 3_300_000
 LAMBDA_MAX_ANSWER_BYTES = 4_500_000
 
 
-#: The most hits a tenant's ``limits.max_limit`` may allow on one page (request schemas take up
-#: to this; each tenant's own bound is checked where the page is served).
-PAGE_LIMIT_CEILING = 1000
-
-
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_image_bytes: int = 5 * 1024 * 1024  # the XGen constraints table: 5 MB
-    max_image_pixels: int = 40_000_000
-    max_limit: int = Field(default=100, ge=1, le=PAGE_LIMIT_CEILING)
-    max_offset: int = 10_000
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_limit: int = Field(default=DEFAULT_MAX_LIMIT, ge=1, le=PAGE_LIMIT_CEILING)
+    max_offset: int = DEFAULT_MAX_OFFSET
     anchor_ttl_seconds: int = 24 * 3600
 
 
@@ -313,9 +313,3 @@ def write_config(path: Path, config: DeploymentConfig) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def valid_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
-
-

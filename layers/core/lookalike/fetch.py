@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import urllib3
 
 from lookalike.errors import BadRequest, PayloadTooLarge
+from lookalike.rules import MAX_IMAGE_BYTES
 
 MAX_REDIRECTS = 3
 MAX_URL_CHARS = 4096
@@ -28,7 +29,7 @@ _METADATA_HOSTS = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    max_bytes: int = 5 * 1024 * 1024
+    max_bytes: int = MAX_IMAGE_BYTES
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
     deadline: float = 15.0

@@ -8,17 +8,14 @@ OpenSearch). ``matches`` is the reference semantics used by in-memory fakes and 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lookalike.errors import BadRequest
+from lookalike.rules import INT64_MAX, check_field, is_unicode_text
 
 Scalar = str | int | float | bool
-
-
-INT64_MAX = 2**63 - 1
 
 
 def filter_number(value: int | float) -> int | float:
@@ -39,16 +36,6 @@ def filter_text(value: str) -> str:
     if not is_unicode_text(value):
         raise BadRequest("filter values must be valid Unicode text")
     return value
-
-
-def is_unicode_text(value: str) -> bool:
-    """Whether ``value`` encodes as UTF-8: JSON's ``"\\ud800"`` escapes decode to lone
-    surrogates, which no database, index or JSON encoder downstream can store."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # Every surface's parser builds these nodes, so their checks cover every surface and backend.
@@ -100,17 +87,6 @@ Filter = Term | Range | And | Or | Not
 
 MAX_FILTER_NODES = 256
 MAX_FILTER_VALUE_CHARS = 1024
-FIELD_NAME_MAX = 64
-#: A metadata key, and so any field a filter or facet may name: 1-64 ASCII letters, digits, '_',
-#: '.' or '-', not starting with '.' or '-'. One rule for both: a field no key can have would never
-#: match, so a filter naming one is refused rather than silently matching nothing.
-FIELD_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{FIELD_NAME_MAX - 1}}}")
-
-
-def check_field(name: str) -> str:
-    if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
-        raise BadRequest(f"invalid filter field name: {str(name)[:FIELD_NAME_MAX]!r}")
-    return name
 
 
 def from_json(spec: Mapping[str, Any] | None) -> Filter | None:

@@ -46,9 +46,6 @@ _PIL_FORMATS = {
     "image/tiff": "TIFF", "image/bmp": "BMP", "image/avif": "AVIF", "image/heic": "HEIF",
 }
 SUPPORTED_TYPES = frozenset(_PIL_FORMATS)
-#: The file names ingestion takes as images (folders, S3 keys): one for each type decoded here.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic",
-                            ".heif"})
 _HEIF_TYPES = frozenset({"image/avif", "image/heic"})
 # ISO base media files (ISO/IEC 14496-12) name their kind in the ``ftyp`` box's brands:
 # AVIF (AV1 in HEIF) or HEIC (HEVC in HEIF, what phones upload).

@@ -19,19 +19,15 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote_plus, unquote_plus
 
+from lookalike.catalog import IngestReport
+from lookalike.contracts import CollectionInfo
 from lookalike.errors import BadRequest, Conflict, LookalikeError, NotFound
 from lookalike.fetch import fetch
 from lookalike.idempotency import OnceOnly
-from lookalike.images import IMAGE_SUFFIXES
-from lookalike.service import (
-    DecodedForIngest,
-    ImageRef,
-    IngestReport,
-    Lookalike,
-    PreparedImage,
-    TenantService,
-    item_id_from,
-)
+from lookalike.intake import DecodedForIngest, ImageRef, PreparedImage
+from lookalike.process import Lookalike
+from lookalike.rules import IMAGE_SUFFIXES, item_id_from
+from lookalike.service import CollectionRef, TenantService
 
 MAX_MANIFEST_LINE = 64 * 1024
 
@@ -116,20 +112,20 @@ def ingest_sources(tenant: TenantService, collection: str, sources: list[Source]
                    threads: int = 2, progress: Any = None) -> IngestReport:
     """Index ``sources`` into ``collection``; progress is a tqdm-like object (``update(n)``)."""
     report = IngestReport()
-    tenant.collection(collection)
+    info = tenant.collection(collection)
     try:
         with tenant.indexing(collection):
-            _ingest(tenant, collection, sources, report, skip_existing, threads, progress)
+            _ingest(tenant, info, sources, report, skip_existing, threads, progress)
     finally:
         tenant.note_ingest_failures(collection, report.failed)
     return report
 
 
-def _ingest(tenant: TenantService, collection: str, sources: list[Source], report: IngestReport,
+def _ingest(tenant: TenantService, collection: CollectionInfo, sources: list[Source], report: IngestReport,
             skip_existing: bool, threads: int, progress: Any) -> None:
     pending: list[Source] = []
     for s in sources:
-        if skip_existing and tenant.search_backend.get_item(tenant.id, collection, s.item_id) is not None:
+        if skip_existing and tenant.search_backend.get_item(tenant.id, collection.name, s.item_id) is not None:
             report.skipped.append((s.item_id, "already indexed"))
             if progress is not None:
                 progress.update(1)
@@ -329,38 +325,39 @@ def prefetch(tenant: TenantService, objects: ObjectSource, keys: Sequence[str], 
 
 
 def converge(tenant: TenantService, where: CatalogKey, objects: ObjectSource, key: str,
-             prefetched: Prefetched | None = None) -> str:
+             prefetched: Prefetched | None = None, info: CollectionInfo | None = None) -> str:
     """Make the index agree with the object as it is *now*.
 
     Every event for a key, whatever its kind and in whatever order it arrives, re-reads the
     object: present -> indexed with its current bytes and metadata; gone -> deleted. So a
     late ObjectRemoved cannot delete a newer object, nor a late ObjectCreated resurrect a
     deleted one. If the object changed while it was indexed, the record is retried. An object
-    that can never be indexed is noted in the collection's recent ingest failures.
+    that can never be indexed is noted in the collection's recent ingest failures. ``info``: the
+    collection as the caller looked it up (an S3 record's, once), so it is not looked up again.
     """
     try:
-        return _converge(tenant, where, objects, key, prefetched)
+        return _converge(tenant, info or where.collection, where, objects, key, prefetched)
     except PoisonObject as exc:
         tenant.note_ingest_failures(where.collection, [(where.item_id, exc.message)])
         raise
 
 
-def _converge(tenant: TenantService, where: CatalogKey, objects: ObjectSource, key: str,
-              prefetched: Prefetched | None) -> str:
+def _converge(tenant: TenantService, collection: CollectionRef, where: CatalogKey, objects: ObjectSource,
+              key: str, prefetched: Prefetched | None) -> str:
     if prefetched is not None and prefetched.error is not None:
         raise prefetched.error
     obj = prefetched.obj if prefetched is not None else objects.read(key, tenant.limits.max_image_bytes)
     if obj is None:
-        tenant.delete_item(where.collection, where.item_id)
+        tenant.delete_item(collection, where.item_id)
         return "deleted"
     try:
-        tenant.put_item(where.collection, where.item_id, ImageRef(data=obj.data), obj.metadata,
+        tenant.put_item(collection, where.item_id, ImageRef(data=obj.data), obj.metadata,
                         prepared=prefetched.image if prefetched is not None else None)
     except BadRequest as exc:
         raise PoisonObject(f"refused: {exc.message}") from exc
     now = objects.version(key)
     if now is None:  # removed while it was being embedded
-        tenant.delete_item(where.collection, where.item_id)
+        tenant.delete_item(collection, where.item_id)
         return "deleted"
     if now != obj.version:
         raise ObjectChanged("the object was replaced while it was indexed; retried")
@@ -380,7 +377,7 @@ def _object_ref(record: dict[str, Any]) -> tuple[str, str]:
     return record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])
 
 
-Located = tuple[TenantService, CatalogKey] | str
+Located = tuple[TenantService, CatalogKey, CollectionInfo] | str
 
 
 def follow_sidecar(record: dict[str, Any], s3: Any,
@@ -412,7 +409,8 @@ def follow_sidecar(record: dict[str, Any], s3: Any,
 
 
 def locate(app: Lookalike, record: dict[str, Any]) -> Located:
-    """The tenant and catalog key an S3 record is about, or why it is not ingested."""
+    """The tenant, catalog key and collection an S3 record is about, or why it is not ingested:
+    the record's one collection lookup."""
     where = parse_catalog_key(_object_ref(record)[1])
     if where is None:
         return "ignored: key outside <tenant>/<collection>/<id>.<image ext>"
@@ -421,10 +419,10 @@ def locate(app: Lookalike, record: dict[str, Any]) -> Located:
     except NotFound:
         return "refused: unknown tenant"
     try:
-        tenant.collection(where.collection)
+        info = tenant.collection(where.collection)
     except NotFound:
         return "refused: unknown collection"
-    return tenant, where
+    return tenant, where, info
 
 
 @dataclass
@@ -467,12 +465,12 @@ def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: Once
         found = locate(app, record)
     if isinstance(found, str):
         return found
-    tenant, where = found
+    tenant, where, info = found
 
     def apply(identity: dict[str, str]) -> str:
         # Used once: a retry of this record, or a second record for the key, reads afresh.
         prefetched = batch.prefetched.pop(ref, None) if batch else None
-        return converge(tenant, where, S3Objects(s3, bucket), key, prefetched)
+        return converge(tenant, where, S3Objects(s3, bucket), key, prefetched, info)
 
     with (batch.locks.get(ref) if batch else None) or contextlib.nullcontext():
         identity = event_identity(record)

@@ -49,6 +49,11 @@ def features_key(image_key: str) -> str:
     return image_key + FEATURES_SUFFIX
 
 
+def photo_and_features(image_key: str) -> list[str]:
+    """Every blob of one stored photo: what a delete or a replacement removes."""
+    return [image_key, features_key(image_key)]
+
+
 def photo_key(key: str) -> str:
     """The photo a key belongs to (itself, or the photo whose features it holds)."""
     return key.removesuffix(FEATURES_SUFFIX)

@@ -7,9 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lookalike.clustering import CUTOFFS
-from lookalike.config import NAME_PATTERN, PAGE_LIMIT_CEILING, CollectionSettings
+from lookalike.config import CollectionSettings
 from lookalike.contracts import CollectionInfo, Hit, Item
 from lookalike.fetch import MAX_URL_CHARS
+from lookalike.rules import NAME_PATTERN, PAGE_LIMIT_CEILING
 
 
 class Strict(BaseModel):

@@ -15,8 +15,9 @@ from multipart import MultipartError, MultipartParser, ParserLimitReached, parse
 from pydantic import BaseModel, ValidationError
 
 from lookalike.errors import BadRequest, PayloadTooLarge, describe_validation
-from lookalike.filters import is_unicode_text
-from lookalike.service import Lookalike, TenantService
+from lookalike.process import Lookalike
+from lookalike.rules import is_unicode_text
+from lookalike.service import TenantService
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -14,6 +14,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from lookalike import media
 from lookalike.errors import NotFound
+from lookalike.rules import MAX_IMAGE_BYTES
 
 router = Router()  # taxonomy function
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -47,7 +48,7 @@ def openapi_json() -> Response[dict]:
 def page() -> Response[str]:
     # <base> is where the page's files and the API live: behind API Gateway that includes the stage.
     base = html.escape(f"{media.base_url(router.current_event)}/ui/")  # from the Host header: escaped
-    page_html = _asset("index.html").replace("{{BASE}}", base)
+    page_html = _asset("index.html").replace("{{BASE}}", base).replace("{{MAX_IMAGE_BYTES}}", str(MAX_IMAGE_BYTES))
     return Response(status_code=200, content_type="text/html; charset=utf-8", body=page_html,
                     headers=SECURITY_HEADERS)
 

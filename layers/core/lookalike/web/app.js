@@ -3,7 +3,8 @@
 // Authorization header, never in a URL. Thumbnails use the signed links search returns.
 
 const API = new URL("..", document.baseURI); // the page is served at <api>/ui
-const MAX_BYTES = 5 * 1024 * 1024; // the XGen limits: JPEG or PNG, 5 MB
+// The image cap, from the page (lookalike.rules.MAX_IMAGE_BYTES): JPEG or PNG, as XGen takes.
+const MAX_BYTES = Number(document.querySelector('meta[name="max-image-bytes"]')?.content); // the server checks it too
 const TYPES = ["image/jpeg", "image/png"];
 const KEY = "lookalike.key";
 const COLLECTION = "lookalike.collection";
@@ -147,7 +148,7 @@ function takeFile(file) {
     return;
   }
   if (file.size > MAX_BYTES) {
-    say(`"${file.name || "That photo"}" is ${(file.size / 1048576).toFixed(1)} MB; the limit is 5 MB.`);
+    say(`"${file.name || "That photo"}" is ${(file.size / 1048576).toFixed(1)} MB; the limit is ${(MAX_BYTES / 1048576).toFixed(0)} MB.`);
     return;
   }
   say("");

@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 
 from lookalike.errors import BadRequest
-from lookalike.filters import MAX_FILTER_NODES, And, Filter, Not, Or, Range, Term, check_field, count_nodes
+from lookalike.filters import MAX_FILTER_NODES, And, Filter, Not, Or, Range, Term, count_nodes
+from lookalike.rules import check_field
 
 MAX_FILTER_CHARS = 4096
 _TOKEN = re.compile(r"""

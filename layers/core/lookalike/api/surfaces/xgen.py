@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict
 from lookalike import images
 from lookalike.api.request import content_type, header, multipart_form, service
 from lookalike.errors import BadRequest, InvalidImage, PayloadTooLarge, Unauthorized
+from lookalike.rules import MAX_IMAGE_BYTES
 from lookalike.service import ImageRef
 
 router = Router()
-MAX_BYTES = 5 * 1024 * 1024
+MAX_BYTES = MAX_IMAGE_BYTES  # the XGen constraints table's 5 MB is the default cap
 RESULTS = 20
 DECLARED_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/pjpeg", "image/x-png"}
 SNIFFED_TYPES = frozenset({"image/jpeg", "image/png"})

@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from lookalike import filters, media
+from lookalike import media, rules
 from lookalike.api.request import (
     json_object,
     service,
@@ -74,7 +74,7 @@ def facets(
     names = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
     if names:
         for name in names:
-            filters.check_field(name)
+            rules.check_field(name)
     result = tenant.facets(collection, names, size=size)
     return FacetsResponse(facets={k: [FacetValue(value=v, count=n) for v, n in vals] for k, vals in result.items()})
 

@@ -1,0 +1,300 @@
+"""The embedded index's approximate path: one snapshot per collection and vector space, and
+searching through it.
+
+A *snapshot* is an approximate-index file (``lookalike_local.ann``: a memory-mapped IVF of 8-bit
+codes) covering a space's vectors up to a revision, recorded in the ``ann_snapshots`` table.
+Writes after it sit in a per-process delta; the snapshot is rebuilt, in the background, once
+the writes and deletes since it pass the rebuild limit. Candidates are rescored with their
+float32 vectors from SQLite, so scores, ``min_score``, ties by id and pages stay exact for what
+is found. (The word means only this: a search's consistent read of SQLite is a *read view*.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookalike.contracts import TEXT_FIELDS
+from lookalike.errors import BackendUnavailable
+from lookalike_local import ann
+from lookalike_local.matrix import stacked
+
+# A first snapshot of a collection larger than this is built in the background, not inside
+# the search that needs it (1M items take about a minute; a request has 30 s).
+SYNC_BUILD_MAX = 200_000
+
+
+@dataclass(frozen=True)
+class SnapshotSettings:
+    nprobe: int  # IVF lists visited per query; a filter passing a share s visits nprobe / sqrt(s)
+    candidates: int  # candidates rescored per result wanted
+    rebuild_fraction: float  # rebuild once the writes and deletes since a snapshot pass this share of it
+    rebuild_min: int  # ... or this many
+
+
+@dataclass
+class _Loaded:
+    """A snapshot mapped by this process, and the vectors written after it (this process's delta)."""
+
+    snapshot: ann.Snapshot
+    delta: ann.Delta
+
+
+class Snapshots:
+    """The snapshots of every collection of one database. ``db`` is the index's own connection
+    (searches read through it inside their read view); builds use a connection of their own."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, settings: SnapshotSettings) -> None:
+        self.db, self.path, self.settings = db, path, settings
+        self.dir = path.with_name(path.name + ".ann")
+        self._loaded: dict[tuple[str, str, str], _Loaded] = {}
+        self._building: set[tuple[str, str, str]] = set()
+        if self.dir.exists():
+            ann.sweep(self.dir, {r[0] for r in db.execute("SELECT file FROM ann_snapshots")})
+
+    def forget(self, tenant: str, collection: str, files: list[str]) -> None:
+        """A deleted collection's snapshots: dropped from memory and their ``files`` removed (call
+        after the commit that removed their rows: a kill before it leaves them referenced)."""
+        for key in [k for k in self._loaded if k[:2] == (tenant, collection)]:
+            del self._loaded[key]
+        for file in files:
+            (self.dir / file).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ building
+
+    def stale(self, tenant: str, collection: str, space: str) -> bool:
+        """Whether a space has no snapshot, or more writes and deletes since it than the
+        rebuild limit allows."""
+        row = self.db.execute("SELECT revision, items FROM ann_snapshots WHERE tenant = ? AND collection = ?"
+                              " AND space = ?", (tenant, collection, space)).fetchone()
+        if row is None:
+            return True
+        where, _ = _space_sql(space)
+        key = (tenant, collection)
+        written = self.db.execute(f"SELECT count(*) {where} AND i.vrev > ?", (*key, row[0])).fetchone()[0]
+        live = self.db.execute(f"SELECT count(*) {where}", key).fetchone()[0]
+        return written + max(0, int(row[1]) - (live - written)) > self._rebuild_limit(int(row[1]))
+
+    def _rebuild_limit(self, items: int) -> float:
+        return max(self.settings.rebuild_min, self.settings.rebuild_fraction * items)
+
+    def build(self, tenant: str, collection: str, space: str, wait: bool, first: bool = False) -> int | None:
+        """Build and record a snapshot of one space from its own connection; None when another
+        process holds the build lock (and ``wait`` is off) or the collection went away. With
+        ``first``, a snapshot another process built while this one waited is kept."""
+        lock = self.dir / f".{_digest(tenant, collection, space)}.lock"
+        with ann.build_lock(lock, wait) as taken:
+            if not taken:
+                return None
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                return self._build(db, tenant, collection, space, first)
+            finally:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                db.close()
+
+    def _build(self, db: sqlite3.Connection, tenant: str, collection: str, space: str, first: bool) -> int | None:
+        if first:
+            built = db.execute("SELECT items FROM ann_snapshots WHERE tenant = ? AND collection = ? AND space = ?",
+                               (tenant, collection, space)).fetchone()
+            if built is not None:
+                return int(built[0])
+        db.execute("BEGIN")  # one read view of the database for the whole build
+        row = db.execute("SELECT revision, dimension, text_dimension, created_at FROM collections"
+                         " WHERE tenant = ? AND name = ?", (tenant, collection)).fetchone()
+        if row is None:
+            return None
+        revision, created_at = int(row[0]), row[3]
+        dim = int(row[1] if space == "image" else row[2])
+        where, column = _space_sql(space)
+        key = (tenant, collection)
+        pks = np.array([r[0] for r in db.execute(f"SELECT i.pk {where} ORDER BY i.pk", key)], dtype=np.int64)
+
+        def vectors(chosen: np.ndarray) -> np.ndarray:
+            out = np.empty((len(chosen), dim), dtype=np.float32)
+            for start in range(0, len(chosen), 900):
+                part = chosen[start:start + 900].tolist()
+                marks = ",".join("?" * len(part))
+                got = dict(db.execute(f"SELECT i.pk, {column} {where} AND i.pk IN ({marks})", (*key, *part)))
+                for n, pk in enumerate(part):
+                    out[start + n] = np.frombuffer(got[pk], dtype=np.float32)
+            return out
+
+        def sample(n: int) -> np.ndarray:
+            rng = np.random.default_rng(revision)
+            return vectors(np.sort(rng.choice(pks, size=min(n, len(pks)), replace=False)))
+
+        def chunks() -> Any:
+            last = -1
+            while True:
+                rows = db.execute(f"SELECT i.pk, {column} {where} AND i.pk > ? ORDER BY i.pk LIMIT ?",
+                                  (*key, last, ann.CHUNK)).fetchall()
+                if not rows:
+                    return
+                last = rows[-1][0]
+                yield np.array([r[0] for r in rows], dtype=np.int64), stacked(rows, dim)
+
+        name = f"{_digest(tenant, collection, space)}-{revision}-{uuid.uuid4().hex[:8]}.faiss"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        count = ann.build(self.dir / name, dim, len(pks), sample, chunks())
+        db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        alive = db.execute("SELECT created_at FROM collections WHERE tenant = ? AND name = ?", key).fetchone()
+        old = db.execute("SELECT file FROM ann_snapshots WHERE tenant = ? AND collection = ? AND space = ?",
+                         (*key, space)).fetchone()
+        if alive is None or alive[0] != created_at:
+            db.execute("ROLLBACK")
+            (self.dir / name).unlink(missing_ok=True)
+            return None
+        db.execute("INSERT OR REPLACE INTO ann_snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (*key, space, name, revision, count, time.time()))
+        db.execute("COMMIT")
+        if old and old[0] != name:
+            (self.dir / old[0]).unlink(missing_ok=True)  # processes that mapped it keep it
+        return count
+
+    def _rebuild_in_background(self, key: tuple[str, str, str]) -> None:
+        if key in self._building:
+            return
+        self._building.add(key)
+
+        def rebuild() -> None:
+            try:
+                self.build(*key, wait=False)
+            finally:
+                self._building.discard(key)
+
+        threading.Thread(target=rebuild, daemon=True, name="lookalike-ann-build").start()
+
+    def _current(self, tenant: str, collection: str, space: str, revision: int, count: int) -> _Loaded | None:
+        """The space's snapshot and this process's delta, current as of the search's read view
+        (the collection at ``revision`` holds ``count`` items); builds the first snapshot
+        (waiting for it), starts later rebuilds in the background."""
+        key = (tenant, collection, space)
+        row = self.db.execute("SELECT file, revision, items FROM ann_snapshots"
+                              " WHERE tenant = ? AND collection = ? AND space = ?", key).fetchone()
+        if row is None:
+            if count > SYNC_BUILD_MAX:
+                # Too long to build inside a request (a worker is stopped at its timeout and
+                # would start over): build in the background, and ask the caller to come back.
+                self._rebuild_in_background(key)
+                raise BackendUnavailable("this collection's search index is being built; retry in a minute")
+            if self.build(tenant, collection, space, wait=True, first=True) is None:
+                return None
+            # The search's read view predates the new row: read it on a fresh connection.
+            with sqlite3.connect(self.path, timeout=30) as fresh:
+                row = fresh.execute("SELECT file, revision, items FROM ann_snapshots"
+                                    " WHERE tenant = ? AND collection = ? AND space = ?", key).fetchone()
+            if row is None:
+                return None
+        loaded = self._loaded.get(key)
+        if loaded is None or loaded.snapshot.path.name != row[0]:
+            snapshot = ann.Snapshot.open(self.dir / row[0], int(row[1]), int(row[2]))
+            loaded = _Loaded(snapshot=snapshot, delta=ann.Delta.empty(snapshot))
+            self._loaded[key] = loaded
+        if loaded.delta.revision < revision:
+            where, column = _space_sql(space)
+            rows = self.db.execute(f"SELECT i.pk, {column} {where} AND i.vrev > ?",
+                                   (tenant, collection, loaded.delta.revision)).fetchall()
+            if rows:
+                loaded.delta.add(np.array([r[0] for r in rows], dtype=np.int64),
+                                 stacked(rows, loaded.snapshot.index.d))
+            loaded.delta.revision = revision
+        stale = len(loaded.delta.pks) + max(0, loaded.snapshot.count - (count - len(loaded.delta.pks)))
+        if stale > self._rebuild_limit(loaded.snapshot.count):
+            self._rebuild_in_background(key)
+        return loaded
+
+    # ------------------------------------------------------------ searching
+
+    def search(self, tenant: str, collection: str, spaces: tuple[str, ...], q: np.ndarray, *, revision: int,
+               count: int, allowed: np.ndarray | None, min_score: float | None, exclude: frozenset[str],
+               limit: int, offset: int) -> tuple[list[tuple[str, float]], int]:
+        """The page's (id, exact score) pairs and the total: candidates from each space's IVF
+        (``allowed``: the pks a filter passes), rescored with their float32 vectors (the best over
+        the spaces, as the exact path scores text), then cut, excluded, ordered by (score desc,
+        id) and paged like the exact path."""
+        pool = count if allowed is None else len(allowed)
+        if pool == 0:
+            return [], 0
+        loaded = [self._current(tenant, collection, space, revision, count) for space in spaces]
+        k = max(100, self.settings.candidates * (offset + limit + len(exclude)))
+        while True:
+            found: list[np.ndarray] = []
+            for state in loaded:
+                if state is None:
+                    continue
+                nprobe = self.settings.nprobe
+                if allowed is not None:  # a selective filter visits more lists, up to all (bench/ann.py)
+                    nprobe = math.ceil(nprobe * math.sqrt(count / len(allowed)))
+                found.append(ann.search(state.snapshot, state.delta, q, k, nprobe, allowed))
+            candidates = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+            scored = self._rescore(tenant, collection, spaces, candidates, q)
+            passing = [(i, sc) for i, sc in scored if (min_score is None or sc >= min_score) and i not in exclude]
+            if min_score is None or len(passing) < len(scored) or k >= min(pool, 20_000):
+                break
+            k *= 4  # every candidate passed min_score: more may pass beyond them
+        passing.sort(key=lambda hit: (-hit[1], hit[0]))
+        if min_score is not None:
+            total = len(passing)  # within the approximate index's recall
+        else:
+            total = pool - self._excluded(tenant, collection, exclude, allowed)
+        return passing[offset:offset + limit], total
+
+    def _excluded(self, tenant: str, collection: str, exclude: frozenset[str], allowed: np.ndarray | None) -> int:
+        """How many of ``exclude`` are in the pool the search ranks."""
+        if not exclude:
+            return 0
+        marks = ",".join("?" * len(exclude))
+        pks = [r[0] for r in self.db.execute(
+            f"SELECT pk FROM items WHERE tenant = ? AND collection = ? AND id IN ({marks})",
+            (tenant, collection, *exclude))]
+        return len(pks) if allowed is None else int(np.isin(pks, allowed).sum())
+
+    def _rescore(self, tenant: str, collection: str, spaces: tuple[str, ...], pks: np.ndarray,
+                 q: np.ndarray) -> list[tuple[str, float]]:
+        """(id, exact cosine) of the candidates SQLite still has: the best over ``spaces``."""
+        best: dict[str, float] = {}
+        for start in range(0, len(pks), 900):
+            part = pks[start:start + 900].tolist()
+            marks = ",".join("?" * len(part))
+            if spaces == ("image",):
+                # "+": look the pks up by rowid, never by scanning the (tenant, collection) index.
+                rows = self.db.execute(f"SELECT id, vector FROM items WHERE pk IN ({marks})"
+                                       " AND +tenant = ? AND +collection = ?", (*part, tenant, collection)).fetchall()
+            else:
+                fields = ",".join("?" * len(spaces))
+                rows = self.db.execute(
+                    f"SELECT i.id, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE t.pk IN ({marks})"
+                    f" AND t.field IN ({fields}) AND +i.tenant = ? AND +i.collection = ?",
+                    (*part, *spaces, tenant, collection)).fetchall()
+            if not rows:
+                continue
+            matrix = stacked(rows, -1)
+            for (item_id, _), score in zip(rows, (matrix @ q).tolist(), strict=True):
+                if score > best.get(item_id, -math.inf):
+                    best[item_id] = score
+        return list(best.items())
+
+
+def _space_sql(space: str) -> tuple[str, str]:
+    """(FROM ... WHERE clause over the space's vectors, the vector column) for ``space``."""
+    if space == "image":
+        return "FROM items i WHERE i.tenant = ? AND i.collection = ?", "i.vector"
+    assert space in TEXT_FIELDS  # a fixed name, so it may be spelled into the SQL
+    return ("FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE i.tenant = ? AND i.collection = ?"
+            f" AND t.field = '{space}'"), "t.vector"
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
