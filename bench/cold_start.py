@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
-from lookalike.server import load_template  # noqa: E402
+from lookalike.gateway import load_template  # noqa: E402
 from tests.e2e.lambda_stand_in import (  # noqa: E402 - after the path is set
     BUILD,
     DOMAIN,

@@ -34,7 +34,7 @@ RESULTS = ROOT / "bench" / "results"
 
 from PIL import Image  # noqa: E402
 
-from lookalike.server import Gateway  # noqa: E402
+from lookalike.gateway import Gateway  # noqa: E402
 from tests.conftest import FIXTURES, free_port  # noqa: E402
 from tests.e2e.lambda_stand_in import DOMAIN, api_event, functions, multipart, stack_resources  # noqa: E402
 from tests.e2e.strict_aws import DomainGate, InvokeEndpoint, InvokeGate, SignedDomainProxy, StrictAws  # noqa: E402

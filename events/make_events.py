@@ -12,7 +12,7 @@ import json
 import uuid
 from pathlib import Path
 
-from lookalike.server import Gateway
+from lookalike.gateway import Gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"

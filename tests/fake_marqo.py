@@ -46,7 +46,7 @@ import re
 import threading
 from typing import Any
 
-from lookalike.api.surfaces import marqo_filter
+from lookalike.api.surfaces.marqo import filter_dsl as marqo_filter
 from lookalike.errors import BadRequest
 from lookalike.filters import And, Filter, Not, Or, Range, Term
 from tests.loopback import LoopbackServer

@@ -4,7 +4,7 @@ Imgen's characters, models and styles."""
 
 from lookalike.api import web
 from lookalike.api.app import build_handler
-from lookalike.api.surfaces import imgen
+from lookalike.api.surfaces.imgen import taxonomy as imgen
 from lookalike.api.v1 import taxonomy
 
-app, lambda_handler = build_handler(taxonomy.router, imgen.taxonomy_router, web.router)
+app, lambda_handler = build_handler(taxonomy.router, imgen.router, web.router)

@@ -178,9 +178,9 @@ def test_a_large_collection_without_a_snapshot_is_built_in_the_background(
     """Past the size a request can wait for, the first search answers 503 "retry" and the
     snapshot is built beside it; the next searches use it."""
     from lookalike.errors import BackendUnavailable
-    from lookalike_local import index as index_module
+    from lookalike_local import snapshots as snapshots_module
 
-    monkeypatch.setattr(index_module, "SYNC_BUILD_MAX", 1000)
+    monkeypatch.setattr(snapshots_module, "SYNC_BUILD_MAX", 1000)
     big = LocalIndex(LocalIndexOptions(path=tmp_path / "i.sqlite", ann_min_items=1000))
     big.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM))
     big.upsert("t", "c", [Item(f"i{n:05d}", data["vectors"][n]) for n in range(3000)])
@@ -188,6 +188,6 @@ def test_a_large_collection_without_a_snapshot_is_built_in_the_background(
     with pytest.raises(BackendUnavailable, match="retry"):
         big.search("t", "c", VectorQuery(vector=q, limit=5))
     deadline = time.monotonic() + 60
-    while big._building and time.monotonic() < deadline:
+    while big.snapshots._building and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(big.search("t", "c", VectorQuery(vector=q, limit=5)).hits) == 5

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.config import hash_key
-from lookalike.server import load_template
+from lookalike.gateway import load_template
 from tests.e2e.strict_aws import (
     NO_VALUE,
     REGION,

@@ -19,7 +19,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerNeedSection
 from packaging import tags
 
-from lookalike.server import load_template
+from lookalike.gateway import load_template
 from tests.e2e.lambda_stand_in import BUILD
 
 pytestmark = pytest.mark.skipif(not (BUILD / "template.yaml").is_file(),

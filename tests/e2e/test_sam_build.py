@@ -24,7 +24,7 @@ import requests
 from PIL import Image
 
 from lookalike.config import LAMBDA_MAX_UPLOAD_BYTES, Limits
-from lookalike.server import Gateway, load_template
+from lookalike.gateway import Gateway, load_template
 from tests.conftest import FIXTURES, ROOT, free_port
 from tests.e2e.lambda_stand_in import (
     BUILD,

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from lookalike.api.request import service
+from lookalike.gateway import Gateway, load_template
 from lookalike.lambda_context import LocalContext
-from lookalike.server import Gateway, load_template
 from tests.conftest import EVENTS, FIXTURES, ROOT, load_event
 
 _modules: dict[str, ModuleType] = {}

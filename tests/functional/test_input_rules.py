@@ -15,9 +15,9 @@ from lookalike.api import request as api_request
 from lookalike.api.openapi import SEARCH_FORM
 from lookalike.errors import BadRequest, ConfigurationError
 from lookalike.filters import from_json
+from lookalike.gateway import Gateway
 from lookalike.process import Lookalike
 from lookalike.schemas import SearchOptions
-from lookalike.server import Gateway
 from tests.conftest import ROOT, catalog_images, write_deployment
 
 DEMO = [("Authorization", "Bearer demo-key"), ("Content-Type", "application/json")]

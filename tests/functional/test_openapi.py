@@ -8,8 +8,8 @@ from pathlib import Path
 from openapi_spec_validator import validate
 
 from lookalike.api.openapi import document
+from lookalike.gateway import Gateway
 from lookalike.lambda_context import LocalContext
-from lookalike.server import Gateway
 from tests.conftest import ROOT, load_event
 from tests.functional.test_events import function, invoke
 

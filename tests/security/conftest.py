@@ -16,7 +16,9 @@ import pytest
 import requests
 
 from lookalike.api import request as api_request
-from lookalike.server import Gateway, InProcessPool, LocalServer, ServerOptions
+from lookalike.gateway import Gateway
+from lookalike.server import LocalServer, ServerOptions
+from lookalike.workers import InProcessPool
 from tests.conftest import ROOT, catalog_images, free_port, write_deployment
 
 JWT_SECRETS = {"demo": "demo-jwt-secret-" + "d" * 40, "globex": "globex-jwt-secret-" + "g" * 40}

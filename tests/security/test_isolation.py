@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from lookalike.server import Gateway
+from lookalike.gateway import Gateway
 from tests.conftest import ROOT, catalog_images
 from tests.security.conftest import DEMO, GLOBEX, Tenant
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
-from lookalike.server import Gateway
+from lookalike.gateway import Gateway
 from tests.conftest import ROOT, catalog_images
 from tests.security.conftest import DEMO, healthy, jwt_headers
 

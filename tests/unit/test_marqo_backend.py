@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from lookalike.api.surfaces import marqo_filter
+from lookalike.api.surfaces.marqo import filter_dsl as marqo_filter
 from lookalike.contracts import CollectionSpec, Item, TextQuery, VectorQuery
 from lookalike.errors import BackendUnavailable, BadRequest, ConfigurationError, NotFound
 from lookalike.filters import And, Filter, Not, Or, Range, Term, matches

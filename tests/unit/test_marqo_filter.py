@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lookalike.api.surfaces.marqo_filter import FilterSyntaxError, parse
+from lookalike.api.surfaces.marqo.filter_dsl import FilterSyntaxError, parse
 from lookalike.filters import And, Not, Or, Range, Term, matches
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from lookalike.server import Gateway, LocalServer, ServerOptions
+from lookalike.gateway import Gateway
+from lookalike.server import LocalServer, ServerOptions
 from tests.conftest import free_port
 
 TEMPLATE = """\

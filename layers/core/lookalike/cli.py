@@ -328,7 +328,8 @@ def serve(host: str, port: int, template: Path | None, workers: int, expensive_w
     Tenants take turns at the workers (one queue each); see SECURITY.md, "Fair shares".
 
     SIGTERM or Ctrl-C stops it gracefully: requests in flight are answered first."""
-    from lookalike.server import Gateway, LocalServer, ServerOptions
+    from lookalike.gateway import Gateway
+    from lookalike.server import LocalServer, ServerOptions
 
     # Locally there is no CloudWatch or X-Ray to receive them; set these to "false" to see them.
     # Set before the workers start: they inherit the environment.

@@ -23,6 +23,7 @@ from lookalike.errors import ConfigurationError
 from lookalike.rules import (
     DEFAULT_MAX_LIMIT,
     DEFAULT_MAX_OFFSET,
+    FIELD_NAME_PATTERN,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
     NAME_PATTERN,
@@ -92,7 +93,7 @@ class CollectionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reverse_search_enabled: bool = True  # off: the Marqo surface answers 404 as its document says
     # facet fields beyond the defaults; each a filter field name
-    keyword_fields: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]] = Field(
+    keyword_fields: list[Annotated[str, Field(pattern=FIELD_NAME_PATTERN)]] = Field(
         default_factory=list, max_length=64)
     # The x-marqo-index-id the Marqo surface accepts as a search-only credential for this
     # collection (unset: one is generated when the collection is created). It is a secret.

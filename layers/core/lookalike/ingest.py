@@ -7,25 +7,20 @@ sidecar JSON object with the same stem (``<tenant>/<collection>/<item_id>.json``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote_plus, unquote_plus
 
 from lookalike.catalog import IngestReport
 from lookalike.contracts import CollectionInfo
-from lookalike.errors import BadRequest, Conflict, LookalikeError, NotFound
+from lookalike.errors import BadRequest, Conflict, LookalikeError
 from lookalike.fetch import fetch
-from lookalike.idempotency import OnceOnly
 from lookalike.intake import DecodedForIngest, ImageRef, PreparedImage
-from lookalike.process import Lookalike
 from lookalike.rules import IMAGE_SUFFIXES, item_id_from
 from lookalike.service import CollectionRef, TenantService
 
@@ -364,123 +359,10 @@ def _converge(tenant: TenantService, collection: CollectionRef, where: CatalogKe
     return "indexed"
 
 
-def event_identity(record: dict[str, Any]) -> dict[str, str]:
-    """What makes two deliveries the same S3 event: bucket, key, version/eTag and sequencer."""
-    obj = record["s3"]["object"]
-    return {"bucket": record["s3"]["bucket"]["name"], "key": obj["key"],
-            "version": str(obj.get("versionId") or obj.get("eTag") or ""),
-            "sequencer": str(obj.get("sequencer") or ""), "event": str(record.get("eventName", ""))}
-
-
-def _object_ref(record: dict[str, Any]) -> tuple[str, str]:
-    """(bucket, key) of an S3 event record, the key URL-decoded as S3 events encode it."""
-    return record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])
-
-
-Located = tuple[TenantService, CatalogKey, CollectionInfo] | str
-
-
-def follow_sidecar(record: dict[str, Any], s3: Any,
-                   found: dict[tuple[str, str], str | None] | None = None) -> dict[str, Any]:
-    """A record about a sidecar (``<tenant>/<collection>/<stem>.json``) as a record about its
-    image, so metadata uploaded after its image converges too (the image is re-read with its
-    sidecar); other records unchanged. A sidecar whose image is not there yet stays as it is
-    and is ignored: the image's own event reads the sidecar. ``found`` keeps each sidecar's
-    image for the batch, so its records list the bucket once."""
-    ref = bucket, key = _object_ref(record)
-    parts = key.split("/")
-    if len(parts) != 3 or not parts[2].lower().endswith(".json"):
-        return record
-    if found is None or ref not in found:
-        stem = key[: -len(".json")]
-        # An S3 failure here is raised, and the record retried, as a failed read would be.
-        listed = s3.list_objects_v2(Bucket=bucket, Prefix=stem + ".", MaxKeys=20).get("Contents", [])
-        images = sorted(o["Key"] for o in listed if o["Key"].rsplit(".", 1)[0] == stem
-                        and Path(o["Key"]).suffix.lower() in IMAGE_SUFFIXES)
-        image = images[0] if images else None
-        if found is not None:
-            found[ref] = image
-    else:
-        image = found[ref]
-    if image is None:
-        return record
-    obj = {**record["s3"]["object"], "key": quote_plus(image)}
-    return {**record, "s3": {**record["s3"], "object": obj}}
-
-
-def locate(app: Lookalike, record: dict[str, Any]) -> Located:
-    """The tenant, catalog key and collection an S3 record is about, or why it is not ingested:
-    the record's one collection lookup."""
-    where = parse_catalog_key(_object_ref(record)[1])
-    if where is None:
-        return "ignored: key outside <tenant>/<collection>/<id>.<image ext>"
-    try:
-        tenant = app.tenant(where.tenant)
-    except NotFound:
-        return "refused: unknown tenant"
-    try:
-        info = tenant.collection(where.collection)
-    except NotFound:
-        return "refused: unknown collection"
-    return tenant, where, info
-
-
-@dataclass
-class EventBatch:
-    """One delivery of S3 records (an SQS batch), located and prefetched together; records of
-    the same key are applied one at a time, in any order, since each converges on the object's state."""
-
-    located: dict[tuple[str, str], Located] = field(default_factory=dict)
-    prefetched: dict[tuple[str, str], Prefetched] = field(default_factory=dict)
-    locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
-    sidecar_images: dict[tuple[str, str], str | None] = field(default_factory=dict)
-
-    @classmethod
-    def prepare(cls, app: Lookalike, records: Sequence[dict[str, Any]], s3: Any,
-                pool: ThreadPoolExecutor) -> EventBatch:
-        batch = cls()
-        groups: dict[tuple[str, str], tuple[TenantService, list[str]]] = {}
-        for record in (follow_sidecar(r, s3, batch.sidecar_images) for r in records):
-            ref = _object_ref(record)
-            if ref in batch.located:
-                continue
-            batch.located[ref] = found = locate(app, record)
-            batch.locks[ref] = threading.Lock()
-            if not isinstance(found, str):
-                bucket, key = ref
-                groups.setdefault((bucket, found[0].id), (found[0], []))[1].append(key)
-        for (bucket, _), (tenant, keys) in groups.items():
-            fetched = prefetch(tenant, S3Objects(s3, bucket), keys, pool)
-            batch.prefetched.update({(bucket, key): p for key, p in fetched.items()})
-        return batch
-
-
-def handle_s3_record(app: Lookalike, record: dict[str, Any], s3: Any, once: OnceOnly | None = None,
-                     batch: EventBatch | None = None) -> str:
-    """Apply one S3 event record; returns what was done. Raises to ask for a retry (or the DLQ)."""
-    record = follow_sidecar(record, s3, batch.sidecar_images if batch else None)
-    ref = bucket, key = _object_ref(record)
-    found = batch.located.get(ref) if batch else None
-    if found is None:
-        found = locate(app, record)
-    if isinstance(found, str):
-        return found
-    tenant, where, info = found
-
-    def apply(identity: dict[str, str]) -> str:
-        # Used once: a retry of this record, or a second record for the key, reads afresh.
-        prefetched = batch.prefetched.pop(ref, None) if batch else None
-        return converge(tenant, where, S3Objects(s3, bucket), key, prefetched, info)
-
-    with (batch.locks.get(ref) if batch else None) or contextlib.nullcontext():
-        identity = event_identity(record)
-        return once.run(identity, apply) if once else apply(identity)
-
-
 # ---------------------------------------------------------------- folder watcher
 
 
-def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+def _folder_state(folder: Path) -> dict[str, tuple[int, int]]:
     out = {}
     for path in folder.iterdir():
         if path.is_file() and (path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() == ".json"):
@@ -501,7 +383,7 @@ class FolderWatcher:
 
     def poll(self) -> list[tuple[str, str]]:
         """One scan; returns (file name, outcome) for each image it acted on."""
-        now = _snapshot(self.objects.root)
+        now = _folder_state(self.objects.root)
         changed = {name for name in now.keys() | self.seen.keys() if now.get(name) != self.seen.get(name)}
         images = {name for name in changed if Path(name).suffix.lower() in IMAGE_SUFFIXES}
         for name in changed - images:  # a sidecar changed: re-index its image

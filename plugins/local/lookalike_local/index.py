@@ -1,28 +1,24 @@
 """The embedded default search backend: SQLite for metadata, facets and text; numpy for vectors.
 
-SQLite holds everything (vectors included) and is the source of truth. A per-collection
-revision counter lets several processes (the server and a CLI ingest) share one database and
-reload only when another one wrote.
+SQLite holds everything (vectors included) and is the source of truth (``schema``). A
+per-collection revision counter lets several processes (the server and a CLI ingest) share one
+database and reload only when another one wrote.
 
-Collections below ``ann_min_items`` are searched exactly: one matrix-vector product over
-float32 vectors cached in memory (the reference the approximate path is tested against).
-Larger ones are searched through ``lookalike_local.ann``: a memory-mapped IVF of 8-bit codes
-shared by every process, whose candidates are rescored with their float32 vectors from
-SQLite, so scores, ``min_score``, ties broken by id and pages stay exact for what is found.
+This module keeps the collections, the item writes and the exact search: collections below
+``ann_min_items`` are searched by one matrix-vector product over their float32 vectors cached
+in memory (``matrix``), the reference the approximate path is tested against. Larger ones are
+searched through their approximate snapshots (``snapshots``). Filters compile to SQL over the
+field index (``query``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,58 +38,17 @@ from lookalike.contracts import (
     VectorQuery,
     item_text,
 )
-from lookalike.errors import BackendUnavailable, BadRequest, Conflict, NotFound
-from lookalike.filters import And, Filter, Not, Or, Range, Term, as_number
+from lookalike.errors import BadRequest, Conflict, NotFound
+from lookalike.filters import Filter
 from lookalike.ranking import top_k
-from lookalike_local import ann
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS collections (
-    tenant TEXT NOT NULL, name TEXT NOT NULL, model_id TEXT NOT NULL, dimension INTEGER NOT NULL,
-    settings TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL,
-    revision INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (tenant, name));
-CREATE TABLE IF NOT EXISTS items (
-    pk INTEGER PRIMARY KEY, tenant TEXT NOT NULL, collection TEXT NOT NULL, id TEXT NOT NULL,
-    metadata TEXT NOT NULL, image_key TEXT, vector BLOB NOT NULL, updated_at REAL NOT NULL,
-    UNIQUE (tenant, collection, id));
-CREATE VIRTUAL TABLE IF NOT EXISTS items_text USING fts5(caption, prompt, tokenize='porter unicode61');
-CREATE TABLE IF NOT EXISTS text_vectors (
-    pk INTEGER NOT NULL, field TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (pk, field));
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
--- One row per filterable metadata value (list members each), so that a filter is an index
--- lookup instead of a json_each over every item: text, number or flag (booleans).
-CREATE TABLE IF NOT EXISTS item_fields (
-    pk INTEGER NOT NULL, tenant TEXT NOT NULL, collection TEXT NOT NULL, key TEXT NOT NULL,
-    text TEXT, num REAL, flag INTEGER);
-CREATE INDEX IF NOT EXISTS item_fields_text ON item_fields (tenant, collection, key, text, pk) WHERE text IS NOT NULL;
-CREATE INDEX IF NOT EXISTS item_fields_num ON item_fields (tenant, collection, key, num, pk) WHERE num IS NOT NULL;
-CREATE INDEX IF NOT EXISTS item_fields_flag ON item_fields (tenant, collection, key, flag, pk) WHERE flag IS NOT NULL;
-CREATE INDEX IF NOT EXISTS item_fields_pk ON item_fields (pk);
--- The approximate index files in force, one per collection and vector space ('image', or a
--- caption/prompt field), each covering the vectors written up to its revision.
-CREATE TABLE IF NOT EXISTS ann_snapshots (
-    tenant TEXT NOT NULL, collection TEXT NOT NULL, space TEXT NOT NULL, file TEXT NOT NULL,
-    revision INTEGER NOT NULL, items INTEGER NOT NULL, built_at REAL NOT NULL,
-    PRIMARY KEY (tenant, collection, space));
-INSERT OR IGNORE INTO counters VALUES ('revision', (SELECT coalesce(max(revision), 0) FROM collections));
-"""
-# Columns added after the first release; databases created before get them on open.
-_MIGRATIONS = (
-    ("collections", "text_model_id", "ALTER TABLE collections ADD COLUMN text_model_id TEXT"),
-    ("collections", "text_dimension", "ALTER TABLE collections ADD COLUMN text_dimension INTEGER"),
-    # The revision that wrote an item's vectors: what an approximate snapshot covers.
-    ("items", "vrev", "ALTER TABLE items ADD COLUMN vrev INTEGER NOT NULL DEFAULT 0"),
-)
-
+from lookalike_local import ann, query
+from lookalike_local.matrix import Matrix
+from lookalike_local.schema import open_database
+from lookalike_local.snapshots import Snapshots, SnapshotSettings
 
 _COUNT_SQL = "(SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name)"
 _INFO_SQL = ("SELECT name, model_id, dimension, settings, status, created_at, {count},"
              " text_model_id, text_dimension, revision FROM collections c")
-
-
-# A first snapshot of a collection larger than this is built in the background, not inside
-# the search that needs it (1M items take about a minute; a request has 30 s).
-SYNC_BUILD_MAX = 200_000
 
 
 class LocalIndexOptions(BaseModel):
@@ -110,25 +65,6 @@ class LocalIndexOptions(BaseModel):
     ann_rebuild_min: int = Field(default=5_000, ge=1)
 
 
-@dataclass
-class _Matrix:
-    """In-memory vectors of one collection, kept in step with SQLite.
-
-    Row n of ``vectors`` and of each ``text[field]`` belong to item ``ids[n]``; a text row
-    counts only where ``has_text[field]`` is set (not every item has a caption).
-    """
-
-    revision: int
-    ids: list[str]
-    vectors: np.ndarray  # (capacity, d); rows [0, len(ids)) are live
-    position: dict[str, int]
-    text: dict[str, np.ndarray]
-    has_text: dict[str, np.ndarray]
-
-    @property
-    def live(self) -> np.ndarray:
-        return self.vectors[: len(self.ids)]
-
 
 class LocalIndex(SearchBackend):
     Options = LocalIndexOptions
@@ -138,26 +74,15 @@ class LocalIndex(SearchBackend):
         options = options or LocalIndexOptions()
         home = context.home if context else Path(".lookalike")
         self.path = options.path or home / "index.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        for table, column, ddl in _MIGRATIONS:
-            if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(ddl)
-        self._db.execute("CREATE INDEX IF NOT EXISTS items_vrev ON items (tenant, collection, vrev)")
-        self._backfill_fields()
-        self._cache: dict[tuple[str, str], _Matrix] = {}
-        self.options = options
-        self.ann_dir = self.path.with_name(self.path.name + ".ann")
-        self._ann: dict[tuple[str, str, str], _AnnState] = {}
+        self._db = open_database(self.path)
+        self._cache: dict[tuple[str, str], Matrix] = {}
         self._counts: dict[tuple[str, str], tuple[int, int]] = {}
-        self._building: set[tuple[str, str, str]] = set()
-        if self.ann_dir.exists():
-            referenced = {r[0] for r in self._db.execute("SELECT file FROM ann_snapshots")}
-            ann.sweep(self.ann_dir, referenced)
+        self.options = options
+        self.snapshots = Snapshots(self._db, self.path, SnapshotSettings(
+            nprobe=options.ann_nprobe, candidates=options.ann_candidates,
+            rebuild_fraction=options.ann_rebuild_fraction, rebuild_min=options.ann_rebuild_min))
+        self.ann_dir = self.snapshots.dir
 
     # ------------------------------------------------------------ collections
 
@@ -208,10 +133,7 @@ class LocalIndex(SearchBackend):
                     "DELETE FROM ann_snapshots WHERE tenant = ? AND collection = ? RETURNING file", (tenant, name))]
                 cur = self._db.execute("DELETE FROM collections WHERE tenant = ? AND name = ?", (tenant, name))
             self._cache.pop((tenant, name), None)
-            for key in [k for k in self._ann if k[:2] == (tenant, name)]:
-                del self._ann[key]
-        for file in files:  # after the commit: a kill before it leaves them referenced
-            (self.ann_dir / file).unlink(missing_ok=True)
+            self.snapshots.forget(tenant, name, files)  # after the commit: a kill before it leaves them referenced
         return cur.rowcount > 0
 
     def set_status(self, tenant: str, name: str, status: Literal["READY", "INDEXING"]) -> None:
@@ -254,9 +176,7 @@ class LocalIndex(SearchBackend):
                     self._db.execute("DELETE FROM items_text WHERE rowid = ?", (pk,))
                     self._db.execute("DELETE FROM text_vectors WHERE pk = ?", (pk,))
                     self._db.execute("DELETE FROM item_fields WHERE pk = ?", (pk,))
-                    self._db.executemany(
-                        "INSERT INTO item_fields (pk, tenant, collection, key, text, num, flag)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)", _field_rows(pk, tenant, collection, item.metadata))
+                    self._db.executemany(query.FIELD_ROW_SQL, query.field_rows(pk, tenant, collection, item.metadata))
                     text = [item_text(item.metadata, f) for f in TEXT_FIELDS]
                     if any(text):
                         self._db.execute("INSERT INTO items_text (rowid, caption, prompt) VALUES (?, ?, ?)",
@@ -271,7 +191,7 @@ class LocalIndex(SearchBackend):
             if matrix is not None and matrix.revision == before:
                 for item, v, texts in rows:
                     if item.id not in superseded:
-                        _matrix_put(matrix, item.id, v, texts)
+                        matrix.put(item.id, v, texts)
                 matrix.revision = revision
             else:
                 self._cache.pop((tenant, collection), None)
@@ -299,7 +219,7 @@ class LocalIndex(SearchBackend):
             matrix = self._cache.get((tenant, collection))
             if matrix is not None and matrix.revision == before:
                 for item_id in ids:
-                    _matrix_remove(matrix, item_id)
+                    matrix.remove(item_id)
                 matrix.revision = revision
             else:
                 self._cache.pop((tenant, collection), None)
@@ -320,27 +240,27 @@ class LocalIndex(SearchBackend):
 
     # ------------------------------------------------------------ search
 
-    def search(self, tenant: str, collection: str, query: VectorQuery) -> SearchPage:
-        with self._lock, self._snapshot():
+    def search(self, tenant: str, collection: str, vq: VectorQuery) -> SearchPage:
+        with self._lock, self._read_view():
             dim, _ = self._dimensions(tenant, collection)
-            q = _checked(query.vector, dim, "query vector")
+            q = _checked(vq.vector, dim, "query vector")
             if self._approximate(tenant, collection):
-                return self._ann_search(tenant, collection, ("image",), q, query.filter, query.min_score,
-                                        query.exclude_ids, query.limit, query.offset)
+                return self._approximate_search(tenant, collection, ("image",), q, vq.filter, vq.min_score,
+                                                vq.exclude_ids, vq.limit, vq.offset)
             matrix = self._matrix(tenant, collection)
-            return self._rank(tenant, collection, matrix, matrix.live @ q, query.filter, query.min_score,
-                              query.exclude_ids, query.limit, query.offset)
+            return self._rank(tenant, collection, matrix, matrix.live @ q, vq.filter, vq.min_score,
+                              vq.exclude_ids, vq.limit, vq.offset)
 
-    def text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage:
-        if query.vector is not None:
-            return self._semantic_text_search(tenant, collection, query)
-        terms = re.findall(r"\w+", query.text.lower())[:64]
+    def text_search(self, tenant: str, collection: str, tq: TextQuery) -> SearchPage:
+        if tq.vector is not None:
+            return self._semantic_text_search(tenant, collection, tq)
+        terms = re.findall(r"\w+", tq.text.lower())[:64]
         if not terms:
             raise BadRequest("query has no searchable words")
-        columns = " ".join(f for f in TEXT_FIELDS if f in query.fields)
+        columns = " ".join(f for f in TEXT_FIELDS if f in tq.fields)
         match = "{" + columns + "}: (" + " OR ".join(f'"{t}"' for t in terms) + ")"
-        where, params = self._where(tenant, collection, query.filter)
-        with self._lock, self._snapshot():
+        where, params = query.where(tenant, collection, tq.filter)
+        with self._lock, self._read_view():
             self._dimensions(tenant, collection)
             base = (f" FROM items_text JOIN items ON items.pk = items_text.rowid"
                     f" WHERE items_text MATCH ? AND {where}")
@@ -348,32 +268,32 @@ class LocalIndex(SearchBackend):
             rows = self._db.execute(
                 "SELECT items.id, -bm25(items_text), items.metadata, items.image_key" + base +
                 " ORDER BY bm25(items_text), items.id LIMIT ? OFFSET ?",
-                (match, *params, query.limit, query.offset),
+                (match, *params, tq.limit, tq.offset),
             ).fetchall()
         hits = [Hit(id=r[0], score=float(r[1]), metadata=json.loads(r[2]), image_key=r[3]) for r in rows]
         return SearchPage(hits=hits, total=total)
 
-    def _semantic_text_search(self, tenant: str, collection: str, query: TextQuery) -> SearchPage:
-        with self._lock, self._snapshot():
+    def _semantic_text_search(self, tenant: str, collection: str, tq: TextQuery) -> SearchPage:
+        with self._lock, self._read_view():
             _, text_dim = self._dimensions(tenant, collection)
             if text_dim is None:
                 raise BadRequest("this collection has no text embeddings")
-            q = _checked(query.vector, text_dim, "query vector")
-            floor = -1.0 if query.min_score is None else query.min_score
+            q = _checked(tq.vector, text_dim, "query vector")
+            floor = -1.0 if tq.min_score is None else tq.min_score
             if self._approximate(tenant, collection):
-                return self._ann_search(tenant, collection, tuple(query.fields), q, query.filter, floor,
-                                        frozenset(), query.limit, query.offset)
+                return self._approximate_search(tenant, collection, tuple(tq.fields), q, tq.filter, floor,
+                                                frozenset(), tq.limit, tq.offset)
             matrix = self._matrix(tenant, collection)
             n = len(matrix.ids)
             scores = np.full(n, -np.inf, dtype=np.float32)
-            for field in query.fields:
+            for field in tq.fields:
                 if field in matrix.text:
                     field_scores = np.where(matrix.has_text[field][:n], matrix.text[field][:n] @ q, -np.inf)
                     np.maximum(scores, field_scores, out=scores)
-            return self._rank(tenant, collection, matrix, scores, query.filter, floor, frozenset(),
-                              query.limit, query.offset)
+            return self._rank(tenant, collection, matrix, scores, tq.filter, floor, frozenset(),
+                              tq.limit, tq.offset)
 
-    def _rank(self, tenant: str, collection: str, matrix: _Matrix, scores: np.ndarray, node: Filter | None,
+    def _rank(self, tenant: str, collection: str, matrix: Matrix, scores: np.ndarray, node: Filter | None,
               min_score: float | None, exclude: frozenset[str], limit: int, offset: int) -> SearchPage:
         """Filter, cut off, exclude and page ``scores`` (aligned with the matrix rows)."""
         keep = np.ones(scores.shape[0], dtype=bool)
@@ -399,7 +319,7 @@ class LocalIndex(SearchBackend):
 
     def facets(self, tenant: str, collection: str, fields: Sequence[str], filter: Filter | None = None,
                size: int = 100) -> dict[str, list[tuple[str, int]]]:
-        where, params = self._where(tenant, collection, filter)
+        where, params = query.where(tenant, collection, filter)
         out: dict[str, list[tuple[str, int]]] = {}
         with self._lock:
             self._dimensions(tenant, collection)
@@ -408,7 +328,7 @@ class LocalIndex(SearchBackend):
                     "SELECT j.value, count(DISTINCT items.pk) AS n FROM items, json_each(items.metadata, ?) j"
                     f" WHERE {where} AND j.type IN ('text', 'integer')"
                     " GROUP BY j.value ORDER BY n DESC, j.value LIMIT ?",
-                    (_json_path(field), *params, size),
+                    (query.json_path(field), *params, size),
                 ).fetchall()
                 out[field] = [(str(v), int(n)) for v, n in rows]
         return out
@@ -432,8 +352,8 @@ class LocalIndex(SearchBackend):
 
         return _Tx()
 
-    def _snapshot(self) -> Any:
-        """One consistent view for a search: the revision check, the vectors it may reload,
+    def _read_view(self) -> Any:
+        """One consistent read for a search: the revision check, the vectors it may reload,
         the filter and the hits' metadata all read the same database state."""
         return self._tx("BEGIN")
 
@@ -474,39 +394,17 @@ class LocalIndex(SearchBackend):
         self._counts[(tenant, collection)] = (revision, n)
         return n
 
-    def _matrix(self, tenant: str, collection: str) -> _Matrix:
+    def _matrix(self, tenant: str, collection: str) -> Matrix:
         """The cached vectors, reloaded when another process changed the collection."""
         key = (tenant, collection)
         row = self._db.execute(
             "SELECT revision, dimension, text_dimension FROM collections WHERE tenant = ? AND name = ?", key
         ).fetchone()
-        revision, dim, text_dim = int(row[0]), int(row[1]), row[2]
+        revision = int(row[0])
         cached = self._cache.get(key)
         if cached is not None and cached.revision == revision:
             return cached
-        rows = self._db.execute(
-            "SELECT pk, id, vector FROM items WHERE tenant = ? AND collection = ? ORDER BY pk", key
-        ).fetchall()
-        capacity = max(16, len(rows))
-        vectors = np.empty((capacity, dim), dtype=np.float32)
-        for n, (_, _, blob) in enumerate(rows):
-            vectors[n] = np.frombuffer(blob, dtype=np.float32)
-        ids = [r[1] for r in rows]
-        text: dict[str, np.ndarray] = {}
-        has_text: dict[str, np.ndarray] = {}
-        if text_dim is not None:
-            row_of = {pk: n for n, (pk, _, _) in enumerate(rows)}
-            text = {f: np.zeros((capacity, int(text_dim)), dtype=np.float32) for f in TEXT_FIELDS}
-            has_text = {f: np.zeros(capacity, dtype=bool) for f in TEXT_FIELDS}
-            for pk, field, blob in self._db.execute(
-                    "SELECT t.pk, t.field, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk"
-                    " WHERE i.tenant = ? AND i.collection = ?", key):
-                if field in text:
-                    text[field][row_of[pk]] = np.frombuffer(blob, dtype=np.float32)
-                    has_text[field][row_of[pk]] = True
-        matrix = _Matrix(revision=revision, ids=ids, vectors=vectors,
-                         position={i: n for n, i in enumerate(ids)}, text=text, has_text=has_text)
-        self._cache[key] = matrix
+        self._cache[key] = matrix = Matrix.load(self._db, tenant, collection, revision, int(row[1]), row[2])
         return matrix
 
     # ------------------------------------------------------------ approximate search
@@ -523,267 +421,30 @@ class LocalIndex(SearchBackend):
             if not self._approximate(tenant, collection):
                 return {}
             _, text_dim = self._dimensions(tenant, collection)
-        spaces = ["image", *(TEXT_FIELDS if text_dim is not None else ())]
-        return {space: self._build(tenant, collection, space, wait=True) or 0 for space in spaces
-                if self._stale(tenant, collection, space)}
+            spaces = ["image", *(TEXT_FIELDS if text_dim is not None else ())]
+            stale = [space for space in spaces if self.snapshots.stale(tenant, collection, space)]
+        return {space: self.snapshots.build(tenant, collection, space, wait=True) or 0 for space in stale}
 
-    def _stale(self, tenant: str, collection: str, space: str) -> bool:
-        """Whether a space has no snapshot, or more writes and deletes since it than the
-        rebuild limit allows."""
-        with self._lock:
-            row = self._db.execute("SELECT revision, items FROM ann_snapshots"
-                                   " WHERE tenant = ? AND collection = ? AND space = ?",
-                                   (tenant, collection, space)).fetchone()
-            if row is None:
-                return True
-            where, _ = self._space_sql(space)
-            key = (tenant, collection)
-            written = self._db.execute(f"SELECT count(*) {where} AND i.vrev > ?", (*key, row[0])).fetchone()[0]
-            live = self._db.execute(f"SELECT count(*) {where}", key).fetchone()[0]
-        stale = written + max(0, int(row[1]) - (live - written))
-        return stale > max(self.options.ann_rebuild_min, self.options.ann_rebuild_fraction * int(row[1]))
-
-    def _space_sql(self, space: str) -> tuple[str, str]:
-        """(FROM ... WHERE clause over the space's vectors, the vector column) for ``space``."""
-        if space == "image":
-            return "FROM items i WHERE i.tenant = ? AND i.collection = ?", "i.vector"
-        assert space in TEXT_FIELDS  # a fixed name, so it may be spelled into the SQL
-        return ("FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE i.tenant = ? AND i.collection = ?"
-                f" AND t.field = '{space}'"), "t.vector"
-
-    def _build(self, tenant: str, collection: str, space: str, wait: bool, first: bool = False) -> int | None:
-        """Build and record a snapshot of one space from its own connection; None when another
-        process holds the build lock (and ``wait`` is off) or the collection went away. With
-        ``first``, a snapshot another process built while this one waited is kept."""
-        lock = self.ann_dir / f".{_digest(tenant, collection, space)}.lock"
-        with ann.build_lock(lock, wait) as taken:
-            if not taken:
-                return None
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            try:
-                if first:
-                    built = db.execute("SELECT items FROM ann_snapshots WHERE tenant = ? AND collection = ?"
-                                       " AND space = ?", (tenant, collection, space)).fetchone()
-                    if built is not None:
-                        return int(built[0])
-                db.execute("BEGIN")  # one snapshot of the database for the whole build
-                row = db.execute("SELECT revision, dimension, text_dimension, created_at FROM collections"
-                                 " WHERE tenant = ? AND name = ?", (tenant, collection)).fetchone()
-                if row is None:
-                    return None
-                revision, created_at = int(row[0]), row[3]
-                dim = int(row[1] if space == "image" else row[2])
-                where, column = self._space_sql(space)
-                key = (tenant, collection)
-                pks = np.array([r[0] for r in db.execute(f"SELECT i.pk {where} ORDER BY i.pk", key)], dtype=np.int64)
-
-                def vectors(chosen: np.ndarray) -> np.ndarray:
-                    out = np.empty((len(chosen), dim), dtype=np.float32)
-                    for start in range(0, len(chosen), 900):
-                        part = chosen[start:start + 900].tolist()
-                        marks = ",".join("?" * len(part))
-                        got = dict(db.execute(f"SELECT i.pk, {column} {where} AND i.pk IN ({marks})", (*key, *part)))
-                        for n, pk in enumerate(part):
-                            out[start + n] = np.frombuffer(got[pk], dtype=np.float32)
-                    return out
-
-                def sample(n: int) -> np.ndarray:
-                    rng = np.random.default_rng(revision)
-                    return vectors(np.sort(rng.choice(pks, size=min(n, len(pks)), replace=False)))
-
-                def chunks() -> Any:
-                    last = -1
-                    while True:
-                        rows = db.execute(f"SELECT i.pk, {column} {where} AND i.pk > ? ORDER BY i.pk LIMIT ?",
-                                          (*key, last, ann.CHUNK)).fetchall()
-                        if not rows:
-                            return
-                        last = rows[-1][0]
-                        yield (np.array([r[0] for r in rows], dtype=np.int64),
-                               _stacked(rows, dim))
-
-                name = f"{_digest(tenant, collection, space)}-{revision}-{uuid.uuid4().hex[:8]}.faiss"
-                self.ann_dir.mkdir(parents=True, exist_ok=True)
-                count = ann.build(self.ann_dir / name, dim, len(pks), sample, chunks())
-                db.execute("COMMIT")
-                db.execute("BEGIN IMMEDIATE")
-                alive = db.execute("SELECT created_at FROM collections WHERE tenant = ? AND name = ?",
-                                   key).fetchone()
-                old = db.execute("SELECT file FROM ann_snapshots WHERE tenant = ? AND collection = ? AND space = ?",
-                                 (*key, space)).fetchone()
-                if alive is None or alive[0] != created_at:
-                    db.execute("ROLLBACK")
-                    (self.ann_dir / name).unlink(missing_ok=True)
-                    return None
-                db.execute("INSERT OR REPLACE INTO ann_snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (*key, space, name, revision, count, time.time()))
-                db.execute("COMMIT")
-                if old and old[0] != name:
-                    (self.ann_dir / old[0]).unlink(missing_ok=True)  # processes that mapped it keep it
-                return count
-            finally:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                db.close()
-
-    def _ann_state(self, tenant: str, collection: str, space: str) -> _AnnState | None:
-        """The space's snapshot and this process's delta, current as of the search's
-        transaction; builds the first snapshot (waiting for it), starts later rebuilds in
-        the background."""
-        key = (tenant, collection, space)
-        row = self._db.execute("SELECT file, revision, items FROM ann_snapshots"
-                               " WHERE tenant = ? AND collection = ? AND space = ?", key).fetchone()
-        if row is None:
-            if self._count(tenant, collection, self._revision(tenant, collection)) > SYNC_BUILD_MAX:
-                # Too long to build inside a request (a worker is stopped at its timeout and
-                # would start over): build in the background, and ask the caller to come back.
-                self._rebuild_in_background(key)
-                raise BackendUnavailable("this collection's search index is being built; retry in a minute")
-            if self._build(tenant, collection, space, wait=True, first=True) is None:
-                return None
-            # The search's transaction predates the new row: read it on a fresh one.
-            with sqlite3.connect(self.path, timeout=30) as fresh:
-                row = fresh.execute("SELECT file, revision, items FROM ann_snapshots"
-                                    " WHERE tenant = ? AND collection = ? AND space = ?", key).fetchone()
-            if row is None:
-                return None
-        state = self._ann.get(key)
-        if state is None or state.snapshot.path.name != row[0]:
-            snapshot = ann.Snapshot.open(self.ann_dir / row[0], int(row[1]), int(row[2]))
-            state = _AnnState(snapshot=snapshot, delta=ann.Delta.empty(snapshot))
-            self._ann[key] = state
+    def _approximate_search(self, tenant: str, collection: str, spaces: tuple[str, ...], q: np.ndarray,
+                            node: Filter | None, min_score: float | None, exclude: frozenset[str], limit: int,
+                            offset: int) -> SearchPage:
         revision = self._revision(tenant, collection)
-        if state.delta.revision < revision:
-            where, column = self._space_sql(space)
-            rows = self._db.execute(f"SELECT i.pk, {column} {where} AND i.vrev > ?",
-                                    (tenant, collection, state.delta.revision)).fetchall()
-            if rows:
-                dim = state.snapshot.index.d
-                state.delta.add(np.array([r[0] for r in rows], dtype=np.int64),
-                                _stacked(rows, dim))
-            state.delta.revision = revision
-        count = self._count(tenant, collection, revision)
-        stale = len(state.delta.pks) + max(0, state.snapshot.count - (count - len(state.delta.pks)))
-        limit = max(self.options.ann_rebuild_min, self.options.ann_rebuild_fraction * state.snapshot.count)
-        if stale > limit:
-            self._rebuild_in_background(key)
-        return state
-
-    def _rebuild_in_background(self, key: tuple[str, str, str]) -> None:
-        if key in self._building:
-            return
-        self._building.add(key)
-
-        def rebuild() -> None:
-            try:
-                self._build(*key, wait=False)
-            finally:
-                self._building.discard(key)
-
-        threading.Thread(target=rebuild, daemon=True, name="lookalike-ann-build").start()
-
-    def _ann_search(self, tenant: str, collection: str, spaces: tuple[str, ...], q: np.ndarray,
-                    node: Filter | None, min_score: float | None, exclude: frozenset[str], limit: int,
-                    offset: int) -> SearchPage:
-        """Candidates from each space's IVF, rescored with their float32 vectors from SQLite
-        (the best over the spaces, as the exact path scores text), then cut, excluded, ordered
-        by (score desc, id) and paged like the exact path."""
-        count = self._count(tenant, collection, self._revision(tenant, collection))
         allowed = None if node is None else np.array(self._filtered(tenant, collection, node, "pk"), dtype=np.int64)
-        pool = count if allowed is None else len(allowed)
-        if pool == 0:
-            return SearchPage(hits=[], total=0)
-        states = [(space, self._ann_state(tenant, collection, space)) for space in spaces]
-        k = max(100, self.options.ann_candidates * (offset + limit + len(exclude)))
-        while True:
-            found: list[np.ndarray] = []
-            for _, state in states:
-                if state is None:
-                    continue
-                nprobe = self.options.ann_nprobe
-                if allowed is not None:  # a selective filter visits more lists, up to all (bench/ann.py)
-                    nprobe = math.ceil(nprobe * math.sqrt(count / len(allowed)))
-                found.append(ann.search(state.snapshot, state.delta, q, k, nprobe, allowed))
-            candidates = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-            scored = self._rescore(tenant, collection, spaces, candidates, q)
-            passing = [(i, sc) for i, sc in scored if (min_score is None or sc >= min_score) and i not in exclude]
-            if min_score is None or len(passing) < len(scored) or k >= min(pool, 20_000):
-                break
-            k *= 4  # every candidate passed min_score: more may pass beyond them
-        passing.sort(key=lambda hit: (-hit[1], hit[0]))
-        if min_score is not None:
-            total = len(passing)  # within the approximate index's recall
-        else:
-            total = pool - self._excluded(tenant, collection, exclude, allowed)
-        chosen = passing[offset:offset + limit]
+        chosen, total = self.snapshots.search(
+            tenant, collection, spaces, q, revision=revision, count=self._count(tenant, collection, revision),
+            allowed=allowed, min_score=min_score, exclude=exclude, limit=limit, offset=offset)
         meta = self._metadata(tenant, collection, [i for i, _ in chosen])
         return SearchPage(hits=[Hit(id=i, score=sc, metadata=meta[i][0], image_key=meta[i][1]) for i, sc in chosen],
                           total=total)
 
-    def _excluded(self, tenant: str, collection: str, exclude: frozenset[str], allowed: np.ndarray | None) -> int:
-        """How many of ``exclude`` are in the pool the search ranks."""
-        if not exclude:
-            return 0
-        marks = ",".join("?" * len(exclude))
-        pks = [r[0] for r in self._db.execute(
-            f"SELECT pk FROM items WHERE tenant = ? AND collection = ? AND id IN ({marks})",
-            (tenant, collection, *exclude))]
-        return len(pks) if allowed is None else int(np.isin(pks, allowed).sum())
-
-    def _rescore(self, tenant: str, collection: str, spaces: tuple[str, ...], pks: np.ndarray,
-                 q: np.ndarray) -> list[tuple[str, float]]:
-        """(id, exact cosine) of the candidates SQLite still has: the best over ``spaces``."""
-        best: dict[str, float] = {}
-        for start in range(0, len(pks), 900):
-            part = pks[start:start + 900].tolist()
-            marks = ",".join("?" * len(part))
-            if spaces == ("image",):
-                # "+": look the pks up by rowid, never by scanning the (tenant, collection) index.
-                rows = self._db.execute(f"SELECT id, vector FROM items WHERE pk IN ({marks})"
-                                        " AND +tenant = ? AND +collection = ?", (*part, tenant, collection)).fetchall()
-            else:
-                fields = ",".join("?" * len(spaces))
-                rows = self._db.execute(
-                    f"SELECT i.id, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE t.pk IN ({marks})"
-                    f" AND t.field IN ({fields}) AND +i.tenant = ? AND +i.collection = ?",
-                    (*part, *spaces, tenant, collection)).fetchall()
-            if not rows:
-                continue
-            matrix = _stacked(rows, -1)
-            for (item_id, _), score in zip(rows, (matrix @ q).tolist(), strict=True):
-                if score > best.get(item_id, -math.inf):
-                    best[item_id] = score
-        return list(best.items())
-
-    def _where(self, tenant: str, collection: str, node: Filter | None) -> tuple[str, list[Any]]:
-        params: list[Any] = [tenant, collection]
-        sql = "items.tenant = ? AND items.collection = ?"
-        if node is not None:
-            sql += " AND items.pk IN (" + _compile(node, tenant, collection, params) + ")"
-        return sql, params
-
     def _filtered(self, tenant: str, collection: str, node: Filter, column: str = "id") -> list[Any]:
         """The ``id`` (or ``pk``) of every item that passes ``node``, from the field index."""
         params: list[Any] = []
-        sets = _compile(node, tenant, collection, params)
+        sets = query.compile_filter(node, tenant, collection, params)
         if column == "pk":
             return [r[0] for r in self._db.execute(sets, params)]
         return [r[0] for r in self._db.execute(f"SELECT items.{column} FROM items WHERE items.pk IN ({sets})",
                                                 params)]
-
-    def _backfill_fields(self) -> None:
-        """Index the metadata of items stored before the field index existed (once)."""
-        if self._db.execute("SELECT 1 FROM counters WHERE name = 'fields_indexed'").fetchone():
-            return
-        with self._tx():
-            if not self._db.execute("SELECT 1 FROM counters WHERE name = 'fields_indexed'").fetchone():
-                self._db.execute("DELETE FROM item_fields")
-                for pk, tenant, collection, metadata in self._db.execute(
-                        "SELECT pk, tenant, collection, metadata FROM items").fetchall():
-                    self._db.executemany("INSERT INTO item_fields (pk, tenant, collection, key, text, num, flag)"
-                                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                         _field_rows(pk, tenant, collection, json.loads(metadata)))
-                self._db.execute("INSERT INTO counters VALUES ('fields_indexed', 1)")
 
     def _metadata(self, tenant: str, collection: str, ids: list[str]) -> dict[str, tuple[dict, str | None]]:
         if not ids:
@@ -807,146 +468,3 @@ def _checked(vector: Any, dim: int | None, what: str) -> np.ndarray:
     if dim is None or v.shape[0] != dim:
         raise BadRequest(f"{what} dimension {v.shape[0]} does not match the collection's {dim}")
     return v
-
-
-def _json_path(field: str) -> str:
-    return '$."' + field.replace('"', "") + '"'
-
-
-def _field_rows(pk: int, tenant: str, collection: str, metadata: dict[str, Any]) -> list[tuple[Any, ...]]:
-    rows = []
-    for key, value in metadata.items():
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, bool):
-                rows.append((pk, tenant, collection, key, None, None, int(v)))
-            elif isinstance(v, (int, float)):
-                rows.append((pk, tenant, collection, key, None, float(v), None))
-            elif isinstance(v, str):
-                rows.append((pk, tenant, collection, key, v, None, None))
-    return rows
-
-
-_FIELDS = "SELECT pk FROM item_fields WHERE tenant = ? AND collection = ? AND key = ?"
-
-
-def _compile(node: Filter, tenant: str, collection: str, params: list[Any]) -> str:
-    """Filter AST -> one SELECT of the passing items' pks over the field index, with the
-    semantics of ``filters.matches``: And is INTERSECT, Or UNION, Not EXCEPT.
-
-    Each node is a common table expression naming its children's, so the statement nests one
-    level whatever the filter's depth: nested subqueries overflowed SQLite's parser stack at
-    about ten levels, within the documented depth of 32."""
-    tables: list[str] = []
-    own: list[Any] = []
-
-    def table(sql: str, values: Sequence[Any]) -> str:
-        name = f"f{len(tables)}"
-        tables.append(f"{name}(pk) AS ({sql})")
-        own.extend(values)
-        return name
-
-    def emit(n: Filter) -> str:
-        if isinstance(n, (Term, Range)):
-            values: list[Any] = []
-            return table(_leaf(n, tenant, collection, values), values)
-        if isinstance(n, (And, Or)):
-            if not n.items:
-                return table(_EVERY, (tenant, collection)) if isinstance(n, And) else table(
-                    "SELECT pk FROM items WHERE 0", ())
-            names = [emit(c) for c in n.items]
-            joiner = " INTERSECT " if isinstance(n, And) else " UNION "
-            return table(joiner.join(f"SELECT pk FROM {name}" for name in names), ())
-        if isinstance(n, Not):
-            child = emit(n.item)
-            return table(f"{_EVERY} EXCEPT SELECT pk FROM {child}", (tenant, collection))
-        raise TypeError(f"unknown filter node {n!r}")
-
-    root = emit(node)
-    params.extend(own)
-    return f"WITH {', '.join(tables)} SELECT pk FROM {root}"
-
-
-_EVERY = "SELECT pk FROM items WHERE tenant = ? AND collection = ?"
-
-
-def _leaf(node: Term | Range, tenant: str, collection: str, params: list[Any]) -> str:
-    if isinstance(node, Term):
-        value = node.value
-        params.extend((tenant, collection, node.field))
-        if isinstance(value, bool):
-            params.append(int(value))
-            return _FIELDS + " AND flag = ?"
-        if isinstance(value, (int, float)):
-            params.append(float(value))
-            return _FIELDS + " AND num = ?"
-        number = as_number(value)
-        params.append(value)
-        if number is None:
-            return _FIELDS + " AND text = ?"
-        params.extend((tenant, collection, node.field, number))
-        return f"{_FIELDS} AND text = ? UNION {_FIELDS} AND num = ?"
-    params.extend((tenant, collection, node.field))
-    sql = _FIELDS + " AND num IS NOT NULL"
-    if node.lower is not None:
-        sql += " AND num >= ?"
-        params.append(node.lower)
-    if node.upper is not None:
-        sql += " AND num <= ?"
-        params.append(node.upper)
-    return sql
-
-
-def _grow(array: np.ndarray, rows: int) -> np.ndarray:
-    grown = np.zeros((max(16, array.shape[0] * 2), *array.shape[1:]), dtype=array.dtype)
-    grown[:rows] = array[:rows]
-    return grown
-
-
-def _matrix_put(m: _Matrix, item_id: str, vector: np.ndarray, texts: dict[str, np.ndarray]) -> None:
-    pos = m.position.get(item_id)
-    if pos is None:
-        pos = len(m.ids)
-        if pos >= m.vectors.shape[0]:
-            m.vectors = _grow(m.vectors, pos)
-            m.text = {f: _grow(a, pos) for f, a in m.text.items()}
-            m.has_text = {f: _grow(a, pos) for f, a in m.has_text.items()}
-        m.ids.append(item_id)
-        m.position[item_id] = pos
-    m.vectors[pos] = vector
-    for field in m.text:
-        m.has_text[field][pos] = field in texts
-        if field in texts:
-            m.text[field][pos] = texts[field]
-
-
-def _matrix_remove(m: _Matrix, item_id: str) -> None:
-    pos = m.position.pop(item_id, None)
-    if pos is None:
-        return
-    last = len(m.ids) - 1
-    if pos != last:  # swap the last row into the hole
-        moved = m.ids[last]
-        m.ids[pos] = moved
-        m.vectors[pos] = m.vectors[last]
-        for field in m.text:
-            m.text[field][pos] = m.text[field][last]
-            m.has_text[field][pos] = m.has_text[field][last]
-        m.position[moved] = pos
-    for field in m.text:
-        m.has_text[field][last] = False
-    m.ids.pop()
-
-
-@dataclass
-class _AnnState:
-    snapshot: ann.Snapshot
-    delta: ann.Delta
-
-
-def _stacked(rows: Sequence[tuple[Any, bytes]], dim: int) -> np.ndarray:
-    """The float32 vector blobs in the second column of ``rows``, as one (n, dim) matrix."""
-    return np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]

@@ -16,15 +16,22 @@ from pydantic import BaseModel
 
 from lookalike import schemas
 from lookalike.api.app import build_app
-from lookalike.api.surfaces import imgen, marqo, pixlab, visual_layer, xgen
+from lookalike.api.surfaces import imgen
+from lookalike.api.surfaces.imgen import generate as imgen_generate
+from lookalike.api.surfaces.imgen import taxonomy as imgen_taxonomy
+from lookalike.api.surfaces.marqo import reverse_search as marqo_reverse_search
+from lookalike.api.surfaces.pixlab import embed as pixlab_embed
+from lookalike.api.surfaces.visual_layer import reverse_search as visual_layer_reverse_search
+from lookalike.api.surfaces.visual_layer import upload as visual_layer_upload
+from lookalike.api.surfaces.xgen import reverse_search as xgen_reverse_search
 from lookalike.api.v1 import embed, generate, reverse_search, taxonomy, upload
 
 # Served by lookalike.api.web at GET /openapi.json, which imports this module (every router
 # and model) only for that route.
 ROUTERS: tuple[Router, ...] = (
     taxonomy.router, upload.router, reverse_search.router, generate.router, embed.router,
-    xgen.router, marqo.router, pixlab.router,
-    imgen.search_router, imgen.taxonomy_router, visual_layer.upload_router, visual_layer.explore_router,
+    xgen_reverse_search.router, marqo_reverse_search.router, pixlab_embed.router, imgen_generate.router,
+    imgen_taxonomy.router, visual_layer_upload.router, visual_layer_reverse_search.router,
 )
 
 BINARY = {"type": "string", "format": "binary"}

@@ -22,7 +22,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from lookalike import images
 from lookalike.api.request import bearer_token, flag_rerank, header, json_object, service
-from lookalike.api.surfaces.marqo_filter import parse
+from lookalike.api.surfaces.marqo.filter_dsl import parse
 from lookalike.contracts import CollectionInfo
 from lookalike.errors import BadRequest, NotFound, Unauthorized
 from lookalike.service import ImageRef, TenantService

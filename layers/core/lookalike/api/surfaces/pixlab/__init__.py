@@ -1,0 +1,1 @@
+"""PixLab img-embed (seeds/002), served by the embed function."""
