@@ -32,7 +32,7 @@ OPENSEARCH_TEST_PORT ?= 9250
 OPENSEARCH_NODES ?= 1
 OPENSEARCH_NODE := $(BIN)/python scripts/opensearch_node.py
 
-.PHONY: setup demo test lint bench serve clean sam-build screenshots opensearch opensearch-stop bytecode
+.PHONY: setup demo test lint bench bench-peers bench-peers-setup serve clean sam-build screenshots opensearch opensearch-stop bytecode
 
 $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m venv $(VENV)
@@ -105,8 +105,21 @@ screenshots: setup $(CHROMIUM)
 bench: setup
 	$(BIN)/python bench/search_latency.py
 
+# The embedded stores bench/peers.py measures Lookalike against, in a virtualenv of their own:
+# benchmark extras, never Lookalike's dependencies (their pins would move ours, onnxruntime's included).
+PEERS_VENV ?= .venv-peers
+$(PEERS_VENV)/.installed:
+	$(PY) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet "lancedb==0.40.0" "chromadb==1.5.9"
+	touch $@
+
+bench-peers-setup: setup $(PEERS_VENV)/.installed
+
+bench-peers: bench-peers-setup
+	$(BIN)/python bench/peers.py --sizes 20000 100000
+
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .lookalike .aws-sam .pytest_cache
+	rm -rf $(VENV) $(SAM_VENV) $(PEERS_VENV) .lookalike .aws-sam .pytest_cache
 
 # ---- `sam build` (BuildMethod: makefile): layers built from this checkout, no container needed.
 # Wheels for the runtime, not for this machine: python3.11 runs on Amazon Linux 2 (glibc 2.26), so

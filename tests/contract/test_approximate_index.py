@@ -191,3 +191,51 @@ def test_a_large_collection_without_a_snapshot_is_built_in_the_background(
     while big.snapshots._building and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(big.search("t", "c", VectorQuery(vector=q, limit=5)).hits) == 5
+
+
+def test_ties_and_scores_within_the_float16_error_page_exactly(tmp_path: Path) -> None:
+    """Issue 28: candidates are ranked by float16 scores and only the page's edge is read back as
+    float32. Identical vectors (exact ties) and vectors closer together than float16 can tell
+    apart must still page in (exact score desc, id) order, the same as the exact path."""
+    rng = np.random.default_rng(11)
+    q = _unit(rng.normal(size=DIM))
+    other = _unit(rng.normal(size=(1500, DIM)))
+    twins = np.repeat(q[None] * 0.8 + 0.2 * _unit(rng.normal(size=DIM)), 40, axis=0)  # 40 exact ties
+    # 40 more whose cosines to q differ by about 1e-5: below float16's resolution.
+    step = _unit(rng.normal(size=DIM))
+    close = _unit(np.stack([q * 0.7 + step * (0.3 + 1e-5 * n) for n in range(40)]))
+    vectors = np.concatenate([other, _unit(twins), close]).astype(np.float32)
+    path = tmp_path / "index.sqlite"
+    approximate = LocalIndex(LocalIndexOptions(path=path, ann_min_items=100))
+    exact = LocalIndex(LocalIndexOptions(path=path, ann_min_items=0))
+    approximate.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM))
+    ids = [f"z{n:04d}" if n < 1500 else f"{'abcdefghij'[n % 10]}{n:04d}" for n in range(len(vectors))]
+    approximate.upsert("t", "c", [Item(i, v, {"shard": n % 7}) for n, (i, v) in enumerate(zip(ids, vectors))])
+    approximate.optimize("t", "c")
+    for flt in (None, Term("shard", 3)):
+        whole = exact.search("t", "c", VectorQuery(vector=q, limit=90, filter=flt))
+        pages = [approximate.search("t", "c", VectorQuery(vector=q, limit=9, offset=o, filter=flt))
+                 for o in range(0, 90, 9)]
+        assert [i for p in pages for i in _ids(p)] == _ids(whole)[:len([i for p in pages for i in _ids(p)])]
+        assert [h.score for p in pages for h in p.hits] == [h.score for h in whole.hits][:sum(len(p.hits) for p in pages)]
+        cut = whole.hits[30].score  # min_score inside the run of near-equal scores
+        got = approximate.search("t", "c", VectorQuery(vector=q, limit=100, min_score=cut, filter=flt))
+        want = exact.search("t", "c", VectorQuery(vector=q, limit=100, min_score=cut, filter=flt))
+        assert _ids(got) == _ids(want) and got.total == want.total
+
+
+def test_a_snapshot_written_before_the_float16_file_is_still_searched_exactly(
+        pair: tuple[LocalIndex, LocalIndex], data: dict[str, np.ndarray]) -> None:
+    """Snapshots built by an earlier release have no float16 file: their candidates are read
+    back from SQLite as before, until the next rebuild writes one."""
+    approximate, exact = pair
+    for row in approximate._db.execute("SELECT file FROM ann_snapshots").fetchall():
+        for sidecar in ann.sidecars(approximate.ann_dir / row[0]):
+            sidecar.unlink()
+    reopened = LocalIndex(LocalIndexOptions(path=approximate.path, ann_min_items=1000))
+    for q in data["queries"][:10]:
+        got = reopened.search("t", "c", VectorQuery(vector=q, limit=10, filter=Term("kind", "odd")))
+        want = exact.search("t", "c", VectorQuery(vector=q, limit=10, filter=Term("kind", "odd")))
+        assert len(set(_ids(got)) & set(_ids(want))) >= 8 and got.total == want.total
+        for hit in got.hits:
+            assert hit.score == pytest.approx(float(data["vectors"][int(hit.id[1:])] @ q), abs=1e-5)

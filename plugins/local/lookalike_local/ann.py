@@ -10,16 +10,19 @@ file is memory-mapped (``IO_FLAG_MMAP``), so every worker process of a server sh
 copy through the page cache.
 
 A snapshot covers the items of one collection (one vector space: the image vectors, or one
-caption/prompt field) as of a revision; faiss ids are SQLite ``pk``s. SQLite stays the
-source of truth: candidates are rescored with their float32 vectors read from SQLite in the
-search's own transaction, so every score is the exact cosine and no item that SQLite no
-longer has is ever answered. Writes after the snapshot sit in a small per-process delta
-(the same IVF, in memory), and the snapshot is rebuilt when the delta or the deletions grow
-past a fraction of it.
+caption/prompt field) as of a revision; faiss ids are SQLite ``pk``s. Beside the IVF, a
+snapshot keeps its vectors as float16, rows in pk order (``<file>.pks.npy`` and
+``<file>.f16.npy``, memory-mapped like the IVF): candidates are ranked from them in one
+vectorised step, within 2^-11 of their exact cosine, and only the few near the page's edge are
+read back from SQLite as float32 (``lookalike_local.snapshots``). SQLite stays the source of
+truth: every score answered is the exact cosine and no item SQLite no longer has is answered.
+Writes after the snapshot sit in a small per-process delta (the same IVF, in memory, with the
+float32 vectors), and the snapshot is rebuilt when the delta or the deletions grow past a
+fraction of it.
 
-Files are written to a temporary name, fsynced and renamed, then recorded in SQLite: a
-process killed at any moment leaves either the old snapshot or the new one in force, plus at
-most an orphan file that ``sweep`` removes.
+Files are written to temporary names, fsynced and renamed (the IVF last), then recorded in
+SQLite: a process killed at any moment leaves either the old snapshot or the new one in force,
+plus at most orphan files that ``sweep`` removes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ import numpy as np
 
 CHUNK = 20_000  # vectors read from SQLite per add while building
 TRAIN_PER_LIST = 40  # faiss's k-means wants at least 39 points per list
+PKS_SUFFIX = ".pks.npy"  # beside a snapshot: its pks, sorted
+VECTORS_SUFFIX = ".f16.npy"  # ... and its vectors as float16, rows in that order
+#: How far a float16 score may be from the exact cosine of two unit vectors: each coordinate
+#: is rounded by at most 2^-11 of itself, so the dot product moves by at most 2^-11 (Cauchy-Schwarz).
+FLOAT16_ERROR = 2.0 ** -11
 
 
 def available() -> bool:
@@ -65,17 +73,30 @@ def list_count(n: int) -> int:
     return int(min(4096, 2 ** round(math.log2(math.sqrt(n)))))
 
 
+def sidecars(path: Path) -> tuple[Path, Path]:
+    """The pks and float16 vectors files of the snapshot at ``path``."""
+    return path.with_name(path.name + PKS_SUFFIX), path.with_name(path.name + VECTORS_SUFFIX)
+
+
 @dataclass
 class Snapshot:
     path: Path
     revision: int
     count: int
     index: Any  # faiss.IndexIVFScalarQuantizer, memory-mapped
+    pks: np.ndarray | None = None  # sorted; None for a snapshot written before the float16 file
+    vectors: np.ndarray | None = None  # float16, row n is pks[n]'s
 
     @classmethod
     def open(cls, path: Path, revision: int, count: int) -> Snapshot:
         faiss = _faiss()
-        return cls(path=path, revision=revision, count=count, index=faiss.read_index(str(path), faiss.IO_FLAG_MMAP))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        pks_path, vectors_path = sidecars(path)
+        try:
+            pks, vectors = np.load(pks_path, mmap_mode="r"), np.load(vectors_path, mmap_mode="r")
+        except (FileNotFoundError, ValueError):
+            pks = vectors = None  # read back from SQLite instead
+        return cls(path=path, revision=revision, count=count, index=index, pks=pks, vectors=vectors)
 
 
 @dataclass
@@ -86,6 +107,7 @@ class Delta:
     index: Any
     pks: set[int] = field(default_factory=set)
     keep: list[Any] = field(default_factory=list)  # faiss objects the index points into
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)  # float32, by pk
 
     @classmethod
     def empty(cls, snapshot: Snapshot) -> Delta:
@@ -105,6 +127,30 @@ class Delta:
             self.index.remove_ids(pks[known])
         self.index.add_with_ids(vectors, pks)
         self.pks.update(pks.tolist())
+        self.vectors.update(zip(pks.tolist(), np.array(vectors, dtype=np.float32), strict=True))
+
+
+def scores(snapshot: Snapshot, delta: Delta | None, pks: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Each pk's score against ``query``: exact for the delta's vectors, from the float16 file
+    (within ``FLOAT16_ERROR``) for the snapshot's; -inf where neither holds a vector for it, and
+    NaN (not known here) for a snapshot written before the float16 file existed."""
+    held_here = snapshot.pks is not None and snapshot.vectors is not None
+    out = np.full(len(pks), -np.inf if held_here else np.nan, dtype=np.float32)
+    q = np.asarray(query, dtype=np.float32)
+    fresh = np.zeros(len(pks), dtype=bool)
+    if delta is not None and delta.pks:
+        fresh = np.fromiter((pk in delta.vectors for pk in pks.tolist()), dtype=bool, count=len(pks))
+        if fresh.any():
+            out[fresh] = np.stack([delta.vectors[pk] for pk in pks[fresh].tolist()]) @ q
+    if held_here and len(snapshot.pks):  # type: ignore[arg-type]
+        rest = np.nonzero(~fresh)[0]
+        rows = np.minimum(np.searchsorted(snapshot.pks, pks[rest]), len(snapshot.pks) - 1)  # type: ignore[arg-type]
+        held = snapshot.pks[rows] == pks[rest]  # type: ignore[index]
+        rest, rows = rest[held], rows[held]
+        if len(rows):
+            order = np.argsort(rows)  # ascending rows read the memory-mapped file forward
+            out[rest[order]] = np.asarray(snapshot.vectors[rows[order]], dtype=np.float32) @ q  # type: ignore[index]
+    return out
 
 
 def build(path: Path, dimension: int, count: int, sample: Callable[[int], np.ndarray],
@@ -121,15 +167,30 @@ def build(path: Path, dimension: int, count: int, sample: Callable[[int], np.nda
         index.cp.min_points_per_centroid = 1  # a small space trains on what it has, silently
         train = sample(max(nlist * TRAIN_PER_LIST, min(count, 20_000)))
         index.train(train if len(train) else np.eye(1, dimension, dtype=np.float32))
+        temporary = {final: final.with_name(f".tmp-{uuid.uuid4().hex}-{final.name}")
+                     for final in (*sidecars(path), path)}
+        pks_path, vectors_path = sidecars(path)
+        all_pks = np.lib.format.open_memmap(temporary[pks_path], mode="w+", dtype=np.int64, shape=(count,))
+        all_vectors = np.lib.format.open_memmap(temporary[vectors_path], mode="w+", dtype=np.float16,
+                                                shape=(count, dimension))
         added = 0
-        for pks, vectors in chunks:
+        for pks, vectors in chunks:  # in pk order
+            if added + len(pks) > count:
+                raise ValueError("more vectors than the snapshot was sized for")
             index.add_with_ids(vectors, pks)
+            all_pks[added:added + len(pks)] = pks
+            all_vectors[added:added + len(pks)] = vectors
             added += len(pks)
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if added != count:
+            raise ValueError(f"{added} vectors read where {count} were counted")
+        all_pks.flush()
+        all_vectors.flush()
+        del all_pks, all_vectors
+        faiss.write_index(index, str(temporary[path]))
+        for final, tmp in temporary.items():  # the IVF last: it is what the snapshot's record names
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
@@ -190,8 +251,21 @@ def sweep(directory: Path, referenced: set[str], older_than_s: float = 600.0) ->
     snapshot), sparing young ones that a build in flight may be about to record."""
     removed = 0
     now = time.time()
-    for path in directory.glob("*.faiss") if directory.exists() else ():
-        if path.name not in referenced and now - path.stat().st_mtime > older_than_s:
+    for path in directory.iterdir() if directory.exists() else ():
+        snapshot = path.name.removesuffix(PKS_SUFFIX).removesuffix(VECTORS_SUFFIX)
+        if not snapshot.endswith(".faiss") or snapshot in referenced:
+            continue
+        try:
+            young = now - path.stat().st_mtime <= older_than_s
+        except FileNotFoundError:
+            continue
+        if not young:
             path.unlink(missing_ok=True)
-            removed += 1
+            removed += snapshot == path.name
     return removed
+
+
+def remove(path: Path) -> None:
+    """A snapshot's files (processes that mapped them keep them until they let go)."""
+    for file in (path, *sidecars(path)):
+        file.unlink(missing_ok=True)

@@ -57,8 +57,9 @@ class LocalIndexOptions(BaseModel):
     # Collections with at least this many items are searched approximately: the two paths
     # cost the same there (2.3 ms, bench/ann_choice.py); 0 turns the approximate index off.
     ann_min_items: int = Field(default=20_000, ge=0)
-    # IVF lists visited per query; a filter that passes a share s of the items visits nprobe / sqrt(s).
-    ann_nprobe: int = Field(default=32, ge=1, le=4096)
+    # IVF lists visited per query (default: a sixteenth of them, 8 to 64); a filter that passes a
+    # share s of the items visits nprobe / sqrt(s), or scores each item when it passes few enough.
+    ann_nprobe: int | None = Field(default=None, ge=1, le=4096)
     ann_candidates: int = Field(default=4, ge=1, le=64)  # candidates rescored per result wanted
     # Rebuild a snapshot once the writes and deletes since it pass this share of it (or 5,000).
     ann_rebuild_fraction: float = Field(default=0.1, gt=0, le=10)

@@ -31,11 +31,19 @@ from lookalike_local.matrix import stacked
 # A first snapshot of a collection larger than this is built in the background, not inside
 # the search that needs it (1M items take about a minute; a request has 30 s).
 SYNC_BUILD_MAX = 200_000
+# A filter that passes at most this many items is answered by scoring each of them from the
+# float16 file rather than through the IVF, which would visit every list to find them.
+BRUTE_FORCE_MAX = 20_000
+
+
+def auto_nprobe(nlist: int) -> int:
+    """IVF lists a query visits by default: a sixteenth of them, 8 to 64 (bench/peers.py)."""
+    return max(1, min(nlist, max(8, min(64, nlist // 16))))
 
 
 @dataclass(frozen=True)
 class SnapshotSettings:
-    nprobe: int  # IVF lists visited per query; a filter passing a share s visits nprobe / sqrt(s)
+    nprobe: int | None  # IVF lists visited per query (None: auto_nprobe); a filter passing a share s visits nprobe / sqrt(s)
     candidates: int  # candidates rescored per result wanted
     rebuild_fraction: float  # rebuild once the writes and deletes since a snapshot pass this share of it
     rebuild_min: int  # ... or this many
@@ -67,7 +75,7 @@ class Snapshots:
         for key in [k for k in self._loaded if k[:2] == (tenant, collection)]:
             del self._loaded[key]
         for file in files:
-            (self.dir / file).unlink(missing_ok=True)
+            ann.remove(self.dir / file)
 
     # ------------------------------------------------------------ building
 
@@ -154,13 +162,13 @@ class Snapshots:
                          (*key, space)).fetchone()
         if alive is None or alive[0] != created_at:
             db.execute("ROLLBACK")
-            (self.dir / name).unlink(missing_ok=True)
+            ann.remove(self.dir / name)
             return None
         db.execute("INSERT OR REPLACE INTO ann_snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (*key, space, name, revision, count, time.time()))
         db.execute("COMMIT")
         if old and old[0] != name:
-            (self.dir / old[0]).unlink(missing_ok=True)  # processes that mapped it keep it
+            ann.remove(self.dir / old[0])  # processes that mapped it keep it
         return count
 
     def _rebuild_in_background(self, key: tuple[str, str, str]) -> None:
@@ -220,71 +228,148 @@ class Snapshots:
     def search(self, tenant: str, collection: str, spaces: tuple[str, ...], q: np.ndarray, *, revision: int,
                count: int, allowed: np.ndarray | None, min_score: float | None, exclude: frozenset[str],
                limit: int, offset: int) -> tuple[list[tuple[str, float]], int]:
-        """The page's (id, exact score) pairs and the total: candidates from each space's IVF
-        (``allowed``: the pks a filter passes), rescored with their float32 vectors (the best over
-        the spaces, as the exact path scores text), then cut, excluded, ordered by (score desc,
-        id) and paged like the exact path."""
+        """The page's (id, exact score) pairs and the total.
+
+        Candidates come from each space's IVF (``allowed``: the pks a filter passes, handed to
+        faiss as a bitmap) or, when a filter passes few enough items, are every item it passes.
+        They are ranked by their float16 scores in one vectorised step (the best over the spaces,
+        as the exact path scores text); only those that can still reach the page (within twice
+        the float16 error of its edge) are read back from SQLite as float32, so every score
+        answered is exact, ties go by id, and an item SQLite no longer has is never answered."""
         pool = count if allowed is None else len(allowed)
         if pool == 0:
             return [], 0
         loaded = [self._current(tenant, collection, space, revision, count) for space in spaces]
-        k = max(100, self.settings.candidates * (offset + limit + len(exclude)))
+        excluded = self._pks_of(tenant, collection, exclude)
+        scan_all = allowed is not None and len(allowed) <= BRUTE_FORCE_MAX
+        want = offset + limit
+        k = max(100, self.settings.candidates * (want + len(exclude)))
         while True:
-            found: list[np.ndarray] = []
-            for state in loaded:
-                if state is None:
-                    continue
-                nprobe = self.settings.nprobe
-                if allowed is not None:  # a selective filter visits more lists, up to all (bench/ann.py)
-                    nprobe = math.ceil(nprobe * math.sqrt(count / len(allowed)))
-                found.append(ann.search(state.snapshot, state.delta, q, k, nprobe, allowed))
-            candidates = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-            scored = self._rescore(tenant, collection, spaces, candidates, q)
-            passing = [(i, sc) for i, sc in scored if (min_score is None or sc >= min_score) and i not in exclude]
-            if min_score is None or len(passing) < len(scored) or k >= min(pool, 20_000):
+            candidates = allowed if scan_all else self._from_ivf(loaded, q, k, count, allowed)
+            candidates = candidates[~np.isin(candidates, excluded)]  # type: ignore[index]
+            ranked = self._approximate_scores(loaded, candidates, q)
+            floor = -np.inf if min_score is None else min_score - 2 * ann.FLOAT16_ERROR
+            keep = ~(ranked < floor) & (ranked != -np.inf)  # NaN (not known here) is kept
+            candidates, ranked = candidates[keep], ranked[keep]
+            page, passing = self._exact_page(tenant, collection, spaces, q, candidates, ranked, want, min_score)
+            if min_score is None or scan_all or passing < len(candidates) or k >= min(pool, 20_000):
                 break
             k *= 4  # every candidate passed min_score: more may pass beyond them
-        passing.sort(key=lambda hit: (-hit[1], hit[0]))
         if min_score is not None:
-            total = len(passing)  # within the approximate index's recall
+            total = passing  # within the approximate index's recall
         else:
-            total = pool - self._excluded(tenant, collection, exclude, allowed)
-        return passing[offset:offset + limit], total
+            total = pool - (len(excluded) if allowed is None else int(np.isin(excluded, allowed).sum()))
+        return page[offset:offset + limit], total
 
-    def _excluded(self, tenant: str, collection: str, exclude: frozenset[str], allowed: np.ndarray | None) -> int:
-        """How many of ``exclude`` are in the pool the search ranks."""
-        if not exclude:
-            return 0
-        marks = ",".join("?" * len(exclude))
-        pks = [r[0] for r in self.db.execute(
+    def _from_ivf(self, loaded: list[_Loaded | None], q: np.ndarray, k: int, count: int,
+                  allowed: np.ndarray | None) -> np.ndarray:
+        found: list[np.ndarray] = []
+        for state in loaded:
+            if state is None:
+                continue
+            nprobe = self.settings.nprobe or auto_nprobe(state.snapshot.index.nlist)
+            if allowed is not None:  # a selective filter visits more lists, up to all (bench/ann.py)
+                nprobe = math.ceil(nprobe * math.sqrt(count / len(allowed)))
+            found.append(ann.search(state.snapshot, state.delta, q, k, nprobe, allowed))
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+    @staticmethod
+    def _approximate_scores(loaded: list[_Loaded | None], pks: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """The best score over the spaces (``ann.scores``): -inf where no space holds the pk."""
+        best = np.full(len(pks), -np.inf, dtype=np.float32)
+        for state in loaded:
+            if state is not None:
+                got = ann.scores(state.snapshot, state.delta, pks, q)
+                best = np.where(np.isnan(got) | np.isnan(best), np.nan, np.maximum(best, got))
+        return best
+
+    def _exact_page(self, tenant: str, collection: str, spaces: tuple[str, ...], q: np.ndarray,
+                    pks: np.ndarray, ranked: np.ndarray, want: int,
+                    min_score: float | None) -> tuple[list[tuple[str, float]], int]:
+        """The best ``want`` of ``pks`` by exact score as (id, score), ordered (score desc, id),
+        and how many pass ``min_score``.
+
+        ``ranked`` is each pk's float16 score (NaN: unknown, always read). Read back: the ``want``
+        best, every pk within ``margin`` below the worst of them, and those within ``margin`` of
+        ``min_score``. No pk left unread can then beat one read: it scores below the edge by more
+        than the float16 error. A pk SQLite no longer has leaves room for the next, read too."""
+        margin = 2 * ann.FLOAT16_ERROR
+        unknown = np.isnan(ranked)
+        order = np.argsort(np.where(unknown, -np.inf, -ranked), kind="stable")
+        exact: dict[int, tuple[str, float]] = {}
+        read = np.zeros(len(pks), dtype=bool)
+        reach = want
+        while True:
+            head = order[:reach]
+            known = ranked[head][~unknown[head]]
+            edge = float(known.min()) if len(known) else np.inf
+            todo = ~read & (unknown | (ranked >= edge - margin))
+            todo[head] = ~read[head]
+            if min_score is not None:
+                todo |= ~read & (np.abs(ranked - min_score) < margin)
+            if todo.any():
+                exact.update(self._exact(tenant, collection, spaces, pks[todo], q))
+                read |= todo
+            present = sum(1 for pk in pks[head].tolist() if pk in exact)
+            if present >= min(want, len(pks)) or reach >= len(pks):
+                break
+            reach += want - present
+        page = sorted(exact.values(), key=lambda hit: (-hit[1], hit[0]))
+        if min_score is None:
+            return page, len(page)
+        page = [hit for hit in page if hit[1] >= min_score]
+        sure = pks[~read & (ranked >= min_score + margin)]
+        return page, len(page) + len(self._present(tenant, collection, spaces, sure))
+
+    def _pks_of(self, tenant: str, collection: str, ids: frozenset[str]) -> np.ndarray:
+        if not ids:
+            return np.zeros(0, dtype=np.int64)
+        marks = ",".join("?" * len(ids))
+        return np.array([r[0] for r in self.db.execute(
             f"SELECT pk FROM items WHERE tenant = ? AND collection = ? AND id IN ({marks})",
-            (tenant, collection, *exclude))]
-        return len(pks) if allowed is None else int(np.isin(pks, allowed).sum())
+            (tenant, collection, *ids))], dtype=np.int64)
 
-    def _rescore(self, tenant: str, collection: str, spaces: tuple[str, ...], pks: np.ndarray,
-                 q: np.ndarray) -> list[tuple[str, float]]:
-        """(id, exact cosine) of the candidates SQLite still has: the best over ``spaces``."""
-        best: dict[str, float] = {}
+    def _present(self, tenant: str, collection: str, spaces: tuple[str, ...], pks: np.ndarray) -> list[int]:
+        """Which of ``pks`` SQLite still holds a vector of in ``spaces`` (no vector is read)."""
+        out: list[int] = []
+        for start in range(0, len(pks), 900):
+            part = pks[start:start + 900].tolist()
+            marks = ",".join("?" * len(part))
+            if spaces == ("image",):
+                sql = f"SELECT pk FROM items WHERE pk IN ({marks}) AND +tenant = ? AND +collection = ?"
+                params: tuple[Any, ...] = (*part, tenant, collection)
+            else:
+                fields = ",".join("?" * len(spaces))
+                sql = (f"SELECT DISTINCT t.pk FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE t.pk IN ({marks})"
+                       f" AND t.field IN ({fields}) AND +i.tenant = ? AND +i.collection = ?")
+                params = (*part, *spaces, tenant, collection)
+            out += [r[0] for r in self.db.execute(sql, params)]
+        return out
+
+    def _exact(self, tenant: str, collection: str, spaces: tuple[str, ...], pks: np.ndarray,
+               q: np.ndarray) -> dict[int, tuple[str, float]]:
+        """pk -> (id, exact cosine) of the ``pks`` SQLite still has: the best over ``spaces``."""
+        best: dict[int, tuple[str, float]] = {}
         for start in range(0, len(pks), 900):
             part = pks[start:start + 900].tolist()
             marks = ",".join("?" * len(part))
             if spaces == ("image",):
                 # "+": look the pks up by rowid, never by scanning the (tenant, collection) index.
-                rows = self.db.execute(f"SELECT id, vector FROM items WHERE pk IN ({marks})"
+                rows = self.db.execute(f"SELECT pk, id, vector FROM items WHERE pk IN ({marks})"
                                        " AND +tenant = ? AND +collection = ?", (*part, tenant, collection)).fetchall()
             else:
                 fields = ",".join("?" * len(spaces))
                 rows = self.db.execute(
-                    f"SELECT i.id, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE t.pk IN ({marks})"
-                    f" AND t.field IN ({fields}) AND +i.tenant = ? AND +i.collection = ?",
+                    f"SELECT t.pk, i.id, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk"
+                    f" WHERE t.pk IN ({marks}) AND t.field IN ({fields}) AND +i.tenant = ? AND +i.collection = ?",
                     (*part, *spaces, tenant, collection)).fetchall()
             if not rows:
                 continue
-            matrix = stacked(rows, -1)
-            for (item_id, _), score in zip(rows, (matrix @ q).tolist(), strict=True):
-                if score > best.get(item_id, -math.inf):
-                    best[item_id] = score
-        return list(best.items())
+            scores = (np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1) @ q)
+            for (pk, item_id, _), score in zip(rows, scores.tolist(), strict=True):
+                if pk not in best or score > best[pk][1]:
+                    best[pk] = (item_id, score)
+        return best
 
 
 def _space_sql(space: str) -> tuple[str, str]:
