@@ -97,7 +97,7 @@ def cpu() -> dict[str, object]:
 def session(model: Path, conversion: Conversion) -> Any:
     import onnxruntime as ort
 
-    from lookalike_local.efficientnet import saturating_int8_kernels
+    from lookalike_local.onnx_runtime import saturating_int8_kernels
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1

@@ -210,14 +210,16 @@ def test_ties_and_scores_within_the_float16_error_page_exactly(tmp_path: Path) -
     exact = LocalIndex(LocalIndexOptions(path=path, ann_min_items=0))
     approximate.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM))
     ids = [f"z{n:04d}" if n < 1500 else f"{'abcdefghij'[n % 10]}{n:04d}" for n in range(len(vectors))]
-    approximate.upsert("t", "c", [Item(i, v, {"shard": n % 7}) for n, (i, v) in enumerate(zip(ids, vectors))])
+    approximate.upsert("t", "c", [Item(i, v, {"shard": n % 7})
+                                  for n, (i, v) in enumerate(zip(ids, vectors, strict=True))])
     approximate.optimize("t", "c")
     for flt in (None, Term("shard", 3)):
         whole = exact.search("t", "c", VectorQuery(vector=q, limit=90, filter=flt))
         pages = [approximate.search("t", "c", VectorQuery(vector=q, limit=9, offset=o, filter=flt))
                  for o in range(0, 90, 9)]
-        assert [i for p in pages for i in _ids(p)] == _ids(whole)[:len([i for p in pages for i in _ids(p)])]
-        assert [h.score for p in pages for h in p.hits] == [h.score for h in whole.hits][:sum(len(p.hits) for p in pages)]
+        paged = [h for p in pages for h in p.hits]
+        assert [h.id for h in paged] == _ids(whole)[:len(paged)] and len(paged) == len(whole.hits)
+        assert [h.score for h in paged] == [h.score for h in whole.hits]
         cut = whole.hits[30].score  # min_score inside the run of near-equal scores
         got = approximate.search("t", "c", VectorQuery(vector=q, limit=100, min_score=cut, filter=flt))
         want = exact.search("t", "c", VectorQuery(vector=q, limit=100, min_score=cut, filter=flt))

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lookalike.contracts import BackendContext, Embedder
 from lookalike.errors import ConfigurationError
 from lookalike_clip.convert import TEXT_ONNX, VISION_ONNX, convert
-from lookalike_local.efficientnet import default_model_dir, l2_normalize
+from lookalike_local.onnx_runtime import default_model_dir, l2_normalize, session_options
 
 
 class ClipOptions(BaseModel):
@@ -49,9 +49,7 @@ def _load(options: ClipOptions) -> tuple[Any, Any, Any, dict[str, Any]]:
                 if not (options.checkpoint / "model.safetensors").exists():
                     raise ConfigurationError(f"no CLIP checkpoint (model.safetensors) in {options.checkpoint}")
                 convert(options.checkpoint, target)
-            opts = ort.SessionOptions()
-            if options.threads:
-                opts.intra_op_num_threads = options.threads
+            opts = session_options(options.threads)
             vision = ort.InferenceSession(str(target / VISION_ONNX), opts, providers=["CPUExecutionProvider"])
             text = ort.InferenceSession(str(target / TEXT_ONNX), opts, providers=["CPUExecutionProvider"])
             meta = json.loads((target / "clip.json").read_text())

@@ -108,6 +108,7 @@ class Delta:
     pks: set[int] = field(default_factory=set)
     keep: list[Any] = field(default_factory=list)  # faiss objects the index points into
     vectors: dict[int, np.ndarray] = field(default_factory=dict)  # float32, by pk
+    pk_array: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the pks, for np.isin
 
     @classmethod
     def empty(cls, snapshot: Snapshot) -> Delta:
@@ -128,6 +129,7 @@ class Delta:
         self.index.add_with_ids(vectors, pks)
         self.pks.update(pks.tolist())
         self.vectors.update(zip(pks.tolist(), np.array(vectors, dtype=np.float32), strict=True))
+        self.pk_array = np.fromiter(self.vectors, dtype=np.int64, count=len(self.vectors))
 
 
 def scores(snapshot: Snapshot, delta: Delta | None, pks: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -139,7 +141,7 @@ def scores(snapshot: Snapshot, delta: Delta | None, pks: np.ndarray, query: np.n
     q = np.asarray(query, dtype=np.float32)
     fresh = np.zeros(len(pks), dtype=bool)
     if delta is not None and delta.pks:
-        fresh = np.fromiter((pk in delta.vectors for pk in pks.tolist()), dtype=bool, count=len(pks))
+        fresh = np.isin(pks, delta.pk_array)
         if fresh.any():
             out[fresh] = np.stack([delta.vectors[pk] for pk in pks[fresh].tolist()]) @ q
     if held_here and len(snapshot.pks):  # type: ignore[arg-type]
@@ -224,7 +226,7 @@ def search(snapshot: Snapshot, delta: Delta | None, query: np.ndarray, k: int, n
         _, ids = index.search(q, min(k, max(1, index.ntotal)), params=params)
         ids = ids[0][ids[0] >= 0]
         if index is snapshot.index and delta is not None and delta.pks:
-            ids = ids[[pk not in delta.pks for pk in ids.tolist()]]
+            ids = ids[~np.isin(ids, delta.pk_array)]
         found.append(ids)
     del selector, bits
     return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)

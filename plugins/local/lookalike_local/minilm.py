@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.contracts import BackendContext, Embedder
 from lookalike.errors import ConfigurationError
-from lookalike_local.efficientnet import default_model_dir, l2_normalize
 from lookalike_local.onnx_graph import GraphBuilder
+from lookalike_local.onnx_runtime import default_model_dir, l2_normalize, session_options
 
 ONNX_NAME = "all-minilm-l6-v2.onnx"
 TOKENIZER_NAME = "all-minilm-l6-v2.tokenizer.json"
@@ -113,14 +113,8 @@ def _load(model_dir: Path, threads: int) -> tuple[Any, Any]:
         if key not in _loaded:
             if not (model_dir / ONNX_NAME).exists() or not (model_dir / TOKENIZER_NAME).exists():
                 build_onnx(model_dir)
-            opts = ort.SessionOptions()
-            # Server workers share the cores: an idle intra-op thread must sleep, not spin,
-            # or concurrent requests starve each other (bench/ann.py, 8 and 32 clients).
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if threads:
-                opts.intra_op_num_threads = threads
-                opts.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(model_dir / ONNX_NAME), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(model_dir / ONNX_NAME), session_options(threads),
+                                           providers=["CPUExecutionProvider"])
             tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_NAME))
             tokenizer.enable_truncation(MAX_TOKENS)
             tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a secret

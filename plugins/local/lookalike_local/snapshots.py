@@ -43,7 +43,7 @@ def auto_nprobe(nlist: int) -> int:
 
 @dataclass(frozen=True)
 class SnapshotSettings:
-    nprobe: int | None  # IVF lists visited per query (None: auto_nprobe); a filter passing a share s visits nprobe / sqrt(s)
+    nprobe: int | None  # IVF lists a query visits (None: auto_nprobe); nprobe / sqrt(s) under a filter passing s
     candidates: int  # candidates rescored per result wanted
     rebuild_fraction: float  # rebuild once the writes and deletes since a snapshot pass this share of it
     rebuild_min: int  # ... or this many
