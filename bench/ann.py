@@ -3,10 +3,12 @@
     .venv/bin/python bench/ann.py [--sizes 100000 1000000] [--queries 200] [--seconds 20]
 
 For each size, in one run:
-1. The collection is built as ``bench/search_latency.py`` builds it (the 3,068 real catalog
-   vectors of EfficientNet-Lite0, then jittered copies), with a ``shard`` field (n % 100) for
-   a 1 % filter; then the approximate snapshot is built (timed), and reopened in a fresh
-   process (timed: open plus first search).
+1. The collection is built from catalog-shaped vectors (``--data catalog``, the default:
+   ``bench/catalog_data.py``'s draws from a model of the real model's vectors), or as earlier
+   runs built it (``--data jittered``: the 3,068 real vectors then jittered copies of them, as
+   ``bench/search_latency.py`` does), with a ``shard`` field (n % 100) for a 1 % filter; then the
+   approximate snapshot is built (timed), and reopened in a fresh process (timed: open plus
+   first search).
 2. recall@10 of the approximate search against exact search on the same data, for the
    validation photos' embeddings, with and without the 1 % filter (in process).
 3. Through ``lookalike serve`` (default workers), once approximate and once exact: latency
@@ -31,8 +33,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import requests
@@ -41,12 +44,26 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_latency import DATA, KEY, RESULTS, ROOT, catalog_vectors, jittered_items, percentile, serving
 
+if TYPE_CHECKING:
+    from lookalike.contracts import Item
+
 TENANT = "bench"
 FILTER = {"shard": 7}  # 1 % of the items
 
 
+def catalog_items(size: int) -> Iterator[Item]:
+    """``size`` catalog-shaped vectors (``bench/catalog_data.py``), one item each."""
+    from catalog_data import catalog
+
+    from lookalike.contracts import Item
+
+    vectors = catalog(size)
+    for n in range(size):
+        yield Item(id=f"c{n:07d}", vector=np.asarray(vectors[n], dtype=np.float32), metadata={})
+
+
 def build(home: Path, name: str, size: int, ids: list[str], vectors: np.ndarray, classes: list[str],
-          model_id: str) -> dict[str, float]:
+          model_id: str, data: str = "catalog") -> dict[str, float]:
     from lookalike.contracts import BackendContext, CollectionSpec
     from lookalike_local.index import LocalIndex, LocalIndexOptions
 
@@ -56,7 +73,8 @@ def build(home: Path, name: str, size: int, ids: list[str], vectors: np.ndarray,
     index.create_collection(TENANT, CollectionSpec(name=name, model_id=model_id, dimension=vectors.shape[1]))
     t0 = time.perf_counter()
     batch = []
-    for n, item in enumerate(jittered_items(size, ids, vectors, classes)):
+    items = catalog_items(size) if data == "catalog" else jittered_items(size, ids, vectors, classes)
+    for n, item in enumerate(items):
         item.metadata["shard"] = n % 100
         batch.append(item)
         if len(batch) == 5000:
@@ -239,6 +257,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20.0, help="each concurrency level runs this long")
+    parser.add_argument("--data", choices=("catalog", "jittered"), default="catalog",
+                        help="catalog-shaped draws (bench/catalog_data.py) or the earlier jittered copies")
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"benchmark photos not found at {DATA}")
@@ -272,8 +292,8 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         name = f"ann-{size}"
-        row: dict[str, object] = {"items": size}
-        row.update(build(home, name, size, ids, vectors, classes, model_id))
+        row: dict[str, object] = {"items": size, "data": args.data}
+        row.update(build(home, name, size, ids, vectors, classes, model_id, args.data))
         print(json.dumps(row), file=sys.stderr)
         row["reopen_s"] = reopen_seconds(home, name, query_vectors[0])
         row.update(recall(home, name, query_vectors))
@@ -286,7 +306,7 @@ def main() -> None:
             print(json.dumps({mode: row[mode]}), file=sys.stderr)
         rows.append(row)
 
-    report = {"benchmark": "ann", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    report = {"benchmark": "ann", "data": args.data, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "model": model_id, "model_ceiling_images_per_s": ceiling, "results": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ann.json").write_text(json.dumps(report, indent=2))

@@ -274,7 +274,15 @@ class Chroma(Engine):
 
     def search(self, q: np.ndarray, filtered: bool, setting: Any) -> list[int]:
         if setting != self.ef:
+            import chromadb
+            from chromadb.api.client import SharedSystemClient
+            from chromadb.config import Settings
+
             self.collection.modify(configuration={"hnsw": {"ef_search": setting}})
+            # A loaded index keeps the ef_search it was opened with: open the collection again.
+            SharedSystemClient.clear_system_cache()
+            client = chromadb.PersistentClient(path=str(self.dir), settings=Settings(anonymized_telemetry=False))
+            self.collection = client.get_collection("items", embedding_function=None)
             self.ef = setting
         got = self.collection.query(query_embeddings=[q], n_results=K, include=[],
                                     where={"bucket": FILTER_BUCKET} if filtered else None)

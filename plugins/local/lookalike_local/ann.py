@@ -11,9 +11,9 @@ copy through the page cache.
 
 A snapshot covers the items of one collection (one vector space: the image vectors, or one
 caption/prompt field) as of a revision; faiss ids are SQLite ``pk``s. Beside the IVF, a
-snapshot keeps its vectors as float16, rows in pk order (``<file>.pks.npy`` and
-``<file>.f16.npy``, memory-mapped like the IVF): candidates are ranked from them in one
-vectorised step, within 2^-11 of their exact cosine, and only the few near the page's edge are
+snapshot keeps its vectors as float16, rows in pk order (``<file>.pks.npy``, and ``<file>.f16``,
+a faiss flat index of float16 codes, memory-mapped like the IVF): candidates are ranked from
+them in one vectorised step, within 2^-11 of their exact cosine, and only the few near the page's edge are
 read back from SQLite as float32 (``lookalike_local.snapshots``). SQLite stays the source of
 truth: every score answered is the exact cosine and no item SQLite no longer has is answered.
 Writes after the snapshot sit in a small per-process delta (the same IVF, in memory, with the
@@ -44,7 +44,7 @@ import numpy as np
 CHUNK = 20_000  # vectors read from SQLite per add while building
 TRAIN_PER_LIST = 40  # faiss's k-means wants at least 39 points per list
 PKS_SUFFIX = ".pks.npy"  # beside a snapshot: its pks, sorted
-VECTORS_SUFFIX = ".f16.npy"  # ... and its vectors as float16, rows in that order
+VECTORS_SUFFIX = ".f16"  # ... and its vectors as float16 (a faiss IndexScalarQuantizer), rows in that order
 #: How far a float16 score may be from the exact cosine of two unit vectors: each coordinate
 #: is rounded by at most 2^-11 of itself, so the dot product moves by at most 2^-11 (Cauchy-Schwarz).
 FLOAT16_ERROR = 2.0 ** -11
@@ -85,7 +85,7 @@ class Snapshot:
     count: int
     index: Any  # faiss.IndexIVFScalarQuantizer, memory-mapped
     pks: np.ndarray | None = None  # sorted; None for a snapshot written before the float16 file
-    vectors: np.ndarray | None = None  # float16, row n is pks[n]'s
+    vectors: Any = None  # faiss.IndexScalarQuantizer of float16 codes: row n is pks[n]'s
 
     @classmethod
     def open(cls, path: Path, revision: int, count: int) -> Snapshot:
@@ -93,8 +93,9 @@ class Snapshot:
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
         pks_path, vectors_path = sidecars(path)
         try:
-            pks, vectors = np.load(pks_path, mmap_mode="r"), np.load(vectors_path, mmap_mode="r")
-        except (FileNotFoundError, ValueError):
+            pks = np.load(pks_path, mmap_mode="r")
+            vectors = faiss.read_index(str(vectors_path), faiss.IO_FLAG_MMAP)
+        except (FileNotFoundError, ValueError, RuntimeError):
             pks = vectors = None  # read back from SQLite instead
         return cls(path=path, revision=revision, count=count, index=index, pks=pks, vectors=vectors)
 
@@ -132,6 +133,28 @@ class Delta:
         self.pk_array = np.fromiter(self.vectors, dtype=np.int64, count=len(self.vectors))
 
 
+#: Past this many rows to score per row of the snapshot, faiss's scan of the whole float16 index
+#: with a bitmap of the rows beats decoding the rows one by one (1.8 ns an entry skipped against
+#: about 0.7 us a row decoded; bench/peers.py).
+SCAN_SHARE = 1 / 400
+
+
+def _snapshot_scores(vectors: Any, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The float16 index's scores of ``rows`` (sorted, distinct) against ``q``."""
+    if len(rows) > SCAN_SHARE * vectors.ntotal:
+        faiss = _faiss()
+        mask = np.zeros(vectors.ntotal, dtype=bool)
+        mask[rows] = True
+        bits = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        found_scores, found = vectors.search(q.reshape(1, -1), len(rows), params=faiss.SearchParameters(sel=selector))
+        del selector, bits
+        out = np.empty(len(rows), dtype=np.float32)
+        out[np.searchsorted(rows, found[0])] = found_scores[0]
+        return out
+    return vectors.reconstruct_batch(rows) @ q
+
+
 def scores(snapshot: Snapshot, delta: Delta | None, pks: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Each pk's score against ``query``: exact for the delta's vectors, from the float16 file
     (within ``FLOAT16_ERROR``) for the snapshot's; -inf where neither holds a vector for it, and
@@ -151,7 +174,7 @@ def scores(snapshot: Snapshot, delta: Delta | None, pks: np.ndarray, query: np.n
         rest, rows = rest[held], rows[held]
         if len(rows):
             order = np.argsort(rows)  # ascending rows read the memory-mapped file forward
-            out[rest[order]] = np.asarray(snapshot.vectors[rows[order]], dtype=np.float32) @ q  # type: ignore[index]
+            out[rest[order]] = _snapshot_scores(snapshot.vectors, rows[order], q)
     return out
 
 
@@ -173,21 +196,21 @@ def build(path: Path, dimension: int, count: int, sample: Callable[[int], np.nda
                      for final in (*sidecars(path), path)}
         pks_path, vectors_path = sidecars(path)
         all_pks = np.lib.format.open_memmap(temporary[pks_path], mode="w+", dtype=np.int64, shape=(count,))
-        all_vectors = np.lib.format.open_memmap(temporary[vectors_path], mode="w+", dtype=np.float16,
-                                                shape=(count, dimension))
+        all_vectors = faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
         added = 0
         for pks, vectors in chunks:  # in pk order
             if added + len(pks) > count:
                 raise ValueError("more vectors than the snapshot was sized for")
             index.add_with_ids(vectors, pks)
             all_pks[added:added + len(pks)] = pks
-            all_vectors[added:added + len(pks)] = vectors
+            all_vectors.add(vectors)
             added += len(pks)
         if added != count:
             raise ValueError(f"{added} vectors read where {count} were counted")
         all_pks.flush()
-        all_vectors.flush()
-        del all_pks, all_vectors
+        del all_pks
+        faiss.write_index(all_vectors, str(temporary[vectors_path]))
+        del all_vectors
         faiss.write_index(index, str(temporary[path]))
         for final, tmp in temporary.items():  # the IVF last: it is what the snapshot's record names
             with open(tmp, "rb") as f:
