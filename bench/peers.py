@@ -327,6 +327,8 @@ def child(engine_name: str, work: Path) -> None:
     build_s = time.perf_counter() - start
     del vectors, base  # the engine keeps what it needs; the input's copy is not the engine's memory
     gc.collect()
+    engine.search(queries[0], False, engine.settings[0])
+    rss_mb = resident_mb()  # built and searched once, before tuning (Chroma reopens per setting tried)
     disk = sum(p.stat().st_size for p in engine.dir.rglob("*") if p.is_file())
     result: dict[str, Any] = {"engine": engine_name, "build_s": round(build_s, 1), "disk_mb": disk / 1e6}
     for filtered in (False, True):
@@ -342,7 +344,7 @@ def child(engine_name: str, work: Path) -> None:
             "setting": "defaults" if chosen is None else str(chosen), "recall": recall(found, truths[filtered]),
             "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
             "fewest": min(len(f) for f in found)}
-    result["rss_mb"] = resident_mb()  # after the searches: what the engine keeps resident to serve them
+    result["rss_mb"] = rss_mb
     print(json.dumps(result))
 
 
