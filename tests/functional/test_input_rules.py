@@ -112,3 +112,19 @@ def test_an_item_id_from_a_file_name_is_always_a_valid_item_id(stem: str) -> Non
     assert check_item_id(item_id) == item_id
     if stem == "plain":
         assert item_id == "plain"
+
+
+@pytest.mark.parametrize("field", ["-x", ".x", "café", "a" * 65])
+def test_a_keyword_field_no_metadata_key_can_have_is_a_configuration_error(field: str) -> None:
+    """``keyword_fields`` takes the one field-name rule of ``rules.py``: a facet on a field no
+    metadata key can have would list nothing, forever (issue 27)."""
+    from pydantic import ValidationError
+
+    from lookalike.config import CollectionSettings
+    from lookalike.rules import validate_metadata
+
+    with pytest.raises(ValidationError):
+        CollectionSettings(keyword_fields=[field])
+    with pytest.raises(BadRequest):
+        validate_metadata({field: "x"})
+    assert CollectionSettings(keyword_fields=["brand", "a.b", "_x"]).keyword_fields == ["brand", "a.b", "_x"]
