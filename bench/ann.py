@@ -85,8 +85,11 @@ def build(home: Path, name: str, size: int, ids: list[str], vectors: np.ndarray,
     t0 = time.perf_counter()
     index.optimize(TENANT, name)
     built = time.perf_counter() - t0
-    files = [index.ann_dir / r[0] for r in index._db.execute(
-        "SELECT file FROM ann_snapshots WHERE tenant = ? AND collection = ?", (TENANT, name))]
+    from lookalike_local import ann
+
+    files = [f for r in index._db.execute("SELECT file FROM ann_snapshots WHERE tenant = ? AND collection = ?",
+                                          (TENANT, name))
+             for f in (index.ann_dir / r[0], *ann.sidecars(index.ann_dir / r[0])) if f.exists()]
     index.close()
     return {"sqlite_write_s": round(written, 1), "ann_build_s": round(built, 1),
             "ann_file_mb": round(sum(f.stat().st_size for f in files) / 1e6, 1)}
