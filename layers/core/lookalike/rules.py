@@ -73,8 +73,8 @@ FIELD_NAME_MAX = 64
 #: A metadata key, and so any field a filter or facet may name: 1-64 ASCII letters, digits, '_',
 #: '.' or '-', not starting with '.' or '-'. One rule for both: a field no key can have would never
 #: match, so a filter naming one is refused rather than silently matching nothing.
-FIELD_NAME_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{FIELD_NAME_MAX - 1}}}$"
-FIELD_NAME = re.compile(FIELD_NAME_PATTERN[1:-1])
+FIELD_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{FIELD_NAME_MAX - 1}}}")
+FIELD_NAME_PATTERN = f"^{FIELD_NAME.pattern}$"  # the same, for pydantic fields
 
 
 def check_field(name: str) -> str:

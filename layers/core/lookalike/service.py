@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lookalike import anchors, catalog, intake, leases, media, rules
+from lookalike import anchors, catalog, images, intake, leases, media, rules
 from lookalike import search as searching
 from lookalike.anchors import Anchor, AnchorUpload, Region
 from lookalike.catalog import ORPHAN_AGE_S, PHOTO_LINK_TTL_S, IngestReport
@@ -116,7 +116,7 @@ class TenantService:
             return catalog.photo(self.parts, catalog.get_item(self.parts, info, ref.item_id or ""))[0]
         return intake.brought_bytes(self.parts, ref)[0]
 
-    def decode(self, data: bytes) -> Any:
+    def decode(self, data: bytes) -> images.DecodedImage:
         return intake.decode(self.parts, data)
 
     def embed(self, ref: ImageRef) -> np.ndarray:

@@ -106,10 +106,9 @@ class Delta:
 
     revision: int  # vectors up to this revision are loaded
     index: Any
-    pks: set[int] = field(default_factory=set)
     keep: list[Any] = field(default_factory=list)  # faiss objects the index points into
     vectors: dict[int, np.ndarray] = field(default_factory=dict)  # float32, by pk
-    pk_array: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the pks, for np.isin
+    pks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the keys of vectors
 
     @classmethod
     def empty(cls, snapshot: Snapshot) -> Delta:
@@ -124,13 +123,22 @@ class Delta:
         return cls(revision=snapshot.revision, index=index, keep=[quantizer])
 
     def add(self, pks: np.ndarray, vectors: np.ndarray) -> None:
-        known = np.fromiter((pk in self.pks for pk in pks.tolist()), dtype=bool, count=len(pks))
+        known = np.isin(pks, self.pks)
         if known.any():
             self.index.remove_ids(pks[known])
         self.index.add_with_ids(vectors, pks)
-        self.pks.update(pks.tolist())
         self.vectors.update(zip(pks.tolist(), np.array(vectors, dtype=np.float32), strict=True))
-        self.pk_array = np.fromiter(self.vectors, dtype=np.int64, count=len(self.vectors))
+        self.pks = np.fromiter(self.vectors, dtype=np.int64, count=len(self.vectors))
+
+
+def _bitmap(ids: np.ndarray, size: int) -> tuple[Any, np.ndarray]:
+    """A faiss selector of ``ids`` (each below ``size``), and the bits it points into: keep both
+    alive until the search that uses it has returned."""
+    faiss = _faiss()
+    mask = np.zeros(size, dtype=bool)
+    mask[ids] = True
+    bits = np.packbits(mask, bitorder="little")
+    return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits  # its n counts bytes
 
 
 #: Past this many rows to score per row of the snapshot, faiss's scan of the whole float16 index
@@ -142,13 +150,10 @@ SCAN_SHARE = 1 / 400
 def _snapshot_scores(vectors: Any, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
     """The float16 index's scores of ``rows`` (sorted, distinct) against ``q``."""
     if len(rows) > SCAN_SHARE * vectors.ntotal:
-        faiss = _faiss()
-        mask = np.zeros(vectors.ntotal, dtype=bool)
-        mask[rows] = True
-        bits = np.packbits(mask, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
-        found_scores, found = vectors.search(q.reshape(1, -1), len(rows), params=faiss.SearchParameters(sel=selector))
-        del selector, bits
+        selector, bits = _bitmap(rows, vectors.ntotal)
+        params = _faiss().SearchParameters(sel=selector)
+        found_scores, found = vectors.search(q.reshape(1, -1), len(rows), params=params)
+        del params, selector, bits
         out = np.empty(len(rows), dtype=np.float32)
         out[np.searchsorted(rows, found[0])] = found_scores[0]
         return out
@@ -163,8 +168,8 @@ def scores(snapshot: Snapshot, delta: Delta | None, pks: np.ndarray, query: np.n
     out = np.full(len(pks), -np.inf if held_here else np.nan, dtype=np.float32)
     q = np.asarray(query, dtype=np.float32)
     fresh = np.zeros(len(pks), dtype=bool)
-    if delta is not None and delta.pks:
-        fresh = np.isin(pks, delta.pk_array)
+    if delta is not None and len(delta.pks):
+        fresh = np.isin(pks, delta.pks)
         if fresh.any():
             out[fresh] = np.stack([delta.vectors[pk] for pk in pks[fresh].tolist()]) @ q
     if held_here and len(snapshot.pks):  # type: ignore[arg-type]
@@ -236,11 +241,7 @@ def search(snapshot: Snapshot, delta: Delta | None, query: np.ndarray, k: int, n
     params.nprobe = max(1, min(nprobe, snapshot.index.nlist))
     selector = bits = None
     if allowed is not None:  # a bitmap over the pks: one bit test per entry the scan visits
-        size = int(allowed.max()) + 1 if len(allowed) else 1
-        mask = np.zeros(size, dtype=bool)
-        mask[allowed] = True
-        bits = np.packbits(mask, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # n counts bytes
+        selector, bits = _bitmap(allowed, int(allowed.max()) + 1 if len(allowed) else 1)
         params.sel = selector
     found: list[np.ndarray] = []
     for index in (snapshot.index, delta.index if delta is not None and delta.index.ntotal else None):
@@ -248,8 +249,8 @@ def search(snapshot: Snapshot, delta: Delta | None, query: np.ndarray, k: int, n
             continue
         _, ids = index.search(q, min(k, max(1, index.ntotal)), params=params)
         ids = ids[0][ids[0] >= 0]
-        if index is snapshot.index and delta is not None and delta.pks:
-            ids = ids[~np.isin(ids, delta.pk_array)]
+        if index is snapshot.index and delta is not None and len(delta.pks):
+            ids = ids[~np.isin(ids, delta.pks)]
         found.append(ids)
     del selector, bits
     return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)

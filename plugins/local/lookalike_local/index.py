@@ -245,9 +245,10 @@ class LocalIndex(SearchBackend):
         with self._lock, self._read_view():
             dim, _ = self._dimensions(tenant, collection)
             q = _checked(vq.vector, dim, "query vector")
-            if self._approximate(tenant, collection):
-                return self._approximate_search(tenant, collection, ("image",), q, vq.filter, vq.min_score,
-                                                vq.exclude_ids, vq.limit, vq.offset)
+            revision = self._approximate(tenant, collection)
+            if revision is not None:
+                return self._approximate_search(tenant, collection, revision, ("image",), q, vq.filter,
+                                                vq.min_score, vq.exclude_ids, vq.limit, vq.offset)
             matrix = self._matrix(tenant, collection)
             return self._rank(tenant, collection, matrix, matrix.live @ q, vq.filter, vq.min_score,
                               vq.exclude_ids, vq.limit, vq.offset)
@@ -281,9 +282,10 @@ class LocalIndex(SearchBackend):
                 raise BadRequest("this collection has no text embeddings")
             q = _checked(tq.vector, text_dim, "query vector")
             floor = -1.0 if tq.min_score is None else tq.min_score
-            if self._approximate(tenant, collection):
-                return self._approximate_search(tenant, collection, tuple(tq.fields), q, tq.filter, floor,
-                                                frozenset(), tq.limit, tq.offset)
+            revision = self._approximate(tenant, collection)
+            if revision is not None:
+                return self._approximate_search(tenant, collection, revision, tuple(tq.fields), q, tq.filter,
+                                                floor, frozenset(), tq.limit, tq.offset)
             matrix = self._matrix(tenant, collection)
             n = len(matrix.ids)
             scores = np.full(n, -np.inf, dtype=np.float32)
@@ -410,26 +412,28 @@ class LocalIndex(SearchBackend):
 
     # ------------------------------------------------------------ approximate search
 
-    def _approximate(self, tenant: str, collection: str) -> bool:
+    def _approximate(self, tenant: str, collection: str) -> int | None:
+        """The collection's revision when it is searched approximately, else None."""
         minimum = self.options.ann_min_items
-        return (bool(minimum) and ann.AVAILABLE
-                and self._count(tenant, collection, self._revision(tenant, collection)) >= minimum)
+        if not minimum or not ann.AVAILABLE:
+            return None
+        revision = self._revision(tenant, collection)
+        return revision if self._count(tenant, collection, revision) >= minimum else None
 
     def optimize(self, tenant: str, collection: str) -> dict[str, int]:
         """Build the approximate snapshots of a large collection now (``lookalike ingest``
         does at its end), instead of on its first search; {space: vectors}."""
         with self._lock:
-            if not self._approximate(tenant, collection):
+            if self._approximate(tenant, collection) is None:
                 return {}
             _, text_dim = self._dimensions(tenant, collection)
             spaces = ["image", *(TEXT_FIELDS if text_dim is not None else ())]
             stale = [space for space in spaces if self.snapshots.stale(tenant, collection, space)]
         return {space: self.snapshots.build(tenant, collection, space, wait=True) or 0 for space in stale}
 
-    def _approximate_search(self, tenant: str, collection: str, spaces: tuple[str, ...], q: np.ndarray,
-                            node: Filter | None, min_score: float | None, exclude: frozenset[str], limit: int,
-                            offset: int) -> SearchPage:
-        revision = self._revision(tenant, collection)
+    def _approximate_search(self, tenant: str, collection: str, revision: int, spaces: tuple[str, ...],
+                            q: np.ndarray, node: Filter | None, min_score: float | None, exclude: frozenset[str],
+                            limit: int, offset: int) -> SearchPage:
         allowed = None if node is None else np.array(self._filtered(tenant, collection, node, "pk"), dtype=np.int64)
         chosen, total = self.snapshots.search(
             tenant, collection, spaces, q, revision=revision, count=self._count(tenant, collection, revision),

@@ -331,45 +331,41 @@ class Snapshots:
 
     def _present(self, tenant: str, collection: str, spaces: tuple[str, ...], pks: np.ndarray) -> list[int]:
         """Which of ``pks`` SQLite still holds a vector of in ``spaces`` (no vector is read)."""
-        out: list[int] = []
-        for start in range(0, len(pks), 900):
-            part = pks[start:start + 900].tolist()
-            marks = ",".join("?" * len(part))
-            if spaces == ("image",):
-                sql = f"SELECT pk FROM items WHERE pk IN ({marks}) AND +tenant = ? AND +collection = ?"
-                params: tuple[Any, ...] = (*part, tenant, collection)
-            else:
-                fields = ",".join("?" * len(spaces))
-                sql = (f"SELECT DISTINCT t.pk FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE t.pk IN ({marks})"
-                       f" AND t.field IN ({fields}) AND +i.tenant = ? AND +i.collection = ?")
-                params = (*part, *spaces, tenant, collection)
-            out += [r[0] for r in self.db.execute(sql, params)]
-        return out
+        return [row[0] for row in self._held(tenant, collection, spaces, pks, with_vectors=False)]
 
     def _exact(self, tenant: str, collection: str, spaces: tuple[str, ...], pks: np.ndarray,
                q: np.ndarray) -> dict[int, tuple[str, float]]:
         """pk -> (id, exact cosine) of the ``pks`` SQLite still has: the best over ``spaces``."""
         best: dict[int, tuple[str, float]] = {}
+        rows = self._held(tenant, collection, spaces, pks, with_vectors=True)
+        if rows:
+            scores = stacked([(pk, vector) for pk, vector, _ in rows], -1) @ q
+            for (pk, _, item_id), score in zip(rows, scores.tolist(), strict=True):
+                if pk not in best or score > best[pk][1]:
+                    best[pk] = (item_id, score)
+        return best
+
+    def _held(self, tenant: str, collection: str, spaces: tuple[str, ...], pks: np.ndarray,
+              with_vectors: bool) -> list[tuple[Any, ...]]:
+        """(pk, vector, id) rows, or (pk,) rows, of the ``pks`` SQLite holds a vector of in
+        ``spaces`` (one row per space for text). "+" makes SQLite look the pks up by rowid,
+        never by scanning the (tenant, collection) index."""
+        rows: list[tuple[Any, ...]] = []
         for start in range(0, len(pks), 900):
             part = pks[start:start + 900].tolist()
             marks = ",".join("?" * len(part))
             if spaces == ("image",):
-                # "+": look the pks up by rowid, never by scanning the (tenant, collection) index.
-                rows = self.db.execute(f"SELECT pk, id, vector FROM items WHERE pk IN ({marks})"
-                                       " AND +tenant = ? AND +collection = ?", (*part, tenant, collection)).fetchall()
+                columns = "pk, vector, id" if with_vectors else "pk"
+                sql = f"SELECT {columns} FROM items WHERE pk IN ({marks}) AND +tenant = ? AND +collection = ?"
+                params: tuple[Any, ...] = (*part, tenant, collection)
             else:
+                columns = "t.pk, t.vector, i.id" if with_vectors else "DISTINCT t.pk"
                 fields = ",".join("?" * len(spaces))
-                rows = self.db.execute(
-                    f"SELECT t.pk, i.id, t.vector FROM text_vectors t JOIN items i ON i.pk = t.pk"
-                    f" WHERE t.pk IN ({marks}) AND t.field IN ({fields}) AND +i.tenant = ? AND +i.collection = ?",
-                    (*part, *spaces, tenant, collection)).fetchall()
-            if not rows:
-                continue
-            scores = (np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1) @ q)
-            for (pk, item_id, _), score in zip(rows, scores.tolist(), strict=True):
-                if pk not in best or score > best[pk][1]:
-                    best[pk] = (item_id, score)
-        return best
+                sql = (f"SELECT {columns} FROM text_vectors t JOIN items i ON i.pk = t.pk WHERE t.pk IN ({marks})"
+                       f" AND t.field IN ({fields}) AND +i.tenant = ? AND +i.collection = ?")
+                params = (*part, *spaces, tenant, collection)
+            rows += self.db.execute(sql, params).fetchall()
+        return rows
 
 
 def _space_sql(space: str) -> tuple[str, str]:
