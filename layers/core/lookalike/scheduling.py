@@ -8,7 +8,9 @@ in workers of its own, fewer and at a lower CPU priority, so it never holds the 
 answer searches, nor their CPU time. So does the ordinary work of a tenant that, while others
 are served too, has used more than its share of worker time lately and has more requests in
 the server: a flood of cheap requests then yields the CPUs to the tenants that send one at a
-time. A full queue answers 429 with ``Retry-After`` instead of growing.
+time. A tenant's ordinary requests keep their order among themselves, demoted or not, so a
+demoted one is never starved by the same tenant's later ones. A full queue answers 429 with
+``Retry-After`` instead of growing.
 
 The front cannot authenticate (the handlers do, in the workers), so it queues by credential:
 the worker that answers a request says which tenant it served (:func:`note_tenant`), and the
@@ -120,8 +122,13 @@ class WaitedTooLong(Exception):
 @dataclass
 class _Ticket:
     key: str
-    expensive: bool
+    expensive: bool  # runs in an expensive worker
+    demoted: bool = False  # ordinary work that runs there (FairScheduler.demoted)
     granted: bool = False
+
+    @property
+    def ordinary_work(self) -> bool:
+        return not self.expensive or self.demoted
 
 
 class FairScheduler:
@@ -173,9 +180,13 @@ class FairScheduler:
         served in the last ACTIVE_S, ``key`` used more than an equal share of the worker time
         lately, and it has another request in the server already (a tenant that sends one
         request at a time is never demoted)."""
+        if key == UNIDENTIFIED:
+            return False  # one shared queue already: it takes one turn of each round
         with self._cond:
             now = self._decay()
-            active = [k for k, at in self._seen.items() if now - at <= ACTIVE_S]
+            # Identified tenants only: the unidentified queue is mostly tenants' first requests
+            # (a burst of them at start-up made a tenant alone look like one of two).
+            active = [k for k, at in self._seen.items() if now - at <= ACTIVE_S and k != UNIDENTIFIED]
             if key not in active or len(active) < 2:
                 return False
             total = sum(self._usage.get(k, 0.0) for k in active)
@@ -196,10 +207,11 @@ class FairScheduler:
     # -- turns
 
     @contextmanager
-    def turn(self, key: str, expensive: bool, wait_s: float) -> Iterator[None]:
-        """Hold one of the workers' turns for the block. Raises QueueFull when ``key``'s queue
-        (or all of them) is full, WaitedTooLong past ``wait_s``."""
-        ticket = self._enqueue(key, expensive)
+    def turn(self, key: str, expensive: bool, wait_s: float, demoted: bool = False) -> Iterator[None]:
+        """Hold one of the workers' turns for the block (an expensive worker's if ``expensive``
+        or ``demoted``). Raises QueueFull when ``key``'s queue (or all of them) is full,
+        WaitedTooLong past ``wait_s``."""
+        ticket = self._enqueue(key, expensive or demoted, demoted)
         try:
             self._await(ticket, wait_s)
         except BaseException:
@@ -211,13 +223,13 @@ class FairScheduler:
         finally:
             self._release(ticket, time.monotonic() - started)
 
-    def _enqueue(self, key: str, expensive: bool) -> _Ticket:
+    def _enqueue(self, key: str, expensive: bool, demoted: bool) -> _Ticket:
         with self._cond:
             queue = self._queues.get(key)
             waiting = len(queue) if queue else 0
             if waiting >= self.max_waiting_per_key or self._waiting >= self.max_waiting:
                 raise QueueFull(self._retry_after(waiting + 1, expensive))
-            ticket = _Ticket(key, expensive)
+            ticket = _Ticket(key, expensive, demoted)
             self._seen[key] = time.monotonic()
             if queue is None:
                 queue = self._queues[key] = deque()  # joins the round at its end
@@ -273,8 +285,8 @@ class FairScheduler:
         order). A tenant's ordinary work passes its own expensive work waiting for a worker."""
         granted = False
         while self._free > 0 or self._expensive_free > 0:
-            found = next(((key, ticket) for key, queue in self._queues.items() for ticket in queue
-                          if self._may_run(key, ticket)), None)
+            found = next(((key, ticket) for key, queue in self._queues.items()
+                          if (ticket := self._next_of(key, queue)) is not None), None)
             if found is None:
                 break  # nothing waits that has a free worker of its kind
             key, ticket = found
@@ -291,6 +303,18 @@ class FairScheduler:
             ticket.granted = granted = True
         if granted:
             self._cond.notify_all()
+
+    def _next_of(self, key: str, queue: deque[_Ticket]) -> _Ticket | None:
+        """``key``'s oldest ticket that may run. Its ordinary work goes in order (a demoted
+        request waiting for an expensive worker holds back the same tenant's later ordinary
+        requests, which would otherwise pass it for as long as they kept coming); its ordinary
+        work passes its expensive work."""
+        for ticket in queue:
+            if self._may_run(key, ticket):
+                return ticket
+            if ticket.ordinary_work:
+                return next((t for t in queue if not t.ordinary_work and self._may_run(key, t)), None)
+        return None
 
     def _may_run(self, key: str, ticket: _Ticket) -> bool:
         """A free worker of the ticket's kind, and not the last one unless ``key`` holds none:

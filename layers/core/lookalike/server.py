@@ -110,10 +110,11 @@ class Front:
         headers = _request_headers(environ)
         credential = scheduling.credential_of(headers, query)
         key = self.scheduler.key_for(credential)
-        expensive = scheduling.is_expensive(path, query, headers, body) or self.scheduler.demoted(key)
-        pool = self.expensive_pool if expensive else self.pool
+        expensive = scheduling.is_expensive(path, query, headers, body)
+        demoted = not expensive and self.scheduler.demoted(key)
+        pool = self.expensive_pool if expensive or demoted else self.pool
         try:
-            with self.scheduler.turn(key, expensive, self.queue_wait_s):
+            with self.scheduler.turn(key, expensive, self.queue_wait_s, demoted=demoted):
                 event = self.gateway.event(route, params, method, raw_uri, headers, body,
                                            environ.get("REMOTE_ADDR", "127.0.0.1"))
                 result, tenant = pool.invoke(route.function, event, route.timeout_s, self.queue_wait_s)

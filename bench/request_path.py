@@ -1,0 +1,235 @@
+"""Where a search by uploaded photo spends its CPU through ``lookalike serve``, against the
+model's own ceiling measured in the same run.
+
+    .venv/bin/python bench/request_path.py [--items 20000] [--seconds 20] [--clients 32]
+                                           [--profile 300]
+
+1. The model's ceiling: one process per core decoding and embedding the uploaded photos back
+   to back (``bench/ann.py``'s), images/s; and the CPU one decode + embed costs (process time
+   over a sequential run of ``--profile`` photos).
+2. Through ``lookalike serve`` (default workers): ``--clients`` clients search a collection
+   of ``--items`` catalog-shaped items by uploaded photo (multipart) for ``--seconds``; the
+   CPU the server's processes used (front and workers, from /proc) over the requests
+   answered is the CPU a request costs, split into the front's and the workers'.
+3. In process, under cProfile: ``--profile`` requests handed to the search function's handler
+   as the front hands them (the same API Gateway event, through the same pickling), the
+   handler's time split into decode, model, search and everything else, and the top
+   functions of "everything else".
+Goal (issue 28): CPU a request <= decode + model + 3 ms, so that ``--clients`` clients reach
+>= 90 % of the model's ceiling. Writes bench/results/request_path.json. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pickle
+import platform
+import pstats
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ann import TENANT, build, model_ceiling
+from search_latency import DATA, KEY, RESULTS, ROOT, catalog_vectors, percentile, serving
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Where the handler's time goes: (label, file suffix, function name) of the entry points.
+STAGES = (
+    ("decode", "lookalike/intake.py", "decode"),
+    ("model", "lookalike_local/efficientnet.py", "embed_images"),
+    ("search", "lookalike_local/index.py", "search"),
+)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and every process under it (all alive for the window)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def _front_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def decode_and_model_cpu_ms(home: Path, photos: list[bytes]) -> float:
+    """Process CPU (every thread) of decoding and embedding each photo once, one at a time."""
+    from lookalike.config import Settings
+    from lookalike.process import Lookalike
+
+    tenant = Lookalike(Settings(home=home)).tenant(TENANT)
+    tenant.embedder.embed_images([tenant.decode(photos[0]).image])
+    started = time.process_time()
+    for data in photos:
+        tenant.embedder.embed_images([tenant.decode(data).image])
+    return (time.process_time() - started) * 1000 / len(photos)
+
+
+def under_load(env: dict[str, str], url: str, payloads: list[tuple[str, bytes]], clients: int,
+               seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with serving(env, stop_timeout=30, pid_out=out) as base:
+        pid = int(out.pop("pid"))
+        target = f"{base}{url}"
+
+        def one(s: requests.Session, n: int) -> float:
+            fname, data = payloads[n % len(payloads)]
+            t = time.perf_counter()
+            r = s.post(target, files={"image": (fname, data, "image/jpeg")}, data={"limit": "10"}, timeout=60)
+            r.raise_for_status()
+            return (time.perf_counter() - t) * 1000
+
+        warm = requests.Session()
+        warm.headers["Authorization"] = f"Bearer {KEY}"
+        for n in range(20):
+            one(warm, n)
+        lat: list[float] = []
+        errors = [0]
+        lock = threading.Lock()
+        stop = time.monotonic() + seconds
+
+        def client(c: int) -> None:
+            s = requests.Session()
+            s.headers["Authorization"] = f"Bearer {KEY}"
+            n = c
+            while time.monotonic() < stop:
+                try:
+                    ms = one(s, n)
+                    with lock:
+                        lat.append(ms)
+                except requests.RequestException:
+                    with lock:
+                        errors[0] += 1
+                n += clients
+
+        cpu0, front0, started = _cpu_seconds(pid), _front_cpu(pid), time.monotonic()
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+        cpu, front = _cpu_seconds(pid) - cpu0, _front_cpu(pid) - front0
+    answered = max(1, len(lat))
+    return {"clients": clients, "requests_per_s": round(len(lat) / elapsed, 1), "errors": errors[0],
+            "p50_ms": round(percentile(lat, 50), 1) if lat else None,
+            "p99_ms": round(percentile(lat, 99), 1) if lat else None,
+            "server_cpu_ms_per_request": round(cpu * 1000 / answered, 1),
+            "front_cpu_ms_per_request": round(front * 1000 / answered, 1),
+            "workers_cpu_ms_per_request": round((cpu - front) * 1000 / answered, 1),
+            "cpu_busy": round(cpu / (elapsed * (os.cpu_count() or 1)), 2)}
+
+
+def profiled(home: Path, url: str, payloads: list[tuple[str, bytes]], count: int) -> dict[str, Any]:
+    """The handler's time per request by stage, in process, for ``count`` requests."""
+    os.environ["LOOKALIKE_HOME"] = str(home)
+    from lookalike.gateway import Gateway
+
+    gateway = Gateway(ROOT / "template.yaml")
+    route, params, _ = gateway.match("POST", url)
+    assert route is not None, url
+    gateway.handler_for(route)  # imported before the clock starts, as a warm worker has it
+
+    def event(n: int) -> tuple[dict[str, Any], float]:
+        fname, data = payloads[n % len(payloads)]
+        prepared = requests.Request("POST", f"http://127.0.0.1{url}", files={"image": (fname, data, "image/jpeg")},
+                                    data={"limit": "10"}, headers={"Authorization": f"Bearer {KEY}"}).prepare()
+        t = time.process_time()
+        built = gateway.event(route, params, "POST", url, list(prepared.headers.items()), prepared.body,
+                              "127.0.0.1")
+        built = pickle.loads(pickle.dumps(("fn", built)))[1]  # the pipe to the worker
+        return built, time.process_time() - t
+
+    for n in range(10):
+        result = gateway.invoke(route, event(n)[0])
+        assert result["statusCode"] == 200, result
+    events = [event(n) for n in range(count)]
+    profile = cProfile.Profile()
+    started = time.process_time()
+    profile.enable()
+    for built, _ in events:
+        result = gateway.invoke(route, built)
+        pickle.dumps(("ok", (result, None)))  # the answer's way back
+    profile.disable()
+    total = (time.process_time() - started) * 1000 / count
+    stats = pstats.Stats(profile)
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    out: dict[str, Any] = {"handler_ms": round(total, 2),
+                           "front_event_ms": round(sum(t for _, t in events) * 1000 / count, 2)}
+    staged = 0.0
+    for label, suffix, name in STAGES:
+        ms = sum(v[3] for (f, _, fn), v in raw.items() if f.endswith(suffix) and fn == name) * 1000 / count
+        out[f"{label}_ms"] = round(ms, 2)
+        staged += ms
+    wall = sum(v[2] for v in raw.values()) * 1000 / count  # self time of everything: the profiled total
+    out["other_ms"] = round(wall - staged, 2)
+    top = sorted(((v[3] * 1000 / count, f"{Path(f).parent.name}/{Path(f).name}:{fn}")
+                  for (f, _, fn), v in raw.items()), reverse=True)
+    out["top_cumulative"] = [(name, round(ms, 2)) for ms, name in top[:40]]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--profile", type=int, default=300)
+    args = parser.parse_args()
+    if not DATA.exists():
+        sys.exit(f"benchmark photos not found at {DATA}")
+    from lookalike.config import hash_key
+
+    home = Path(tempfile.mkdtemp(prefix="lookalike-path-"))
+    env = {**os.environ, "LOOKALIKE_HOME": str(home)}
+    (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {TENANT: {
+        "api_keys": [{"sha256": hash_key(KEY)}], "search": {"name": "local", "options": {"ann_min_items": 1}}}}}))
+    ids, vectors, classes = catalog_vectors(home)
+    from lookalike_local.efficientnet import EfficientNetLite0
+
+    model_id = EfficientNetLite0().model_id
+    photos = sorted((DATA / "validation").rglob("*.jpg"))[:200]
+    payloads = [(p.name, p.read_bytes()) for p in photos]
+    name = f"path-{args.items}"
+    built = build(home, name, args.items, ids, vectors, classes, model_id)
+    url = f"/v1/collections/{name}/search"
+    ceiling = model_ceiling(home, payloads, args.seconds)
+    model_cpu = decode_and_model_cpu_ms(home, [d for _, d in payloads][: args.profile])
+    load = under_load(env, url, payloads, args.clients, args.seconds)
+    profile = profiled(home, url, payloads, args.profile)
+    result = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "load_average": os.getloadavg(), "items": args.items, "build": built,
+              "model_ceiling_images_per_s": ceiling, "decode_and_model_cpu_ms": round(model_cpu, 2),
+              "serve": load, "in_process": profile,
+              "share_of_ceiling": round(load["requests_per_s"] / ceiling, 3)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "request_path.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "in_process"}, indent=2))
+    print(json.dumps({k: v for k, v in profile.items() if k != "top_cumulative"}, indent=2))
+    for name_, ms in profile["top_cumulative"]:
+        print(f"{ms:8.2f} ms  {name_}")
+
+
+if __name__ == "__main__":
+    main()
