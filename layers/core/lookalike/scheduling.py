@@ -87,6 +87,22 @@ def take_noted_tenant() -> str | None:
     return tenant
 
 
+_cpu_share = 0
+
+
+def set_cpu_share(cpus: int) -> None:
+    """How many CPUs the request this process is answering may use: ``lookalike serve``'s
+    worker sets it before each request from how many requests its server has in flight."""
+    global _cpu_share
+    _cpu_share = max(0, cpus)
+
+
+def cpu_share() -> int:
+    """The CPUs the current request may use; 0 where nothing said (Lambda: one request per
+    environment, all of its CPUs)."""
+    return _cpu_share
+
+
 def credential_of(headers: Sequence[tuple[str, str]], query: str) -> str | None:
     """A digest of what in a request names its tenant, or None when nothing does."""
     parts = sorted((n.lower(), v) for n, v in headers if n.lower() in CREDENTIAL_HEADERS)

@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from lookalike import scheduling
 from lookalike.gateway import MAX_HEADER_BYTES, MAX_REQUEST_BYTES, Gateway
-from lookalike.workers import InProcessPool, WorkerCrashed, WorkerPool, WorkerTimedOut
+from lookalike.workers import InFlight, InProcessPool, WorkerCrashed, WorkerPool, WorkerTimedOut
 
 _LOG = logging.getLogger("lookalike.server")
 
@@ -245,9 +245,12 @@ class LocalServer:
         from waitress.server import create_server
 
         self.options = options
-        self.pool = pool or WorkerPool(gateway.template_path, options.worker_count(), wait=False)
+        in_flight = InFlight()  # both pools' requests share the CPUs
+        self.pool = pool or WorkerPool(gateway.template_path, options.worker_count(), wait=False,
+                                       in_flight=in_flight)
         self.expensive_pool = pool or WorkerPool(gateway.template_path, options.expensive_worker_count(),
-                                                 niceness=options.expensive_niceness, wait=False)
+                                                 niceness=options.expensive_niceness, wait=False,
+                                                 in_flight=in_flight)
         for each in (self.pool, self.expensive_pool):  # started together, awaited here
             if isinstance(each, WorkerPool):
                 each.wait_ready()

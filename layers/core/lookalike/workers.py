@@ -15,6 +15,8 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,8 @@ def _worker_main(conn: Connection, template_path: str, niceness: int, parent: in
             return
         if message is None:
             return
-        function, event = message
+        function, event, cpus = message
+        scheduling.set_cpu_share(cpus)
         try:
             result = gateway.invoke(gateway.route(function), event)
             conn.send(("ok", (result, scheduling.take_noted_tenant())))
@@ -95,8 +98,8 @@ class _Worker:
         if status != "ready":
             raise WorkerCrashed(status)
 
-    def call(self, function: str, event: dict[str, Any], timeout: float) -> Answer:
-        self.conn.send((function, event))
+    def call(self, function: str, event: dict[str, Any], timeout: float, cpus: int) -> Answer:
+        self.conn.send((function, event, cpus))
         if not self.conn.poll(timeout):
             raise WorkerTimedOut(function)
         status, value = self.conn.recv()
@@ -116,17 +119,41 @@ class _Worker:
         self.conn.close()
 
 
+class InFlight:
+    """Requests in a server's workers right now, across its pools: each is handed its share of
+    the CPUs (a power of two, so that a model keeps few thread pools), which the model's
+    threads follow (``scheduling.cpu_share``). Counted here in the front, so a worker that dies
+    mid-request leaves no count behind."""
+
+    def __init__(self, cpus: int | None = None) -> None:
+        self.cpus = cpus or os.cpu_count() or 1
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def one(self) -> Iterator[int]:
+        with self._lock:
+            self._count += 1
+            share = max(1, self.cpus // self._count)
+        try:
+            yield 1 << (share.bit_length() - 1)
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
 class WorkerPool:
     """``size`` worker processes; a request borrows one for its whole invocation. ``niceness``
     lowers their CPU priority (the workers for expensive work)."""
 
     def __init__(self, template_path: Path, size: int, start_timeout: float = 120.0, niceness: int = 0,
-                 wait: bool = True) -> None:
+                 wait: bool = True, in_flight: InFlight | None = None) -> None:
         # spawn, not fork: the front runs threads, and a forked child would inherit their locks.
         self._ctx = multiprocessing.get_context("spawn")
         self._template = template_path
         self._start_timeout = start_timeout
         self._niceness = niceness
+        self._in_flight = in_flight or InFlight()
         # Last in, first out: at low load the same warm worker takes every request, and the
         # others never load a collection's vectors (each worker holds its own copy).
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
@@ -204,7 +231,8 @@ class WorkerPool:
         WorkerTimedOut past ``timeout`` s, WorkerCrashed when the function raised or died."""
         worker = self._borrow(wait)
         try:
-            result = worker.call(function, event, timeout)
+            with self._in_flight.one() as cpus:
+                result = worker.call(function, event, timeout, cpus)
         except WorkerCrashed:
             self._idle.put(worker)  # the function raised; the process is fine
             raise

@@ -21,7 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.contracts import BackendContext, Embedder
 from lookalike.errors import BadRequest, ConfigurationError
-from lookalike_local.onnx_runtime import default_model_dir, l2_normalize, saturating_int8_kernels, session_options
+from lookalike_local.onnx_runtime import (
+    default_model_dir,
+    l2_normalize,
+    request_threads,
+    saturating_int8_kernels,
+    session_options,
+)
 from lookalike_local.torch_pickle import load_state_dict
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, EfficientNet-Lite0.
@@ -354,7 +360,7 @@ class EfficientNetLite0(Embedder):
     def session(self) -> Any:
         """Loaded on first use: functions that never embed an image (taxonomy, generate) never
         load it, and their Lambda packages leave it out."""
-        return _session(self._model_path, self.options.threads)
+        return _session(self._model_path, request_threads(self.options.threads))
 
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         pixels = preprocess(images, self.options.image_size)

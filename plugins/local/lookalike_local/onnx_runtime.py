@@ -11,12 +11,22 @@ from typing import Any
 
 import numpy as np
 
+from lookalike.scheduling import cpu_share
+
 
 def default_model_dir() -> Path:
     env = os.environ.get("LOOKALIKE_MODEL_DIR")
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lookalike" / "models"
+
+
+def request_threads(configured: int) -> int:
+    """Intra-op threads for the current request: the model's ``threads`` option where set,
+    else the request's share of the CPUs under ``lookalike serve`` (two requests at once on
+    two cores: one thread each; two threads each cost 49 ms of CPU an image against 45 with
+    one, and the vectors are identical), else 0, onnxruntime's choice (every core)."""
+    return configured or cpu_share()
 
 
 def session_options(threads: int) -> Any:
