@@ -52,7 +52,7 @@ class Clients:
     def _wait_until_queued(self, name: str) -> None:
         # a client is queued (or running) once the scheduler counts it; poll the scheduler itself
         for _ in range(2000):
-            with self.scheduler._cond:
+            with self.scheduler._lock:
                 queued = sum(len(q) for q in self.scheduler._queues.values())
                 running = (self.scheduler.slots - self.scheduler._free
                            + self.scheduler.expensive_slots - self.scheduler._expensive_free)

@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Where each surface carries its credential (v1 and Visual Layer: Authorization; XGen:
 # access_token; PixLab: WWW-Authenticate or ?key=; Marqo: x-api-key or x-marqo-index-id).
@@ -141,6 +141,9 @@ class _Ticket:
     expensive: bool  # runs in an expensive worker
     demoted: bool = False  # ordinary work that runs there (FairScheduler.demoted)
     granted: bool = False
+    # Set once granted: each waiting request wakes for its own turn only (one condition for
+    # all of them woke every waiting thread at every grant, 32 of them under 32 clients).
+    ready: threading.Event = field(default_factory=threading.Event)
 
     @property
     def ordinary_work(self) -> bool:
@@ -157,7 +160,7 @@ class FairScheduler:
         self.expensive_slots = max(1, expensive_slots)
         self.max_waiting_per_key = max_waiting_per_key
         self.max_waiting = max_waiting
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._free = slots
         self._expensive_free = self.expensive_slots
         self._queues: dict[str, deque[_Ticket]] = {}  # in the order of the round
@@ -173,7 +176,7 @@ class FairScheduler:
     # -- which queue
 
     def key_for(self, credential: str | None) -> str:
-        with self._cond:
+        with self._lock:
             tenant = self._tenants.get(credential) if credential else None
             if tenant is not None:
                 self._tenants.move_to_end(credential)  # type: ignore[arg-type]
@@ -183,7 +186,7 @@ class FairScheduler:
         """``credential`` was accepted for ``tenant`` (by a worker, in a non-401/403 answer)."""
         if not credential or not tenant:
             return
-        with self._cond:
+        with self._lock:
             self._tenants[credential] = tenant
             self._tenants.move_to_end(credential)
             while len(self._tenants) > _KNOWN_CREDENTIALS:
@@ -198,7 +201,7 @@ class FairScheduler:
         request at a time is never demoted)."""
         if key == UNIDENTIFIED:
             return False  # one shared queue already: it takes one turn of each round
-        with self._cond:
+        with self._lock:
             now = self._decay()
             # Identified tenants only: the unidentified queue is mostly tenants' first requests
             # (a burst of them at start-up made a tenant alone look like one of two).
@@ -240,7 +243,7 @@ class FairScheduler:
             self._release(ticket, time.monotonic() - started)
 
     def _enqueue(self, key: str, expensive: bool, demoted: bool) -> _Ticket:
-        with self._cond:
+        with self._lock:
             queue = self._queues.get(key)
             waiting = len(queue) if queue else 0
             if waiting >= self.max_waiting_per_key or self._waiting >= self.max_waiting:
@@ -255,16 +258,11 @@ class FairScheduler:
             return ticket
 
     def _await(self, ticket: _Ticket, wait_s: float) -> None:
-        deadline = time.monotonic() + wait_s
-        with self._cond:
-            while not ticket.granted:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitedTooLong()
-                self._cond.wait(left)
+        if not ticket.ready.wait(wait_s):
+            raise WaitedTooLong()  # granted meanwhile or not, _abandon sorts it out under the lock
 
     def _abandon(self, ticket: _Ticket) -> None:
-        with self._cond:
+        with self._lock:
             if ticket.granted:
                 self._give_back(ticket)
             else:
@@ -277,7 +275,7 @@ class FairScheduler:
             self._dispatch()
 
     def _release(self, ticket: _Ticket, service_s: float) -> None:
-        with self._cond:
+        with self._lock:
             self._service_s[ticket.expensive] += 0.1 * (service_s - self._service_s[ticket.expensive])
             now = self._decay()
             self._usage[ticket.key] = self._usage.get(ticket.key, 0.0) + service_s
@@ -299,7 +297,6 @@ class FairScheduler:
         """Grant free turns to the queues in turn: the first queue with a ticket that may run
         gives its oldest such ticket and moves to the end of the round (dicts keep insertion
         order). A tenant's ordinary work passes its own expensive work waiting for a worker."""
-        granted = False
         while self._free > 0 or self._expensive_free > 0:
             found = next(((key, ticket) for key, queue in self._queues.items()
                           if (ticket := self._next_of(key, queue)) is not None), None)
@@ -316,9 +313,8 @@ class FairScheduler:
             else:
                 self._free -= 1
             self._running[key, ticket.expensive] = self._running.get((key, ticket.expensive), 0) + 1
-            ticket.granted = granted = True
-        if granted:
-            self._cond.notify_all()
+            ticket.granted = True
+            ticket.ready.set()
 
     def _next_of(self, key: str, queue: deque[_Ticket]) -> _Ticket | None:
         """``key``'s oldest ticket that may run. Its ordinary work goes in order (a demoted
