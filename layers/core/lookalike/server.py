@@ -265,6 +265,9 @@ class LocalServer:
             cleanup_interval=max(1, options.channel_timeout_s // 3),
             max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=MAX_REQUEST_BYTES,
             asyncore_use_poll=True,  # select() stops at 1,024 descriptors
+            # An uploaded photo in a few reads, not 8 KiB at a time (each read is a turn of the
+            # loop, which visits every connection)
+            recv_bytes=256 * 1024,
             ident="Lookalike", expose_tracebacks=False, clear_untrusted_proxy_headers=True,
         )
         self._stopping = threading.Event()
