@@ -6,7 +6,8 @@ model's own ceiling measured in the same run.
 
 1. The model's ceiling: one process per core decoding and embedding the uploaded photos back
    to back (``bench/ann.py``'s), images/s; and the CPU one decode + embed costs (process time
-   over a sequential run of ``--profile`` photos).
+   over a sequential run of ``--profile`` photos), with the model on one thread (as a worker
+   runs it while another request is in flight) and on every core (a request alone).
 2. Through ``lookalike serve`` (default workers): ``--clients`` clients search a collection
    of ``--items`` catalog-shaped items by uploaded photo (multipart) for ``--seconds``; the
    CPU the server's processes used (front and workers, from /proc) over the requests
@@ -73,17 +74,23 @@ def _front_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def decode_and_model_cpu_ms(home: Path, photos: list[bytes]) -> float:
-    """Process CPU (every thread) of decoding and embedding each photo once, one at a time."""
+def decode_and_model_cpu_ms(home: Path, photos: list[bytes], threads: int) -> float:
+    """Process CPU (every thread) of decoding and embedding each photo once, one at a time, the
+    model on ``threads`` threads (0: onnxruntime's choice, every core)."""
+    from lookalike import scheduling
     from lookalike.config import Settings
     from lookalike.process import Lookalike
 
-    tenant = Lookalike(Settings(home=home)).tenant(TENANT)
-    tenant.embedder.embed_images([tenant.decode(photos[0]).image])
-    started = time.process_time()
-    for data in photos:
-        tenant.embedder.embed_images([tenant.decode(data).image])
-    return (time.process_time() - started) * 1000 / len(photos)
+    scheduling.set_cpu_share(threads)  # as a server's worker is told
+    try:
+        tenant = Lookalike(Settings(home=home)).tenant(TENANT)
+        tenant.embedder.embed_images([tenant.decode(photos[0]).image])
+        started = time.process_time()
+        for data in photos:
+            tenant.embedder.embed_images([tenant.decode(data).image])
+        return (time.process_time() - started) * 1000 / len(photos)
+    finally:
+        scheduling.set_cpu_share(0)
 
 
 def under_load(env: dict[str, str], url: str, payloads: list[tuple[str, bytes]], clients: int,
@@ -234,12 +241,14 @@ def main() -> None:
     built = build(home, name, args.items, ids, vectors, classes, model_id)
     url = f"/v1/collections/{name}/search"
     ceiling = model_ceiling(home, payloads, args.seconds)
-    model_cpu = decode_and_model_cpu_ms(home, [d for _, d in payloads][: args.profile])
+    photos_only = [d for _, d in payloads][: args.profile]
+    model_cpu = {threads or "default": round(decode_and_model_cpu_ms(home, photos_only, threads), 2)
+                 for threads in (1, 0)}
     load = under_load(env, url, payloads, args.clients, args.seconds)
     profile = profiled(home, url, payloads, args.profile)
     result = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "load_average": os.getloadavg(), "items": args.items, "build": built,
-              "model_ceiling_images_per_s": ceiling, "decode_and_model_cpu_ms": round(model_cpu, 2),
+              "model_ceiling_images_per_s": ceiling, "decode_and_model_cpu_ms": model_cpu,
               "serve": load, "in_process": profile,
               "share_of_ceiling": round(load["requests_per_s"] / ceiling, 3)}
     RESULTS.mkdir(parents=True, exist_ok=True)
