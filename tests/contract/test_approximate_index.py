@@ -118,6 +118,31 @@ def test_writes_and_deletes_are_seen_at_once_by_every_process(pair: tuple[LocalI
     assert _ids(filtered)[0] == "fresh"
 
 
+def test_a_filter_asked_again_sees_every_write_in_between(pair: tuple[LocalIndex, LocalIndex],
+                                                         data: dict[str, np.ndarray]) -> None:
+    """The approximate path keeps a filter's passing items until the collection changes: the
+    same filter after another process's writes (an item leaving the filter, one joining it,
+    one deleted) answers as the exact path does."""
+    approximate, exact = pair
+    q, shard7 = data["queries"][2], Term("shard", 7)
+
+    def both() -> tuple[list[str], list[str]]:
+        query = VectorQuery(vector=q, limit=10, filter=shard7)
+        return _ids(approximate.search("t", "c", query)), _ids(exact.search("t", "c", query))
+
+    first, reference = both()
+    assert first == reference and len(first) == 10
+    assert both()[0] == first  # asked again, unchanged
+    leaving = first[0]
+    exact.upsert("t", "c", [Item(leaving, approximate.get_item("t", "c", leaving).vector, {"shard": 8})])  # type: ignore[union-attr]
+    exact.upsert("t", "c", [Item("joining", q, {"shard": 7})])
+    got, reference = both()
+    assert got == reference and got[0] == "joining" and leaving not in got
+    exact.delete("t", "c", ["joining"])
+    got, reference = both()
+    assert got == reference and "joining" not in got
+
+
 def test_many_writes_rebuild_the_snapshot_in_the_background(pair: tuple[LocalIndex, LocalIndex],
                                                             data: dict[str, np.ndarray]) -> None:
     approximate, exact = pair
