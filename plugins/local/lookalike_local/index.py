@@ -63,7 +63,7 @@ class LocalIndexOptions(BaseModel):
     # Collections with at least this many items are searched approximately: the two paths
     # cost the same there (2.3 ms, bench/ann_choice.py); 0 turns the approximate index off.
     ann_min_items: int = Field(default=20_000, ge=0)
-    # IVF lists visited per query (default: a sixteenth of them, 8 to 64); a filter that passes a
+    # IVF lists visited per query (default: a sixteenth of them, 8 to 16); a filter that passes a
     # share s of the items visits nprobe / sqrt(s), or scores each item when it passes few enough.
     ann_nprobe: int | None = Field(default=None, ge=1, le=4096)
     ann_candidates: int = Field(default=4, ge=1, le=64)  # candidates rescored per result wanted
