@@ -120,10 +120,10 @@ class _Worker:
 
 
 class InFlight:
-    """Requests in a server's workers right now, across its pools: each is handed its share of
-    the CPUs (a power of two, so that a model keeps few thread pools), which the model's
-    threads follow (``scheduling.cpu_share``). Counted here in the front, so a worker that dies
-    mid-request leaves no count behind."""
+    """Requests in a pool's workers right now: each is handed its share of the CPUs (a power of
+    two, so that a model keeps few thread pools), which the model's threads follow
+    (``scheduling.cpu_share``). Counted here in the front, so a worker that dies mid-request
+    leaves no count behind."""
 
     def __init__(self, cpus: int | None = None) -> None:
         self.cpus = cpus or os.cpu_count() or 1
@@ -147,13 +147,13 @@ class WorkerPool:
     lowers their CPU priority (the workers for expensive work)."""
 
     def __init__(self, template_path: Path, size: int, start_timeout: float = 120.0, niceness: int = 0,
-                 wait: bool = True, in_flight: InFlight | None = None) -> None:
+                 wait: bool = True) -> None:
         # spawn, not fork: the front runs threads, and a forked child would inherit their locks.
         self._ctx = multiprocessing.get_context("spawn")
         self._template = template_path
         self._start_timeout = start_timeout
         self._niceness = niceness
-        self._in_flight = in_flight or InFlight()
+        self._in_flight = InFlight()
         # Last in, first out: at low load the same warm worker takes every request, and the
         # others never load a collection's vectors (each worker holds its own copy).
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
