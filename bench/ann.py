@@ -196,8 +196,10 @@ def serve_figures(env: dict[str, str], name: str, payloads: list[tuple[str, byte
     return out
 
 
-def _load(clients: int, seconds: float, one: Callable[[requests.Session, int, bool], float]) -> dict[str, object]:
-    """``clients`` threads searching back to back for ``seconds``: throughput, p99, errors."""
+def run_clients(clients: int, seconds: float, one: Callable[[requests.Session, int], float]
+                ) -> tuple[list[float], int, float]:
+    """``clients`` threads each calling ``one(session, n)`` back to back for ``seconds``: the
+    latencies it returned, the requests that failed, and the seconds the clients ran."""
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -209,7 +211,7 @@ def _load(clients: int, seconds: float, one: Callable[[requests.Session, int, bo
         n = c
         while time.monotonic() < stop:
             try:
-                ms = one(s, n, False)
+                ms = one(s, n)
                 with lock:
                     lat.append(ms)
             except requests.RequestException:
@@ -223,9 +225,14 @@ def _load(clients: int, seconds: float, one: Callable[[requests.Session, int, bo
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - started
+    return lat, errors[0], time.monotonic() - started
+
+
+def _load(clients: int, seconds: float, one: Callable[[requests.Session, int, bool], float]) -> dict[str, object]:
+    """``clients`` threads searching back to back for ``seconds``: throughput, p99, errors."""
+    lat, errors, elapsed = run_clients(clients, seconds, lambda s, n: one(s, n, False))
     return {"requests_per_s": round(len(lat) / elapsed, 1), "p99_ms": round(percentile(lat, 99), 1) if lat else None,
-            "errors": errors[0]}
+            "errors": errors}
 
 
 def _embed_loop(home: str, photos: list[bytes], seconds: float) -> tuple[int, float]:

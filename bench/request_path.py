@@ -32,7 +32,6 @@ import platform
 import pstats
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +42,7 @@ import requests
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ann import TENANT, build, model_ceiling
+from ann import TENANT, build, model_ceiling, run_clients
 from search_latency import DATA, KEY, RESULTS, ROOT, catalog_vectors, percentile, serving
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -134,35 +133,12 @@ def under_load(env: dict[str, str], home: Path, url: str, payloads: list[tuple[s
 
 
 def _load(pid: int, one: Callable[[requests.Session, int], float], clients: int, seconds: float) -> dict[str, Any]:
-    lat: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-
-    def client(c: int) -> None:
-        s = requests.Session()
-        s.headers["Authorization"] = f"Bearer {KEY}"
-        n = c
-        while time.monotonic() < stop:
-            try:
-                ms = one(s, n)
-                with lock:
-                    lat.append(ms)
-            except requests.RequestException:
-                with lock:
-                    errors[0] += 1
-            n += clients
-
-    cpu0, front0, started = _cpu_seconds(pid), _front_cpu(pid), time.monotonic()
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
+    """``run_clients``' figures, and the CPU the server (``pid`` and its workers) used meanwhile."""
+    cpu0, front0 = _cpu_seconds(pid), _front_cpu(pid)
+    lat, errors, elapsed = run_clients(clients, seconds, one)
     cpu, front = _cpu_seconds(pid) - cpu0, _front_cpu(pid) - front0
     answered = max(1, len(lat))
-    return {"clients": clients, "requests_per_s": round(len(lat) / elapsed, 1), "errors": errors[0],
+    return {"clients": clients, "requests_per_s": round(len(lat) / elapsed, 1), "errors": errors,
             "p50_ms": round(percentile(lat, 50), 1) if lat else None,
             "p99_ms": round(percentile(lat, 99), 1) if lat else None,
             "server_cpu_ms_per_request": round(cpu * 1000 / answered, 1),
