@@ -262,6 +262,16 @@ def model_ceiling(home: Path, payloads: list[tuple[str, bytes]], seconds: float)
     return round(sum(n / t for n, t in runs), 1)
 
 
+def configure(home: Path, ann_min_items: int) -> None:
+    """``home``'s config: the bench tenant with ``KEY``, on the embedded index, searched
+    approximately from ``ann_min_items`` items (0: always exactly)."""
+    from lookalike.config import hash_key
+
+    (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {TENANT: {
+        "api_keys": [{"sha256": hash_key(KEY)}],
+        "search": {"name": "local", "options": {"ann_min_items": ann_min_items}}}}}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -272,18 +282,10 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"benchmark photos not found at {DATA}")
-    from lookalike.config import hash_key
-
     home = Path(tempfile.mkdtemp(prefix="lookalike-ann-"))
     env = {**os.environ, "LOOKALIKE_HOME": str(home)}
     os.environ.update(env)
-
-    def configure(ann_min_items: int) -> None:
-        (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {TENANT: {
-            "api_keys": [{"sha256": hash_key(KEY)}],
-            "search": {"name": "local", "options": {"ann_min_items": ann_min_items}}}}}))
-
-    configure(1)
+    configure(home, 1)
     ids, vectors, classes = catalog_vectors(home)
     from lookalike_local.efficientnet import EfficientNetLite0
 
@@ -310,7 +312,7 @@ def main() -> None:
         gc.collect()
         print(json.dumps(row), file=sys.stderr)
         for mode, minimum in (("approximate", 1), ("exact", 0)):
-            configure(minimum)
+            configure(home, minimum)
             row[mode] = serve_figures(env, name, payloads, args.queries if mode == "approximate" or size < 500_000
                                       else max(20, args.queries // 4), args.seconds)
             print(json.dumps({mode: row[mode]}), file=sys.stderr)

@@ -39,10 +39,9 @@ from typing import Any
 
 import numpy as np
 import requests
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ann import TENANT, build, model_ceiling, run_clients
+from ann import TENANT, build, configure, model_ceiling, run_clients
 from search_latency import DATA, KEY, RESULTS, ROOT, catalog_vectors, percentile, serving
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -219,12 +218,9 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"benchmark photos not found at {DATA}")
-    from lookalike.config import hash_key
-
     home = Path(tempfile.mkdtemp(prefix="lookalike-path-"))
     env = {**os.environ, "LOOKALIKE_HOME": str(home)}
-    (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {TENANT: {
-        "api_keys": [{"sha256": hash_key(KEY)}], "search": {"name": "local", "options": {"ann_min_items": 1}}}}}))
+    configure(home, 1)
     ids, vectors, classes = catalog_vectors(home)
     from lookalike_local.efficientnet import EfficientNetLite0
 

@@ -140,10 +140,9 @@ class _Ticket:
     key: str
     expensive: bool  # runs in an expensive worker
     demoted: bool = False  # ordinary work that runs there (FairScheduler.demoted)
-    granted: bool = False
-    # Set once granted: each waiting request wakes for its own turn only (one condition for
-    # all of them woke every waiting thread at every grant, 32 of them under 32 clients).
-    ready: threading.Event = field(default_factory=threading.Event)
+    # Set when the turn is granted: each waiting request wakes for its own turn only (one
+    # condition for all of them woke every waiting thread at every grant, 32 under 32 clients).
+    granted: threading.Event = field(default_factory=threading.Event)
 
     @property
     def ordinary_work(self) -> bool:
@@ -258,12 +257,12 @@ class FairScheduler:
             return ticket
 
     def _await(self, ticket: _Ticket, wait_s: float) -> None:
-        if not ticket.ready.wait(wait_s):
+        if not ticket.granted.wait(wait_s):
             raise WaitedTooLong()  # granted meanwhile or not, _abandon sorts it out under the lock
 
     def _abandon(self, ticket: _Ticket) -> None:
         with self._lock:
-            if ticket.granted:
+            if ticket.granted.is_set():
                 self._give_back(ticket)
             else:
                 queue = self._queues.get(ticket.key)
@@ -313,8 +312,7 @@ class FairScheduler:
             else:
                 self._free -= 1
             self._running[key, ticket.expensive] = self._running.get((key, ticket.expensive), 0) + 1
-            ticket.granted = True
-            ticket.ready.set()
+            ticket.granted.set()
 
     def _next_of(self, key: str, queue: deque[_Ticket]) -> _Ticket | None:
         """``key``'s oldest ticket that may run. Its ordinary work goes in order (a demoted

@@ -125,8 +125,8 @@ class InFlight:
     (``scheduling.cpu_share``). Counted here in the front, so a worker that dies mid-request
     leaves no count behind."""
 
-    def __init__(self, cpus: int | None = None) -> None:
-        self.cpus = cpus or os.cpu_count() or 1
+    def __init__(self) -> None:
+        self.cpus = os.cpu_count() or 1
         self._count = 0
         self._lock = threading.Lock()
 

@@ -469,14 +469,12 @@ class LocalIndex(SearchBackend):
             self._passing.popitem(last=False)
         return pks
 
-    def _filtered(self, tenant: str, collection: str, node: Filter, column: str = "id") -> list[Any]:
-        """The ``id`` (or ``pk``) of every item that passes ``node``, from the field index."""
+    def _filtered(self, tenant: str, collection: str, node: Filter) -> list[str]:
+        """The id of every item that passes ``node``, from the field index (the approximate path
+        takes pks instead: ``_passing_pks``)."""
         params: list[Any] = []
         sets = query.compile_filter(node, tenant, collection, params)
-        if column == "pk":
-            return [r[0] for r in self._db.execute(sets, params)]
-        return [r[0] for r in self._db.execute(f"SELECT items.{column} FROM items WHERE items.pk IN ({sets})",
-                                                params)]
+        return [r[0] for r in self._db.execute(f"SELECT items.id FROM items WHERE items.pk IN ({sets})", params)]
 
     def _metadata(self, tenant: str, collection: str, ids: list[str]) -> dict[str, tuple[dict, str | None]]:
         if not ids:
