@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -183,18 +183,59 @@ def test_slow_clients_do_not_starve_others(server: str) -> None:
             s.close()
 
 
-def _keep_alive_stream(base: str, stop: threading.Event, seen: list[requests.Response | str]) -> None:
-    """Requests one after another on one keep-alive connection, until an error (bounded)."""
+class _GatedOrigin(SlowOrigin):
+    """An image origin that answers the first ``free`` stream requests at once and holds every
+    other request until ``opened`` is set, so the test knows which request the server has in
+    progress when it is signalled. Class state: a fresh subclass per test."""
+
+    free = 0
+    stream_arrivals = 0
+    inflight_arrived = threading.Event()
+    opened = threading.Event()
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        if self.path.startswith("/stream"):
+            with cls.lock:
+                cls.stream_arrivals += 1
+                held = cls.stream_arrivals > cls.free
+        else:
+            cls.inflight_arrived.set()
+            held = True
+        if held:
+            cls.opened.wait(30)
+        self.send_image(self.photo.read_bytes())
+
+
+def _keep_alive_stream(base: str, origin: str, seen: list[requests.Response | str]) -> None:
+    """Embeds by URL one after another on one keep-alive connection, until an error (bounded)."""
     session = requests.Session()
     deadline = time.monotonic() + 60
-    for _ in range(5000):
-        if stop.is_set() or time.monotonic() > deadline:
+    for n in range(200):
+        if time.monotonic() > deadline:
             return
         try:
-            seen.append(session.get(f"{base}/v1/collections", headers=DEMO, timeout=30))
+            seen.append(session.post(f"{base}/v1/embed", json={"image_url": f"{origin}/stream.jpg?n={n}"},
+                                     headers=DEMO, timeout=30))
         except requests.RequestException as exc:
             seen.append(type(exc).__name__)
             return
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def _refuses_connections(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return True
+    return False
 
 
 def test_graceful_stop_answers_the_request_in_flight(tmp_path: Path, model_dir: Path) -> None:
@@ -202,44 +243,53 @@ def test_graceful_stop_answers_the_request_in_flight(tmp_path: Path, model_dir: 
     keep-alive connection gets its current answer with `Connection: close` and no more; a
     request sent on an idle keep-alive connection is never read; the server then exits at once,
     not at the end of its 20 s grace. (Before, keep-alive connections went on being read, the
-    drain never went idle, and what was in flight at the grace's end was dropped.)"""
+    drain never went idle, and what was in flight at the grace's end was dropped.)
+
+    Both requests in progress wait on an origin the test holds until the server has stopped
+    listening, so "in progress at SIGTERM" is a fact, not a race with the signal's delivery."""
     home = tmp_path / "home"
     write_deployment(home)
     env = cli_env(home, model_dir)
     log = (tmp_path / "serve.log").open("w+")
-    proc, base = start_server(env, log, "--workers", "2")
+    # fetching a URL runs in the workers for expensive work: two, one for each held request,
+    # of two tenants (one tenant alone may not hold the last worker of a kind)
+    proc, base = start_server(env, log, "--workers", "2", "--expensive-workers", "2")
     host, port = base.removeprefix("http://").split(":")
     idle = socket.create_connection((host, int(port)), timeout=30)
+    gate = type("Gate", (_GatedOrigin,), {"free": 4, "stream_arrivals": 0, "lock": threading.Lock(),
+                                          "inflight_arrived": threading.Event(), "opened": threading.Event()})
     try:
         idle.sendall(b"GET /v1/collections HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer demo-key\r\n\r\n")
         first = b""
         while b"\r\n\r\n" not in first or not first.endswith(b"}"):  # one whole JSON answer
             first += idle.recv(65536) or b"}"
         assert first.startswith(b"HTTP/1.1 200"), "the idle connection's first answer"
-        stop, streamed = threading.Event(), []
-        stream = threading.Thread(target=_keep_alive_stream, args=(base, stop, streamed))
-        with slow_origin() as url:
+        streamed: list[requests.Response | str] = []
+        with serve_origin(gate) as origin:
             answers: list[requests.Response] = []
             in_flight = threading.Thread(target=lambda: answers.append(requests.post(
-                f"{base}/v1/embed", json={"image_url": url}, headers=DEMO, timeout=60)))
-            in_flight.start()
+                f"{base}/v1/embed", json={"image_url": f"{origin}/inflight.jpg"}, timeout=60,
+                headers={"Authorization": "Bearer globex-key"})))
+            stream = threading.Thread(target=_keep_alive_stream, args=(base, origin, streamed))
             stream.start()
-            time.sleep(1.0)  # the request now waits on the origin inside a worker
-            assert len(streamed) > 3 and all(not isinstance(r, str) for r in streamed)
+            _wait_until(lambda: gate.stream_arrivals > gate.free, "the stream's fifth request waits on the origin")
+            in_flight.start()  # now, not before: it must not wait longer than the fetch's read timeout
+            _wait_until(gate.inflight_arrived.is_set, "the in-flight request waits on the origin")
+            assert len(streamed) == gate.free and all(not isinstance(r, str) for r in streamed), streamed
             proc.send_signal(signal.SIGTERM)
-            signalled = len(streamed)
-            time.sleep(0.5)
+            _wait_until(lambda: _refuses_connections(host, int(port)), "the server stops listening")
             # a new request on the idle keep-alive connection: never read, never answered
             idle.sendall(b"POST /v1/collections HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer demo-key\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 22\r\n\r\n{\"name\": \"after-stop\"}")
+            time.sleep(0.3)
+            gate.opened.set()
             in_flight.join(60)
             stream.join(60)
-            stop.set()
         assert answers and answers[0].status_code == 200, answers[0].text if answers else "no answer"
-        after = streamed[signalled:]
-        assert len(after) <= 2 and isinstance(after[-1], str), f"{len(after)} answers after SIGTERM: {after[:3]}"
-        if len(after) == 2:  # the one in progress at SIGTERM, answered, closed
-            assert after[0].status_code == 200 and after[0].headers.get("Connection") == "close"
+        after = streamed[gate.free:]
+        assert len(after) == 2 and isinstance(after[1], str), f"{len(after)} answers after SIGTERM: {after[:3]}"
+        assert isinstance(after[0], requests.Response), after[0]
+        assert after[0].status_code == 200 and after[0].headers.get("Connection") == "close"
         try:
             leftover = idle.recv(65536)
         except ConnectionResetError:  # closed with the unread request in its buffer
@@ -250,6 +300,7 @@ def test_graceful_stop_answers_the_request_in_flight(tmp_path: Path, model_dir: 
         with pytest.raises(requests.ConnectionError):
             requests.get(f"{base}/v1/collections", timeout=2)
     finally:
+        gate.opened.set()
         idle.close()
         if proc.poll() is None:
             proc.kill()
