@@ -132,6 +132,10 @@ class MemoryIndex(SearchBackend):
     def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None:
         return self._get(tenant, collection)["items"].get(item_id)
 
+    def scan_items(self, tenant: str, collection: str, after: str | None = None, limit: int = 500) -> list[Item]:
+        items = self._get(tenant, collection)["items"]
+        return [items[i] for i in sorted(i for i in items if after is None or i > after)[:max(1, limit)]]
+
     def search(self, tenant: str, collection: str, query: VectorQuery) -> SearchPage:
         c = self._get(tenant, collection)
         q = np.asarray(query.vector, dtype=np.float32).reshape(-1)

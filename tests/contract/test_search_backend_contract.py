@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lookalike.contracts import BackendContext, CollectionSpec, Item, SearchBackend, TextQuery, VectorQuery
-from lookalike.errors import BadRequest, Conflict, NotFound
+from lookalike.errors import BadRequest, Conflict, NotAvailableHere, NotFound
 from lookalike.filters import (
     MAX_FILTER_NODES,
     MAX_FILTER_VALUE_CHARS,
@@ -418,3 +418,62 @@ def test_local_index_reloads_text_vectors(tmp_path: Path) -> None:
     b = LocalIndex(context=BackendContext(home=tmp_path))
     assert ids(b.text_search("t", "c", TextQuery(text="x", vector=tvec(1), limit=1))) == ["i0"]
     b.close()
+
+
+def test_scan_walks_every_item_in_pages_in_code_point_order(make_text_backend: Factory) -> None:
+    """The walk a copy rests on: every item once, in code point order (non-ASCII ids and ids
+    that differ only in case included), with its vector, text vectors, metadata, photo key and
+    version; resumable from any id, even one deleted since; other collections and tenants unseen."""
+    b = make_text_backend()
+    b.create_collection("t", CollectionSpec(name="c", model_id="m", dimension=DIM, text_model_id="tm",
+                                            text_dimension=TDIM))
+    b.create_collection("t", CollectionSpec(name="other", model_id="m", dimension=DIM))
+    b.create_collection("u", CollectionSpec(name="c", model_id="m", dimension=DIM))
+    rng = np.random.default_rng(7)
+    names = [f"item-{n:03d}" for n in range(23)] + ["Zebra", "zebra", "émile", "ü-1", "日本", "a b", "a.b", "~"]
+    written = {}
+    for n, name in enumerate(names):
+        v = rng.standard_normal(DIM).astype(np.float32)
+        written[name] = Item(name, v / np.linalg.norm(v), {"n": n, "caption": f"cap {n}"}, image_key=f"k/{name}",
+                             updated_at=1000.0 + n, text_vectors={"caption": tvec(1, n)} if n % 3 == 0 else {})
+    b.upsert("t", "c", list(written.values()))
+    b.upsert("t", "other", [Item("item-000x", vec(1), {})])
+    b.upsert("u", "c", [Item("item-000y", vec(1), {})])
+    seen: list[Item] = []
+    after = None
+    for _ in range(50):  # bounded: 31 items in pages of 4
+        page = b.scan_items("t", "c", after=after, limit=4)
+        assert len(page) <= 4
+        if not page:
+            break
+        seen.extend(page)
+        after = page[-1].id
+    assert [i.id for i in seen] == sorted(names)  # Python's str order: code points
+    for item in seen:
+        w = written[item.id]
+        np.testing.assert_array_equal(item.vector, w.vector)
+        assert item.metadata == w.metadata and item.image_key == w.image_key and item.updated_at == w.updated_at
+        assert set(item.text_vectors) == set(w.text_vectors)
+        for f, v in w.text_vectors.items():
+            np.testing.assert_array_equal(item.text_vectors[f], v)
+    # resumed from an id that is gone: the walk goes on from where it was
+    b.delete("t", "c", ["item-010"])
+    rest = b.scan_items("t", "c", after="item-010", limit=100)
+    assert [i.id for i in rest] == sorted(n for n in names if n > "item-010")
+    assert b.scan_items("t", "c", after=max(names), limit=10) == []
+    with pytest.raises(NotFound):
+        b.scan_items("t", "missing")
+
+
+def test_scan_is_refused_clearly_where_the_engine_cannot_list(make_backend: Factory) -> None:
+    """Marqo has no API that lists an index's documents: the walk (and so a copy out of it) is
+    refused with a 501 that says so, never an empty walk that a copy would take for "done"."""
+    b = make_backend()
+    b.create_collection("t", spec())
+    b.upsert("t", "c", [Item("x", vec(1), {})])
+    if not isinstance(b, MarqoBackend):
+        assert [i.id for i in b.scan_items("t", "c")] == ["x"]
+        return
+    with pytest.raises(NotAvailableHere) as refused:
+        b.scan_items("t", "c")
+    assert refused.value.status == 501 and "list" in refused.value.message

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from lookalike.errors import BadRequest
+from lookalike.errors import BadRequest, NotAvailableHere
 from lookalike.filters import Filter
 
 
@@ -219,6 +219,13 @@ class SearchBackend(abc.ABC):
 
     @abc.abstractmethod
     def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None: ...
+
+    def scan_items(self, tenant: str, collection: str, after: str | None = None, limit: int = 500) -> list[Item]:
+        """Up to ``limit`` items whose id sorts after ``after`` (all, when None), in id order
+        (Unicode code points, as Python compares strings), with everything ``get_item`` returns:
+        a walk over every item a page at a time, which a copy resumes from its last id. Raises
+        ``NotAvailableHere`` where the engine cannot list its documents."""
+        raise NotAvailableHere(f"the {type(self).__name__} backend cannot list a collection's items")
 
     @abc.abstractmethod
     def search(self, tenant: str, collection: str, query: VectorQuery) -> SearchPage: ...

@@ -246,6 +246,25 @@ class LocalIndex(SearchBackend):
         return Item(id=row[0], metadata=json.loads(row[1]), image_key=row[2],
                     vector=np.frombuffer(row[3], dtype=np.float32).copy(), updated_at=row[4], text_vectors=texts)
 
+    def scan_items(self, tenant: str, collection: str, after: str | None = None, limit: int = 500) -> list[Item]:
+        # SQLite compares TEXT as UTF-8 bytes (BINARY), which is code point order.
+        with self._lock, self._read_view():
+            self._dimensions(tenant, collection)  # NotFound for a missing collection
+            rows = self._db.execute(
+                "SELECT id, metadata, image_key, vector, updated_at, pk FROM items"
+                " WHERE tenant = ? AND collection = ? AND id > ? ORDER BY id LIMIT ?",
+                (tenant, collection, after or "", max(1, limit)),
+            ).fetchall()
+            texts: dict[int, dict[str, np.ndarray]] = {}
+            if rows:
+                marks = ",".join("?" * len(rows))
+                for pk, f, v in self._db.execute(
+                        f"SELECT pk, field, vector FROM text_vectors WHERE pk IN ({marks})", [r[5] for r in rows]):
+                    texts.setdefault(pk, {})[f] = np.frombuffer(v, dtype=np.float32).copy()
+        return [Item(id=r[0], metadata=json.loads(r[1]), image_key=r[2], updated_at=r[4],
+                     vector=np.frombuffer(r[3], dtype=np.float32).copy(), text_vectors=texts.get(r[5], {}))
+                for r in rows]
+
     # ------------------------------------------------------------ search
 
     def search(self, tenant: str, collection: str, vq: VectorQuery) -> SearchPage:

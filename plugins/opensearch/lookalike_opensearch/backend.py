@@ -360,7 +360,6 @@ class OpenSearchBackend(SearchBackend):
         return sum(1 for i in result["items"] if i["delete"].get("result") == "deleted")
 
     def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None:
-        import numpy as np
 
         self._require(tenant, collection)
         try:
@@ -369,11 +368,18 @@ class OpenSearchBackend(SearchBackend):
             return None
         if not doc.get("found"):
             return None
-        src = doc["_source"]
-        texts = {f: np.asarray(src[f"{f}_vector"], dtype=np.float32) for f in TEXT_FIELDS if f"{f}_vector" in src}
-        return Item(id=src["item_id"], vector=np.asarray(src["vector"], dtype=np.float32),
-                    metadata=src.get("metadata") or {}, image_key=src.get("image_key"),
-                    updated_at=float(src.get("updated_at") or 0), text_vectors=texts)
+        return _item(doc["_source"])
+
+    def scan_items(self, tenant: str, collection: str, after: str | None = None, limit: int = 500) -> list[Item]:
+        # search_after on the item_id keyword: Lucene sorts its UTF-8 bytes, which is code point
+        # order; no scroll context to expire between the pages of a long copy.
+        self._require(tenant, collection)
+        body: dict[str, Any] = {"size": max(1, min(limit, 10_000)), "query": {"match_all": {}},
+                                "sort": [{"item_id": "asc"}], "track_total_hits": False}
+        if after is not None:
+            body["search_after"] = [after]
+        hits = self._request("POST", f"/{self._index(tenant, collection)}/_search", body)["hits"]["hits"]
+        return [_item(h["_source"]) for h in hits]
 
     # ------------------------------------------------------------ search
 
@@ -517,3 +523,13 @@ class OpenSearchBackend(SearchBackend):
 def _cosine(opensearch_score: float) -> float:
     """OpenSearch's cosinesimil score is (1 + cos) / 2."""
     return 2.0 * opensearch_score - 1.0
+
+
+def _item(src: dict[str, Any]) -> Item:
+    """An item from its document's ``_source``."""
+    import numpy as np
+
+    texts = {f: np.asarray(src[f"{f}_vector"], dtype=np.float32) for f in TEXT_FIELDS if f"{f}_vector" in src}
+    return Item(id=src["item_id"], vector=np.asarray(src["vector"], dtype=np.float32),
+                metadata=src.get("metadata") or {}, image_key=src.get("image_key"),
+                updated_at=float(src.get("updated_at") or 0), text_vectors=texts)
