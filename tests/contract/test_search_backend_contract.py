@@ -477,3 +477,21 @@ def test_scan_is_refused_clearly_where_the_engine_cannot_list(make_backend: Fact
     with pytest.raises(NotAvailableHere) as refused:
         b.scan_items("t", "c")
     assert refused.value.status == 501 and "list" in refused.value.message
+
+
+@REAL_OPENSEARCH
+def test_an_opensearch_collection_killed_between_its_record_and_its_index_is_completed(tmp_path: Path) -> None:
+    """create_collection writes the registry record, then the index: a process killed between
+    the two (a copy SIGKILLed as it creates its destination) left a collection that every read
+    answered 404 and that could not be created again. Its index is now made on first read."""
+    with backends_of("opensearch", tmp_path) as factory:
+        b = factory()
+        assert isinstance(b, OpenSearchBackend)
+        b.create_collection("t", spec())
+        b._request("DELETE", f"/{b._index('t', 'c')}")  # as if killed before the index was made
+        info = b.get_collection("t", "c")
+        assert info is not None and info.item_count == 0 and info.dimension == DIM
+        b.upsert("t", "c", [Item("x", vec(1), {"color": "red"})])
+        assert [h.id for h in b.search("t", "c", VectorQuery(vector=vec(1))).hits] == ["x"]
+        assert [c.name for c in b.list_collections("t")] == ["c"]
+        b.delete_collection("t", "c")

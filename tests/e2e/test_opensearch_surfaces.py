@@ -27,8 +27,10 @@ SECRETS = {t: f"{t}-jwt-secret-" + "x" * 40 for t in TENANTS}
 CAPTIONS = {"shoes": "a pair of leather shoes", "hat": "a straw sun hat", "pants": "blue denim pants"}
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["ingested", "copied"])
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[str]:
+    """Both tenants' collection ingested from the same photos; or the engine's copied from the
+    embedded one by `lookalike collections copy` (so every surface answers the same after a copy)."""
     home = tmp_path_factory.mktemp("opensearch-e2e") / "home"
     tenants = {}
     for t in TENANTS:
@@ -46,9 +48,14 @@ def site(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[
         "category": p.parent.name, "brand": "Nike" if n % 2 else "Acme", "price": 50 + 40 * (n % 5),
         "caption": CAPTIONS[p.parent.name], "prompt": f"{p.parent.name}, product photo",
         "character": "none", "model": "studio", "style": "photo"}}) + "\n" for n, p in enumerate(catalog_images())))
-    for t in TENANTS:
+    for t in TENANTS if request.param == "ingested" else TENANTS[:1]:
         result = lookalike(env, "ingest", str(manifest), "--collection", "clothing", "--tenant", t)
         assert "indexed 12" in result.stdout, result.stdout + result.stderr
+    if request.param == "copied":
+        result = lookalike(env, "collections", "copy", "embedded/clothing", "engine/clothing", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["copied"] == 12 and report["verification"]["ok"], report
     with running_server(env) as base:
         yield base
 

@@ -154,14 +154,68 @@ def tenants() -> None:
                    f"search={config.search_for(tenant_id).name}\tkeys={len(config.tenants[tenant_id].api_keys)}")
 
 
-@main.command()
+@main.group(cls=_Group, invoke_without_command=True)
 @click.option("--tenant")
-def collections(tenant: str | None) -> None:
-    """List a tenant's collections, with the x-marqo-index-id each answers to on the Marqo surface."""
+@click.pass_context
+def collections(ctx: click.Context, tenant: str | None) -> None:
+    """List a tenant's collections, with the x-marqo-index-id each answers to on the Marqo
+    surface; or copy / reindex one (``lookalike collections copy --help``)."""
+    if ctx.invoked_subcommand is not None:
+        return
     t = _tenant(_service(), tenant)
     for c in t.list_collections():
         click.echo(f"{c.name}\titems={c.item_count}\tmodel={c.model_id}\tstatus={c.status}"
                    f"\tmarqo_index_id={t.marqo_index_id(c) or '-'}")
+
+
+def _located(spec: str, config: Path | None) -> tuple[TenantService, str]:
+    """``tenant/collection`` (or ``collection`` where the deployment has one tenant) in the
+    deployment of ``config`` (default: this one's)."""
+    tenant_id, _, name = spec.rpartition("/")
+    app = Lookalike(Settings(config=config)) if config else _service()
+    return _tenant(app, tenant_id or None), name
+
+
+@collections.command("copy")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--from-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The source's deployment document (default: this deployment's), e.g. a stack's: S3 + OpenSearch.")
+@click.option("--to-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The destination's deployment document (default: this deployment's).")
+@click.option("--page-size", type=click.IntRange(1, 5000), default=200, show_default=True,
+              help="Items read, copied and written at a time (bounds the memory used).")
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Photos copied at once.")
+@click.option("--verify-sample", type=click.IntRange(0, 10_000), default=32, show_default=True,
+              help="Items compared byte for byte at the end (0: no verification).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def collections_copy(source: str, destination: str, from_config: Path | None, to_config: Path | None,
+                     page_size: int, threads: int, verify_sample: int, as_json: bool) -> None:
+    """Copy SOURCE into DESTINATION (each TENANT/COLLECTION), vectors, caption and prompt vectors,
+    metadata, photos and local features, without re-embedding. Rerun after a kill, it resumes
+    where it stopped. Exits 1 if the verification finds a difference."""
+    from lookalike import transfer
+
+    src, src_name = _located(source, from_config)
+    dst, dst_name = _located(destination, to_config)
+    if (src.id, src_name, from_config) == (dst.id, dst_name, to_config):
+        raise click.UsageError("the source and the destination are the same collection")
+    with click.progressbar(length=1, label=f"copying {source} -> {destination}", file=sys.stderr,
+                           show_pos=True, show_eta=True) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, done, 1)
+            bar.update(done - bar.pos)
+
+        report = transfer.copy_collection(src, src_name, dst, dst_name, page_size=page_size, threads=threads,
+                                          verify_sample=verify_sample, progress=progress)
+    out = transfer.summary(report)
+    if dst.embedder.model_id != (dst.collection(dst_name, create_declared=False).model_id):
+        out["note"] = (f"tenant {dst.id!r} embeds with {dst.embedder.model_id}: run `lookalike collections reindex "
+                       f"{destination}` before searching it by image")
+    click.echo(json.dumps(out, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    if report.verification is not None and not report.verification.ok:
+        raise SystemExit(1)
 
 
 @main.command()

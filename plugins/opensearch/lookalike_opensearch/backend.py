@@ -241,17 +241,36 @@ class OpenSearchBackend(SearchBackend):
                           {"refresh": "true"})
         except Conflict:
             raise Conflict(f"Collection {spec.name!r} already exists") from None
+        try:
+            self._create_index(tenant, spec)
+        except BackendUnavailable:
+            self._request("DELETE", f"/{self.registry}/_doc/{self._registry_id(tenant, spec.name)}",
+                          params={"refresh": "true"})
+            raise
+        return self._info(record, 0)
+
+    def _create_index(self, tenant: str, spec: CollectionSpec) -> None:
         index = self._index(tenant, spec.name)
         try:
             self._request("PUT", f"/{index}", self.mapping(spec))
         except BackendUnavailable:
             # A PUT that timed out may still have created the index (then a retry answers
-            # resource_already_exists): an index of the right shape is this collection's.
+            # resource_already_exists), as may a concurrent one: an index of the right shape is
+            # this collection's.
             if not self._index_fits(index, spec):
-                self._request("DELETE", f"/{self.registry}/_doc/{self._registry_id(tenant, spec.name)}",
-                              params={"refresh": "true"})
                 raise
-        return self._info(record, 0)
+
+    def _counted(self, tenant: str, record: dict[str, Any]) -> CollectionInfo:
+        """The collection of ``record``, counted. A record without its index is a creation that
+        was killed between the two (or is under way): the index is made now, as it would have been."""
+        try:
+            return self._info(record, self._count(self._index(tenant, record["name"])))
+        except NotFound:
+            self._create_index(tenant, CollectionSpec(
+                name=record["name"], model_id=record["model_id"], dimension=int(record["dimension"]),
+                settings=record.get("settings") or {}, text_model_id=record.get("text_model_id"),
+                text_dimension=record.get("text_dimension")))
+            return self._info(record, 0)
 
     def _index_fits(self, index: str, spec: CollectionSpec) -> bool:
         try:
@@ -281,13 +300,13 @@ class OpenSearchBackend(SearchBackend):
 
     def get_collection(self, tenant: str, name: str) -> CollectionInfo | None:
         record = self._record(tenant, name)
-        return self._info(record, self._count(self._index(tenant, name))) if record else None
+        return self._counted(tenant, record) if record else None
 
     def list_collections(self, tenant: str) -> list[CollectionInfo]:
         self._ensure_registry()
         hits = self._request("POST", f"/{self.registry}/_search", {
             "size": 1000, "query": {"term": {"tenant": tenant}}, "sort": [{"name": "asc"}]})["hits"]["hits"]
-        return [self._info(h["_source"], self._count(self._index(tenant, h["_source"]["name"]))) for h in hits]
+        return [self._counted(tenant, h["_source"]) for h in hits]
 
     def delete_collection(self, tenant: str, name: str) -> bool:
         if self._record(tenant, name) is None:
