@@ -34,11 +34,11 @@ def test_backend_failures_use_the_error_shape(deployment: Path, monkeypatch: pyt
     def broken(*args: object, **kwargs: object) -> None:
         raise failure
 
-    monkeypatch.setattr(tenant.search_backend, "text_search", broken)
+    monkeypatch.setattr(tenant.search_backend.inner, "text_search", broken)  # the engine, shared
     result = function("generate").lambda_handler(imgen_search_event(), LocalContext())
     assert result["statusCode"] == status
     assert json.loads(result["body"]) == {"error": error}
     assert "disk on fire" not in result["body"] and "Traceback" not in result["body"]
-    monkeypatch.setattr(tenant.search_backend, "search", broken)
+    monkeypatch.setattr(tenant.search_backend.inner, "search", broken)
     status_code, body = invoke("reverse_search", load_event("reverse_search"))
     assert (status_code, body) == (status, {"error": error})

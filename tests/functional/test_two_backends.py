@@ -64,9 +64,9 @@ def test_same_handlers_three_backends(deployment: Path, opensearch: FaultProxy, 
         status, body = invoke("generate", as_tenant(load_event("generate_text_search"), api_key))
         assert status == 200 and body["hits"][0]["id"] == "shoe-1", (api_key, body)
     app = service()
-    assert type(app.tenant("demo").search_backend).__name__ == "LocalIndex"
-    assert type(app.tenant("globex").search_backend).__name__ == "OpenSearchBackend"
-    assert type(app.tenant("initech").search_backend).__name__ == "MarqoBackend"
+    assert type(app.tenant("demo").search_backend.inner).__name__ == "LocalIndex"
+    assert type(app.tenant("globex").search_backend.inner).__name__ == "OpenSearchBackend"
+    assert type(app.tenant("initech").search_backend.inner).__name__ == "MarqoBackend"
     # Each tenant's documents went to its own backend only.
     bulk_bodies = [r["body"] for r in opensearch.requests if r["path"] == "/_bulk"]
     assert len(bulk_bodies) == 1 and '"shoe-1"' in bulk_bodies[0]

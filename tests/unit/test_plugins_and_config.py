@@ -226,7 +226,7 @@ def test_ssm_source_over_http(moto_server: str, monkeypatch: pytest.MonkeyPatch,
 def test_backends_built_once_and_shared(deployment: Path) -> None:
     app = Lookalike(Settings(home=deployment))
     a, b = app.tenant("demo"), app.tenant("globex")
-    assert a.search_backend is b.search_backend and a.embedder is b.embedder
+    assert a.search_backend.inner is b.search_backend.inner and a.embedder is b.embedder  # under per-tenant aliases
     assert app.tenant("demo") is a  # cached for the process (a Lambda cold start)
     with pytest.raises(Unauthorized):
         app.authenticate("wrong")

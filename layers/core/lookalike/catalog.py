@@ -66,13 +66,20 @@ def delete_collection(t: Tenant, info: CollectionInfo) -> None:
     t.blobs.delete_prefix(keys.collection_prefix(t.id, info.name))
 
 
-def check_model(t: Tenant, info: CollectionInfo) -> CollectionInfo:
-    """``info``, if the tenant's image model made its vectors (else 409)."""
+def check_model(t: Tenant, info: CollectionInfo, for_write: bool = False) -> CollectionInfo:
+    """``info``, if the tenant's image model made its vectors (else 409). A write is also taken
+    while a reindex re-embeds the collection with the tenant's model (it goes to the new vectors)."""
+    if for_write and info.reindexing_to == t.embedder.model_id:
+        return info
     if info.model_id != t.embedder.model_id or info.dimension != t.embedder.dimension:
+        reindexing = (f"; a reindex under {info.reindexing_to} is under way: searches by image are answered once "
+                      "it switches" if info.reindexing_to else
+                      f"; `lookalike collections reindex {t.id}/{info.name}` re-embeds it from its stored photos "
+                      "while it keeps serving")
         raise ModelMismatch(
             f"collection {info.name!r} was built with model {info.model_id} ({info.dimension}-d); "
             f"this tenant embeds with {t.embedder.model_id} ({t.embedder.dimension}-d)"
-            + t.embedder.mismatch_hint(info.model_id)
+            + reindexing + t.embedder.mismatch_hint(info.model_id)
         )
     return info
 
@@ -165,8 +172,9 @@ def store(t: Tenant, info: CollectionInfo, rows: Sequence[Row], began: float) ->
     # to remove, and what they replaced is that write's to remove, not ours.
     delete_blobs(t, [k for item in items if item.id in superseded and item.image_key
                      for k in keys.photo_and_features(item.image_key)])
-    delete_blobs(t, [k for item_id, key in previous.items() if key and key not in written
-                     and item_id not in superseded for k in keys.photo_and_features(key)])
+    if info.reindexing_to is None:  # else the collection being rebuilt may still show them: a sweep will
+        delete_blobs(t, [k for item_id, key in previous.items() if key and key not in written
+                         and item_id not in superseded for k in keys.photo_and_features(key)])
     return items
 
 
@@ -195,7 +203,7 @@ def delete_blobs(t: Tenant, blob_keys: Iterable[str]) -> None:
 def delete_item(t: Tenant, info: CollectionInfo, item_id: str) -> bool:
     item = t.search_backend.get_item(t.id, info.name, rules.check_item_id(item_id))
     removed = t.search_backend.delete(t.id, info.name, [item_id]) > 0
-    if item is not None and item.image_key:
+    if item is not None and item.image_key and info.reindexing_to is None:  # as in store()
         delete_blobs(t, keys.photo_and_features(item.image_key))
     return removed
 
@@ -206,6 +214,9 @@ def sweep(t: Tenant, collection: str, older_than_s: float = ORPHAN_AGE_S) -> int
     cutoff = time.time() - older_than_s
     removed = 0
     leases.remove_lapsed(t, collection)
+    info = t.search_backend.get_collection(t.id, collection)
+    if info is not None and info.reindexing_to is not None:
+        return 0  # the shadow may refer to photos the serving collection does not: after the reindex
     prefix = keys.images_prefix(t.id, collection)
     for key, modified in list(t.blobs.list_keys(prefix)):
         if modified >= cutoff:

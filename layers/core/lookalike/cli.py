@@ -218,6 +218,32 @@ def collections_copy(source: str, destination: str, from_config: Path | None, to
         raise SystemExit(1)
 
 
+@collections.command("reindex")
+@click.argument("collection")
+@click.option("--grace", "grace_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="Seconds the old vectors keep taking writes after the switch: more than a write request may take.")
+@click.option("--page-size", type=click.IntRange(1, 1000), default=64, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 32), default=2, show_default=True, help="Decoding threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def collections_reindex(collection: str, grace_s: float, page_size: int, threads: int, as_json: bool) -> None:
+    """Re-embed COLLECTION (TENANT/COLLECTION) from its stored photos under the tenant's current
+    models, while it keeps serving; then switch readers to the new vectors at once and remove the
+    old ones. Writes during the reindex reach both. Rerun after a kill, it resumes."""
+    from lookalike import reindex
+
+    t, name = _located(collection, None)
+    with click.progressbar(length=1, label=f"reindexing {collection}", file=sys.stderr, show_pos=True,
+                           show_eta=True) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, done, 1)
+            bar.update(done - bar.pos)
+
+        report = reindex.reindex_collection(t, name, grace_s=grace_s, page_size=page_size, threads=threads,
+                                            progress=progress)
+    out = report.summary()
+    click.echo(json.dumps(out, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+
+
 @main.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--collection", required=True)

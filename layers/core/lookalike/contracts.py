@@ -114,6 +114,8 @@ class CollectionInfo:
     created_at: float
     text_model_id: str | None = None
     text_dimension: int | None = None
+    #: The model a reindex under way re-embeds it with (lookalike.aliases); None otherwise.
+    reindexing_to: str | None = None
 
 
 @dataclass

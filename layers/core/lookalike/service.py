@@ -20,6 +20,7 @@ import numpy as np
 
 from lookalike import anchors, catalog, images, intake, leases, media, rules
 from lookalike import search as searching
+from lookalike.aliases import AliasedSearch, AliasStore
 from lookalike.anchors import Anchor, AnchorUpload, Region
 from lookalike.catalog import ORPHAN_AGE_S, PHOTO_LINK_TTL_S, IngestReport
 from lookalike.clustering import Cluster
@@ -44,6 +45,7 @@ class TenantService:
     def __init__(self, tenant_id: str, config: DeploymentConfig, embedder: Embedder, search: SearchBackend,
                  blobs: BlobStore, settings: Settings, text_embedder: Embedder | None = None) -> None:
         limits = config.limits_for(tenant_id)
+        search = AliasedSearch(search, AliasStore(blobs))
         self.parts = Tenant(
             id=tenant_id, config=config, limits=limits, embedder=embedder, text_embedder=text_embedder,
             search_backend=search, blobs=blobs, home=settings.home, ingest_lease_s=settings.ingest_lease_s,
@@ -74,6 +76,9 @@ class TenantService:
 
     def _searchable(self, name: CollectionRef) -> CollectionInfo:
         return catalog.check_model(self.parts, self.collection(name))
+
+    def _writable(self, name: CollectionRef) -> CollectionInfo:
+        return catalog.check_model(self.parts, self.collection(name), for_write=True)
 
     def create_collection(self, name: str, settings: CollectionSettings | None = None) -> CollectionInfo:
         if not rules.valid_name(name):
@@ -141,7 +146,7 @@ class TenantService:
                  prepared: PreparedImage | None = None) -> Item:
         """Add or replace one item; ``prepared`` is its image already decoded and embedded."""
         began = time.time()  # the write's version: a write that began later is never replaced by it
-        info = self._searchable(collection)
+        info = self._writable(collection)
         rules.check_item_id(item_id)
         meta = rules.validate_metadata(metadata)
         data = self._image_bytes(ref, info)
@@ -151,7 +156,7 @@ class TenantService:
     def put_items(self, collection: CollectionRef, entries: Iterable[tuple[str, bytes, Any]],
                   threads: int = 2) -> IngestReport:
         """Batch ingestion: decode in ``threads`` threads, embed a batch at a time, upsert per batch."""
-        return catalog.put_items(self.parts, self._searchable(collection), entries, threads)
+        return catalog.put_items(self.parts, self._writable(collection), entries, threads)
 
     def get_item(self, collection: CollectionRef, item_id: str) -> Item:
         return catalog.get_item(self.parts, self.collection(collection), item_id)

@@ -71,7 +71,8 @@ def checkpoint_key(tenant: str, collection: str) -> str:
 
 
 def describe(t: TenantService, collection: str) -> str:
-    return f"{t.id}/{collection}@{type(t.search_backend).__name__}"
+    backend = getattr(t.search_backend, "inner", t.search_backend)  # under its aliases
+    return f"{t.id}/{collection}@{type(backend).__name__}"
 
 
 def read_checkpoint(t: TenantService, collection: str) -> Checkpoint | None:
