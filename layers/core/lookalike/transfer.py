@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from lookalike.errors import Conflict, NotFound
 from lookalike.service import TenantService
 
 CHECKPOINT_VERSION = 1
+PAGES_IN_FLIGHT = 4
 
 
 @dataclass
@@ -163,27 +165,47 @@ def copy_collection(src: TenantService, src_collection: str, dst: TenantService,
     copied = 0
     if progress:
         progress(checkpoint.copied, info.item_count)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        while not checkpoint.done:
-            page = src.search_backend.scan_items(src.id, info.name, after=checkpoint.after, limit=page_size)
-            if not page:
-                checkpoint.done = True
-                write_checkpoint(dst, dst_info.name, checkpoint)
-                break
-            items = _copy_blobs(src, dst, dst_info.name, page, pool)
-            superseded = set(dst.search_backend.upsert(dst.id, dst_info.name, items))
-            # A later write to the destination itself won: the photo we copied for it is no one's.
-            for item in items:
-                if item.id in superseded and item.image_key:
-                    stored = dst.search_backend.get_item(dst.id, dst_info.name, item.id)
-                    if stored is None or stored.image_key != item.image_key:
-                        for key in keys.photo_and_features(item.image_key):
-                            dst.blobs.delete(key)
+
+    def write(page: list[Item], pool: ThreadPoolExecutor) -> None:
+        items = _copy_blobs(src, dst, dst_info.name, page, pool)
+        superseded = set(dst.search_backend.upsert(dst.id, dst_info.name, items))
+        # A later write to the destination itself won: the photo we copied for it is no one's.
+        for item in items:
+            if item.id in superseded and item.image_key:
+                stored = dst.search_backend.get_item(dst.id, dst_info.name, item.id)
+                if stored is None or stored.image_key != item.image_key:
+                    for key in keys.photo_and_features(item.image_key):
+                        dst.blobs.delete(key)
+
+    # Up to PAGES_IN_FLIGHT pages are written at once (an engine that makes each write
+    # searchable before answering, OpenSearch's refresh=wait_for, waits up to a second a page);
+    # the checkpoint only ever moves past pages that are all written.
+    in_flight: deque[tuple[list[Item], Future[None]]] = deque()
+
+    def settle(keep: int) -> None:
+        nonlocal copied
+        while len(in_flight) > keep:
+            page, future = in_flight.popleft()
+            future.result()
             checkpoint.after, checkpoint.copied = page[-1].id, checkpoint.copied + len(page)
             copied += len(page)
             write_checkpoint(dst, dst_info.name, checkpoint)
             if progress:
                 progress(checkpoint.copied, info.item_count)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, \
+            ThreadPoolExecutor(max_workers=PAGES_IN_FLIGHT) as writers:
+        after = checkpoint.after
+        while not checkpoint.done:
+            page = src.search_backend.scan_items(src.id, info.name, after=after, limit=page_size)
+            if not page:
+                settle(0)
+                checkpoint.done = True
+                write_checkpoint(dst, dst_info.name, checkpoint)
+                break
+            in_flight.append((page, writers.submit(write, page, pool)))
+            after = page[-1].id
+            settle(PAGES_IN_FLIGHT - 1)
     report = CopyReport(copied=copied, total=checkpoint.copied, resumed_after=resumed_after,
                         seconds=time.perf_counter() - started)
     if verify_sample > 0:
