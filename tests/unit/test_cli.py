@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +27,13 @@ def run(runner: CliRunner, *args: str, code: int = 0) -> str:
     result = runner.invoke(main, list(args))
     assert result.exit_code == code, result.output
     return result.output
+
+
+def json_of(runner: CliRunner, *args: str) -> Any:
+    """A command's JSON answer (its stdout alone: the progress bars go to stderr)."""
+    result = runner.invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def test_cli_workflow(runner: CliRunner, tmp_path: Path) -> None:
@@ -128,3 +136,29 @@ def test_cli_publishes_the_document_to_ssm_in_the_tier_it_fits(runner: CliRunner
                                                      "api_keys": config.tenants["acme"].api_keys[:1]}}},
                                default=lambda k: k.model_dump()))
     assert "search: local cannot serve on Lambda" in run(runner, "config", "publish", "--ssm", "/x/config", code=1)
+
+
+def test_collections_copy_to_another_deployment_and_reindex(runner: CliRunner, tmp_path: Path) -> None:
+    """The copy between two deployment documents (here: the same data folder, another tenant in
+    the second document, its photos in a blob store of its own), then a reindex of the copy; the
+    listing shows each collection once under its name."""
+    run(runner, "init", "--tenant", "acme")
+    shoes = sorted((FIXTURES / "images" / "shoes").iterdir())
+    manifest = tmp_path / "items.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"s{n}", "image": str(p), "metadata": {"n": n}}) + "\n"
+                                for n, p in enumerate(shoes)))
+    assert f"indexed {len(shoes)}," in run(runner, "ingest", str(manifest), "--collection", "shop")
+    other = tmp_path / "other.yaml"
+    other.write_text(json.dumps({"tenants": {"big": {"blobs": {"name": "filesystem", "options": {
+        "root": str(tmp_path / "big-blobs")}}}}}))
+    out = json_of(runner, "collections", "copy", "acme/shop", "big/shop", "--to-config", str(other), "--json")
+    assert out["copied"] == len(shoes) and out["verification"]["ok"], out
+    assert any((tmp_path / "big-blobs").rglob("*")), "the photos are in the destination's own blob store"
+    assert "the source and the destination are the same" in run(
+        runner, "collections", "copy", "acme/shop", "acme/shop", code=2)
+    report = json_of(runner, "collections", "reindex", "acme/shop", "--grace", "0", "--json")
+    assert report["items"] == len(shoes) and report["embedded"] == len(shoes) and not report["failed"], report
+    listing = run(runner, "collections", "--tenant", "acme")
+    assert listing.startswith(f"shop\titems={len(shoes)}\t") and listing.count("\n") == 1, listing
+    hits = json_of(runner, "search", str(shoes[0]), "--collection", "shop", "--json")
+    assert hits["hits"][0]["id"] == "s0" and hits["hits"][0]["score"] > 0.99
