@@ -39,7 +39,7 @@ class ReindexReport:
     model_id: str
     items: int = 0  # in the collection after the switch
     embedded: int = 0  # re-embedded by the walk and the catch-ups
-    skipped: int = 0  # already in the shadow at their version (a resumed reindex)
+    skipped: int = 0  # found in the shadow at their version by the walk (a resumed reindex)
     failed: list[tuple[str, str]] | None = None  # items whose photo could not be embedded: kept as they were
     removed: int = 0  # deleted during the reindex, removed from the shadow
     seconds: float = 0.0
@@ -179,9 +179,11 @@ def _catch_up(t: TenantService, inner: SearchBackend, source: str, target: Colle
     source lacks was deleted; after it, or under a new model (new writes reach the target alone),
     only an item older than the reindex can be one the source deleted."""
     source_ids: set[str] = set()
+    skipped = report.skipped  # an item found at its version here is the expected case, not a resumed one
     for page in _walk(inner, t.id, source, page_size):
         source_ids.update(i.id for i in page)
         _reembed(t, inner, target, page, pool, report)
+    report.skipped = skipped
     gone = []
     for page in _walk(inner, t.id, target.name, page_size):
         gone.extend(i.id for i in page if i.id not in source_ids
