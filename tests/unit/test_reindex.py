@@ -98,6 +98,17 @@ def test_a_killed_reindex_is_resumed_by_a_rerun(deployment: Path, monkeypatch: p
     right after its switch: each rerun finishes, and embeds no item twice."""
     t = Lookalike(Settings(home=deployment)).tenant("demo")
     _legacy(t)
+    embedded: list[int] = []
+    prepare = reindex.intake.prepare_images
+
+    def counted(tenant: object, datas: list[bytes], pool: object) -> object:
+        embedded.append(len(datas))
+        return prepare(tenant, datas, pool)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reindex.intake, "prepare_images", counted)
+    backend = t.search_backend
+    assert isinstance(backend, AliasedSearch)
+    backend.inner.create_collection(t.id, CollectionSpec(name="legacy~deadbeef", model_id="x", dimension=4))
 
     class Killed(BaseException):
         pass
@@ -123,8 +134,8 @@ def test_a_killed_reindex_is_resumed_by_a_rerun(deployment: Path, monkeypatch: p
     assert t.collection("legacy").model_id == t.embedder.model_id  # switched: the new vectors serve
 
     report = reindex.reindex_collection(t, "legacy", grace_s=0, page_size=4)
-    assert report.items == 12 and not report.failed
-    backend = t.search_backend
-    assert isinstance(backend, AliasedSearch)
+    assert report.items == 12 and report.embedded == 0 and not report.failed  # it only finished the switch
+    assert sum(embedded) == 12, embedded  # each photo embedded once over the three runs
     physical = {c.name for c in backend.inner.list_collections(t.id)}
-    assert len(physical) == 2 and "photos" in physical  # the serving one, and no leftover shadow
+    # the serving one and "photos": no leftover shadow, not even one a kill left unnamed
+    assert len(physical) == 2 and "photos" in physical and "legacy~deadbeef" not in physical, physical

@@ -72,11 +72,19 @@ def reindex_collection(t: TenantService, name: str, *, grace_s: float = 30.0, pa
     inner = backend.inner
     info = t.collection(name, create_declared=False)
     alias = backend.aliases.get(t.id, name, fresh=True)
-    if alias is not None and alias.retiring:
-        alias = _finish_switch(t, name, alias, grace_s=0.0)  # a reindex killed after its switch
-    serving = alias.serving if alias else name
     report = ReindexReport(collection=name, model_id=t.embedder.model_id, failed=[])
+    if alias is not None and alias.retiring:  # a reindex killed after its switch: finish it, and that is all
+        alias = _finish_switch(t, name, alias, grace_s=0.0)
+        final = inner.get_collection(t.id, alias.serving)
+        report.items, report.seconds = (final.item_count if final else 0), time.perf_counter() - started
+        return report
+    serving = alias.serving if alias else name
     inner.scan_items(t.id, serving, limit=1)  # refused here (Marqo), before anything is made
+    # A shadow made by a reindex killed before it named it in the alias is no one's.
+    kept = {serving, alias.shadow if alias else None}
+    for c in inner.list_collections(t.id):
+        if c.name.startswith(f"{name}{SHADOW_MARK}") and c.name not in kept:
+            inner.delete_collection(t.id, c.name)
 
     shadow = alias.shadow if alias and alias.shadow and inner.get_collection(t.id, alias.shadow) else None
     if shadow is None:
