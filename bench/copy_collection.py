@@ -82,8 +82,8 @@ def main() -> None:
 
             (home / "config.yaml").write_text(yaml.safe_dump({"tenants": {
                 "source": {"api_keys": [{"sha256": hash_key(KEY)}]},
-                "dest": {"api_keys": [{"sha256": hash_key(KEY + "-dest")}],
-                         "search": {"name": "opensearch", "options": {"url": url, "index_prefix": f"copybench{time.time_ns()}"}}}}}))
+                "dest": {"api_keys": [{"sha256": hash_key(KEY + "-dest")}], "search": {
+                    "name": "opensearch", "options": {"url": url, "index_prefix": f"copybench{time.time_ns()}"}}}}}))
             print(f"building {args.items:,} items ...", flush=True)
             source = build_source(home, args.items)
             from lookalike import transfer
