@@ -1,10 +1,13 @@
-"""`collections reindex` in process, on the embedded default with the real model: a collection
+"""`collections reindex` in process, on the embedded default and on the real OpenSearch node, with
+the real model: a collection
 built by another model (a 409 that names the command) re-embedded from its stored photos while
 writes, deletes and searches by item arrive at chosen moments of the walk; a reindex killed before
 its switch and after it, then rerun."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +21,20 @@ from lookalike.errors import ModelMismatch, NotFound
 from lookalike.intake import ImageRef
 from lookalike.process import Lookalike
 from lookalike.service import TenantService
-from tests.conftest import catalog_images, query_image
+from tests.conftest import catalog_images, query_image, write_deployment
+from tests.contract.test_search_backend_contract import REAL_OPENSEARCH
 
 OLD_MODEL = "legacy-model-v0"
+
+
+@pytest.fixture(params=["local", pytest.param("opensearch", marks=REAL_OPENSEARCH)])
+def home(request: pytest.FixtureRequest, deployment: Path) -> Path:
+    """The deployment, its tenants on the embedded index or on OpenSearch."""
+    if request.param == "opensearch":
+        write_deployment(deployment, {"defaults": {"embedder": {"name": "efficientnet-lite0"}, "search": {
+            "name": "opensearch", "options": {"url": os.environ["OPENSEARCH_URL"], "refresh": "true",
+                                              "index_prefix": f"r{uuid.uuid4().hex[:8]}"}}}})
+    return deployment
 
 
 def _legacy(t: TenantService, name: str = "legacy") -> dict[str, str]:
@@ -45,8 +59,8 @@ def _legacy(t: TenantService, name: str = "legacy") -> dict[str, str]:
     return keys
 
 
-def test_a_collection_of_another_model_is_reindexed_while_it_takes_writes(deployment: Path) -> None:
-    t = Lookalike(Settings(home=deployment)).tenant("demo")
+def test_a_collection_of_another_model_is_reindexed_while_it_takes_writes(home: Path) -> None:
+    t = Lookalike(Settings(home=home)).tenant("demo")
     _legacy(t)
     hat = ImageRef(data=query_image("hat").read_bytes())
     with pytest.raises(ModelMismatch) as refused:
@@ -93,10 +107,10 @@ def test_a_collection_of_another_model_is_reindexed_while_it_takes_writes(deploy
     assert backend.inner.get_collection(t.id, "legacy") is None  # the old vectors are gone
 
 
-def test_a_killed_reindex_is_resumed_by_a_rerun(deployment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_reindex_is_resumed_by_a_rerun(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed mid-walk (an exception stands for the kill: nothing after it runs), then killed
     right after its switch: each rerun finishes, and embeds no item twice."""
-    t = Lookalike(Settings(home=deployment)).tenant("demo")
+    t = Lookalike(Settings(home=home)).tenant("demo")
     _legacy(t)
     embedded: list[int] = []
     prepare = reindex.intake.prepare_images
