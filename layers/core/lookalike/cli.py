@@ -159,7 +159,7 @@ def tenants() -> None:
 @click.pass_context
 def collections(ctx: click.Context, tenant: str | None) -> None:
     """List a tenant's collections, with the x-marqo-index-id each answers to on the Marqo
-    surface; or copy / reindex one (``lookalike collections copy --help``)."""
+    surface; or copy or reindex one (lookalike collections copy --help, reindex --help)."""
     if ctx.invoked_subcommand is not None:
         return
     t = _tenant(_service(), tenant)
