@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -108,7 +109,7 @@ def main() -> None:
         if args.opensearch_url is None:
             subprocess.run([sys.executable, "scripts/opensearch_node.py", "stop", "--home", str(node_home)], cwd=ROOT)
     result = {
-        "machine": {"cpus": __import__("os").cpu_count(), "cpu": platform.processor() or platform.machine()},
+        "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
         "items": args.items, "page_size": args.page_size, "threads": args.threads, "source": source,
         "copy_s": round(report.seconds, 1), "items_per_s": round(report.copied / report.seconds, 1),
         "verify_s": round(verify_s, 1), "verification_ok": verification.ok,

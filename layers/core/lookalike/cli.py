@@ -9,6 +9,8 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +170,19 @@ def collections(ctx: click.Context, tenant: str | None) -> None:
                    f"\tmarqo_index_id={t.marqo_index_id(c) or '-'}")
 
 
+@contextmanager
+def _progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (tqdm, as ingest's) and its ``progress(done, total)`` callback."""
+    from tqdm import tqdm
+
+    with tqdm(total=1, desc=label, unit="item", file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = max(total, done, 1)
+            bar.update(done - bar.n)
+
+        yield progress
+
+
 def _located(spec: str, config: Path | None) -> tuple[TenantService, str]:
     """``tenant/collection`` (or ``collection`` where the deployment has one tenant) in the
     deployment of ``config`` (default: this one's)."""
@@ -201,12 +216,7 @@ def collections_copy(source: str, destination: str, from_config: Path | None, to
     dst, dst_name = _located(destination, to_config)
     if (src.id, src_name, from_config) == (dst.id, dst_name, to_config):
         raise click.UsageError("the source and the destination are the same collection")
-    with click.progressbar(length=1, label=f"copying {source} -> {destination}", file=sys.stderr,
-                           show_pos=True, show_eta=True) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.length = max(total, done, 1)
-            bar.update(done - bar.pos)
-
+    with _progress_bar(f"copying {source} -> {destination}") as progress:
         report = transfer.copy_collection(src, src_name, dst, dst_name, page_size=page_size, threads=threads,
                                           verify_sample=verify_sample, progress=progress)
     out = transfer.summary(report)
@@ -232,12 +242,7 @@ def collections_reindex(collection: str, grace_s: float, page_size: int, threads
     from lookalike import reindex
 
     t, name = _located(collection, None)
-    with click.progressbar(length=1, label=f"reindexing {collection}", file=sys.stderr, show_pos=True,
-                           show_eta=True) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.length = max(total, done, 1)
-            bar.update(done - bar.pos)
-
+    with _progress_bar(f"reindexing {collection}") as progress:
         report = reindex.reindex_collection(t, name, grace_s=grace_s, page_size=page_size, threads=threads,
                                             progress=progress)
     out = report.summary()

@@ -229,6 +229,13 @@ class SearchBackend(abc.ABC):
         ``NotAvailableHere`` where the engine cannot list its documents."""
         raise NotAvailableHere(f"the {type(self).__name__} backend cannot list a collection's items")
 
+    def pages(self, tenant: str, collection: str, after: str | None = None,
+              page_size: int = 500) -> Iterator[list[Item]]:
+        """Every item after ``after``, a ``scan_items`` page at a time."""
+        while page := self.scan_items(tenant, collection, after=after, limit=page_size):
+            yield page
+            after = page[-1].id
+
     @abc.abstractmethod
     def search(self, tenant: str, collection: str, query: VectorQuery) -> SearchPage: ...
 

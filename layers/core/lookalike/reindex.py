@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -51,13 +51,6 @@ class ReindexReport:
                 "removed": self.removed, "seconds": round(self.seconds, 2),
                 "switched_at_s": round(self.switched_at_s, 2),
                 "items_per_s": round(self.embedded / self.seconds, 1) if self.seconds else None}
-
-
-def _walk(backend: SearchBackend, tenant: str, physical: str, page_size: int) -> Iterator[list[Item]]:
-    after = None
-    while page := backend.scan_items(tenant, physical, after=after, limit=page_size):
-        yield page
-        after = page[-1].id
 
 
 def reindex_collection(t: TenantService, name: str, *, grace_s: float = 30.0, page_size: int = 64,
@@ -105,7 +98,7 @@ def reindex_collection(t: TenantService, name: str, *, grace_s: float = 30.0, pa
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         total = info.item_count
         done = 0
-        for page in _walk(inner, t.id, serving, page_size):
+        for page in inner.pages(t.id, serving, page_size=page_size):
             _reembed(t, inner, target, page, pool, report)
             done += len(page)
             if progress:
@@ -188,12 +181,12 @@ def _catch_up(t: TenantService, inner: SearchBackend, source: str, target: Colle
     only an item older than the reindex can be one the source deleted."""
     source_ids: set[str] = set()
     skipped = report.skipped  # an item found at its version here is the expected case, not a resumed one
-    for page in _walk(inner, t.id, source, page_size):
+    for page in inner.pages(t.id, source, page_size=page_size):
         source_ids.update(i.id for i in page)
         _reembed(t, inner, target, page, pool, report)
     report.skipped = skipped
     gone = []
-    for page in _walk(inner, t.id, target.name, page_size):
+    for page in inner.pages(t.id, target.name, page_size=page_size):
         gone.extend(i.id for i in page if i.id not in source_ids
                     and (i.updated_at <= started_at or (same_model and not after_switch))
                     and inner.get_item(t.id, source, i.id) is None)

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -95,7 +95,7 @@ def copied_key(dst_tenant: str, dst_collection: str, item_id: str, source_key: s
     return f"{keys.images_prefix(dst_tenant, dst_collection)}{item_id}/{source_key.rpartition('/')[2]}"
 
 
-def _destination(src: TenantService, info: CollectionInfo, dst: TenantService, name: str,
+def _destination(info: CollectionInfo, dst: TenantService, name: str,
                  source: str) -> tuple[CollectionInfo, Checkpoint]:
     """The destination collection, created like the source, and its checkpoint. A destination
     that exists without this copy's checkpoint is refused: a copy never merges into a collection
@@ -129,7 +129,7 @@ def _copy_blobs(src: TenantService, dst: TenantService, dst_collection: str, ite
 
     def one(item: Item) -> Item:
         if not item.image_key:
-            return _moved(item, None)
+            return item
         new_key = copied_key(dst.id, dst_collection, item.id, item.image_key)
         for source_key, target_key in zip(keys.photo_and_features(item.image_key),
                                           keys.photo_and_features(new_key), strict=True):
@@ -140,14 +140,9 @@ def _copy_blobs(src: TenantService, dst: TenantService, dst_collection: str, ite
                     raise NotFound(f"item {item.id!r}: its photo {source_key} is missing from the source") from None
                 continue  # no local features (a model without them, or a photo too small)
             dst.blobs.put(target_key, blob.data, blob.content_type, dict(blob.metadata))
-        return _moved(item, new_key)
+        return replace(item, image_key=new_key)
 
     return list(pool.map(one, items))
-
-
-def _moved(item: Item, image_key: str | None) -> Item:
-    return Item(id=item.id, vector=item.vector, metadata=dict(item.metadata), image_key=image_key,
-                updated_at=item.updated_at, text_vectors=dict(item.text_vectors))
 
 
 def copy_collection(src: TenantService, src_collection: str, dst: TenantService, dst_collection: str, *,
@@ -160,7 +155,7 @@ def copy_collection(src: TenantService, src_collection: str, dst: TenantService,
     info = src.collection(src_collection, create_declared=False)
     source = describe(src, info.name)
     src.search_backend.scan_items(src.id, info.name, limit=1)  # refused here, before anything is written
-    dst_info, checkpoint = _destination(src, info, dst, dst_collection, source)
+    dst_info, checkpoint = _destination(info, dst, dst_collection, source)
     resumed_after = checkpoint.after
     copied = 0
     if progress:
@@ -195,17 +190,13 @@ def copy_collection(src: TenantService, src_collection: str, dst: TenantService,
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, \
             ThreadPoolExecutor(max_workers=PAGES_IN_FLIGHT) as writers:
-        after = checkpoint.after
-        while not checkpoint.done:
-            page = src.search_backend.scan_items(src.id, info.name, after=after, limit=page_size)
-            if not page:
-                settle(0)
-                checkpoint.done = True
-                write_checkpoint(dst, dst_info.name, checkpoint)
-                break
-            in_flight.append((page, writers.submit(write, page, pool)))
-            after = page[-1].id
-            settle(PAGES_IN_FLIGHT - 1)
+        if not checkpoint.done:
+            for page in src.search_backend.pages(src.id, info.name, after=checkpoint.after, page_size=page_size):
+                in_flight.append((page, writers.submit(write, page, pool)))
+                settle(PAGES_IN_FLIGHT - 1)
+            settle(0)
+            checkpoint.done = True
+            write_checkpoint(dst, dst_info.name, checkpoint)
     report = CopyReport(copied=copied, total=checkpoint.copied, resumed_after=resumed_after,
                         seconds=time.perf_counter() - started)
     if verify_sample > 0:
@@ -251,18 +242,14 @@ def _spread_sample(t: TenantService, collection: str, sample: int, seed: int) ->
     rng = random.Random(seed)
     chosen: list[str] = []
     seen = 0
-    after = None
-    while True:
-        page = t.search_backend.scan_items(t.id, collection, after=after, limit=1000)
-        if not page:
-            return sorted(chosen)
+    for page in t.search_backend.pages(t.id, collection, page_size=1000):
         for item in page:
             seen += 1
             if len(chosen) < sample:
                 chosen.append(item.id)
             elif (r := rng.randrange(seen)) < sample:
                 chosen[r] = item.id
-        after = page[-1].id
+    return sorted(chosen)
 
 
 def _difference(src: TenantService, a: Item, dst: TenantService, b: Item | None) -> str:

@@ -53,6 +53,7 @@ PASSING_SETS = 64
 PASSING_PKS = 4_000_000
 
 _COUNT_SQL = "(SELECT count(*) FROM items i WHERE i.tenant = c.tenant AND i.collection = c.name)"
+_ITEM_COLUMNS = "id, metadata, image_key, vector, updated_at, pk"  # what _as_items reads
 _INFO_SQL = ("SELECT name, model_id, dimension, settings, status, created_at, {count},"
              " text_model_id, text_dimension, revision FROM collections c")
 
@@ -235,32 +236,31 @@ class LocalIndex(SearchBackend):
 
     def get_item(self, tenant: str, collection: str, item_id: str) -> Item | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, metadata, image_key, vector, updated_at, pk FROM items"
-                " WHERE tenant = ? AND collection = ? AND id = ?", (tenant, collection, item_id),
-            ).fetchone()
-            if not row:
-                return None
-            texts = {f: np.frombuffer(v, dtype=np.float32).copy() for f, v in self._db.execute(
-                "SELECT field, vector FROM text_vectors WHERE pk = ?", (row[5],))}
-        return Item(id=row[0], metadata=json.loads(row[1]), image_key=row[2],
-                    vector=np.frombuffer(row[3], dtype=np.float32).copy(), updated_at=row[4], text_vectors=texts)
+            rows = self._db.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE tenant = ? AND collection = ? AND id = ?",
+                (tenant, collection, item_id),
+            ).fetchall()
+            items = self._as_items(rows)
+        return items[0] if items else None
 
     def scan_items(self, tenant: str, collection: str, after: str | None = None, limit: int = 500) -> list[Item]:
         # SQLite compares TEXT as UTF-8 bytes (BINARY), which is code point order.
         with self._lock, self._read_view():
             self._dimensions(tenant, collection)  # NotFound for a missing collection
             rows = self._db.execute(
-                "SELECT id, metadata, image_key, vector, updated_at, pk FROM items"
-                " WHERE tenant = ? AND collection = ? AND id > ? ORDER BY id LIMIT ?",
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE tenant = ? AND collection = ? AND id > ? ORDER BY id LIMIT ?",
                 (tenant, collection, after or "", max(1, limit)),
             ).fetchall()
-            texts: dict[int, dict[str, np.ndarray]] = {}
-            if rows:
-                marks = ",".join("?" * len(rows))
-                for pk, f, v in self._db.execute(
-                        f"SELECT pk, field, vector FROM text_vectors WHERE pk IN ({marks})", [r[5] for r in rows]):
-                    texts.setdefault(pk, {})[f] = np.frombuffer(v, dtype=np.float32).copy()
+            return self._as_items(rows)
+
+    def _as_items(self, rows: list[tuple[Any, ...]]) -> list[Item]:
+        """Items from ``_ITEM_COLUMNS`` rows, with their caption / prompt vectors (under the lock)."""
+        texts: dict[int, dict[str, np.ndarray]] = {}
+        if rows:
+            marks = ",".join("?" * len(rows))
+            for pk, f, v in self._db.execute(
+                    f"SELECT pk, field, vector FROM text_vectors WHERE pk IN ({marks})", [r[5] for r in rows]):
+                texts.setdefault(pk, {})[f] = np.frombuffer(v, dtype=np.float32).copy()
         return [Item(id=r[0], metadata=json.loads(r[1]), image_key=r[2], updated_at=r[4],
                      vector=np.frombuffer(r[3], dtype=np.float32).copy(), text_vectors=texts.get(r[5], {}))
                 for r in rows]
